@@ -1,0 +1,218 @@
+// Package store keeps meshguard's baselines in an embedded bbolt file. It implements
+// flowmodel.Store.
+//
+// Layout: bucket "meshguard" holds the format marker and version; bucket "services" holds one
+// nested bucket per service, with the service's fields as JSON under "state" and a nested
+// bucket "destinations" mapping "host:port" or "ip:port" to a JSON DestinationRecord.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/meshguard/meshguard/flowmodel"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FileName is the name of the store file inside a data directory.
+const FileName = "meshguard.db"
+
+const (
+	formatName    = "meshguard-baselines"
+	formatVersion = 1
+	// lockTimeout bounds the wait for the file lock held by another process.
+	lockTimeout = 2 * time.Second
+)
+
+var (
+	bucketMeta         = []byte("meshguard")
+	bucketServices     = []byte("services")
+	bucketDestinations = []byte("destinations")
+	keyFormat          = []byte("format")
+	keyVersion         = []byte("version")
+	keyState           = []byte("state")
+)
+
+// ErrNotStore is returned (wrapped) for a file that is not a meshguard store: corrupt, of
+// another program, or of a newer format.
+var ErrNotStore = errors.New("not a meshguard store")
+
+// Bolt is a flowmodel.Store in a bbolt file. Its methods are safe for concurrent use.
+type Bolt struct {
+	db *bolt.DB
+}
+
+var _ flowmodel.Store = (*Bolt)(nil)
+
+// Options tune Open.
+type Options struct {
+	// ReadOnly opens the file without writing; it still waits for a writer's lock.
+	ReadOnly bool
+}
+
+// Open opens or creates the store in dir (creating dir). A file that is not a meshguard
+// store is an error wrapping ErrNotStore, never a silent reset.
+func Open(dir string, opts Options) (*Bolt, error) {
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("create data dir: %w", err)
+		}
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: opts.ReadOnly})
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("open %s: locked by another process (is another meshguard using this data dir?)", path)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return nil, fmt.Errorf("open %s: %w (corrupt or foreign file: %v); move it away to start afresh", path, ErrNotStore, err)
+	case err != nil:
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	b := &Bolt{db: db}
+	if err := b.checkFormat(path, opts.ReadOnly); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Bolt) checkFormat(path string, readOnly bool) error {
+	check := func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty {
+				return fmt.Errorf("open %s: %w: it has data but no meshguard marker; move it away to start afresh", path, ErrNotStore)
+			}
+			if readOnly {
+				return fmt.Errorf("open %s: %w: empty file", path, ErrNotStore)
+			}
+			meta, err := tx.CreateBucket(bucketMeta)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(keyFormat, []byte(formatName)); err != nil {
+				return err
+			}
+			if err := meta.Put(keyVersion, []byte(strconv.Itoa(formatVersion))); err != nil {
+				return err
+			}
+			_, err = tx.CreateBucket(bucketServices)
+			return err
+		}
+		if f := string(meta.Get(keyFormat)); f != formatName {
+			return fmt.Errorf("open %s: %w: format %q", path, ErrNotStore, f)
+		}
+		v, err := strconv.Atoi(string(meta.Get(keyVersion)))
+		if err != nil || v < 1 {
+			return fmt.Errorf("open %s: %w: bad version %q", path, ErrNotStore, meta.Get(keyVersion))
+		}
+		if v > formatVersion {
+			return fmt.Errorf("open %s: %w: format version %d is newer than this meshguard's %d", path, ErrNotStore, v, formatVersion)
+		}
+		if tx.Bucket(bucketServices) == nil {
+			return fmt.Errorf("open %s: %w: services bucket missing", path, ErrNotStore)
+		}
+		return nil
+	}
+	if readOnly {
+		return b.db.View(check)
+	}
+	return b.db.Update(check)
+}
+
+// Close closes the file.
+func (b *Bolt) Close() error { return b.db.Close() }
+
+// Path returns the file's path.
+func (b *Bolt) Path() string { return b.db.Path() }
+
+// serviceState is ServiceRecord without its destinations, as stored under "state".
+type serviceState struct {
+	flowmodel.ServiceRecord
+	Destinations []flowmodel.DestinationRecord `json:"destinations,omitempty"`
+}
+
+// Load calls fn for every stored service.
+func (b *Bolt) Load(fn func(flowmodel.ServiceRecord) error) error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketServices).ForEachBucket(func(name []byte) error {
+			sb := tx.Bucket(bucketServices).Bucket(name)
+			var st serviceState
+			if err := json.Unmarshal(sb.Get(keyState), &st); err != nil {
+				return fmt.Errorf("service %q: state: %w", name, err)
+			}
+			r := st.ServiceRecord
+			r.Name = string(name)
+			if db := sb.Bucket(bucketDestinations); db != nil {
+				r.Destinations = make([]flowmodel.DestinationRecord, 0, db.Stats().KeyN)
+				err := db.ForEach(func(k, v []byte) error {
+					var d flowmodel.DestinationRecord
+					if err := json.Unmarshal(v, &d); err != nil {
+						return fmt.Errorf("service %q: destination %q: %w", name, k, err)
+					}
+					d.Destination = string(k)
+					r.Destinations = append(r.Destinations, d)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			return fn(r)
+		})
+	})
+}
+
+// Save applies records in one transaction.
+func (b *Bolt) Save(records []flowmodel.ServiceRecord) error {
+	return b.db.Update(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketServices)
+		for _, r := range records {
+			if r.Name == "" {
+				return errors.New("save: empty service name")
+			}
+			sb, err := root.CreateBucketIfNotExists([]byte(r.Name))
+			if err != nil {
+				return fmt.Errorf("service %q: %w", r.Name, err)
+			}
+			st := r
+			st.Destinations, st.Removed = nil, nil
+			state, err := json.Marshal(serviceState{ServiceRecord: st})
+			if err != nil {
+				return fmt.Errorf("service %q: %w", r.Name, err)
+			}
+			if err := sb.Put(keyState, state); err != nil {
+				return fmt.Errorf("service %q: %w", r.Name, err)
+			}
+			db, err := sb.CreateBucketIfNotExists(bucketDestinations)
+			if err != nil {
+				return fmt.Errorf("service %q: %w", r.Name, err)
+			}
+			for _, k := range r.Removed {
+				if err := db.Delete([]byte(k)); err != nil {
+					return fmt.Errorf("service %q: delete %q: %w", r.Name, k, err)
+				}
+			}
+			for _, d := range r.Destinations {
+				key := d.Destination
+				d.Destination = ""
+				v, err := json.Marshal(d)
+				if err != nil {
+					return fmt.Errorf("service %q: %w", r.Name, err)
+				}
+				if err := db.Put([]byte(key), v); err != nil {
+					return fmt.Errorf("service %q: put %q: %w", r.Name, key, err)
+				}
+			}
+		}
+		return nil
+	})
+}
