@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/meshguard/meshguard/flowmodel"
+	"golang.org/x/term"
+)
+
+// replayLine is one output line of "meshguard replay".
+type replayLine struct {
+	Seq     int      `json:"seq"`
+	Service string   `json:"service"`
+	Mode    string   `json:"mode"`
+	Verdict string   `json:"verdict"`
+	Score   float64  `json:"score"`
+	Reasons []string `json:"reasons"`
+}
+
+func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: meshguard replay [flags] [FILE|-]\n\nReads flow events (JSONL) from FILE or stdin, decides each on event time, and writes one\nJSON verdict per event: seq is the event's line number in the input. Bad lines are reported\non stderr and skipped.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	var mf modelFlags
+	mf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var errs []error
+	cfg, err := mf.config()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if fs.NArg() > 1 {
+		errs = append(errs, fmt.Errorf("replay takes one input file, got %d", fs.NArg()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	in, name := stdin, "stdin"
+	if fs.NArg() == 1 && fs.Arg(0) != "-" {
+		f, err := os.Open(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in, name = f, fs.Arg(0)
+	}
+	model, err := flowmodel.New(cfg)
+	if err != nil {
+		return err
+	}
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	defer out.Flush()
+	enc := json.NewEncoder(out)
+
+	var progress *progressLine
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		progress = newProgressLine(stderr, "replay "+name)
+	}
+	r := flowmodel.NewEventReader(in)
+	var events, bad int
+	counts := map[flowmodel.Action]int{}
+	for {
+		if events%1024 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		var le *flowmodel.LineError
+		if errors.As(err, &le) {
+			bad++
+			if progress != nil {
+				progress.clear()
+			}
+			fmt.Fprintf(stderr, "replay: %s: %v\n", name, le)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		events++
+		v := model.Decide(&f)
+		model.Observe(&f)
+		counts[v.Action]++
+		if err := enc.Encode(replayLine{
+			Seq: r.Line(), Service: f.Service, Mode: modeString(v.Mode),
+			Verdict: v.Action.String(), Score: v.Score, Reasons: v.Reasons.Strings(),
+		}); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		if progress != nil {
+			progress.update(fmt.Sprintf("%d events, %d bad lines", events, bad))
+		}
+	}
+	if err := out.Flush(); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if progress != nil {
+		progress.clear()
+	}
+	fmt.Fprintf(stderr, "replay: %d events (%d allow, %d alert, %d block), %d bad lines\n",
+		events, counts[flowmodel.Allow], counts[flowmodel.Alert], counts[flowmodel.Block], bad)
+	return nil
+}
+
+func modeString(m flowmodel.Mode) string {
+	if !m.Valid() {
+		return ""
+	}
+	return m.String()
+}
+
+// progressLine redraws one status line on a terminal, at most a few times a second.
+type progressLine struct {
+	w     io.Writer
+	label string
+	last  time.Time
+	shown bool
+}
+
+func newProgressLine(w io.Writer, label string) *progressLine {
+	return &progressLine{w: w, label: label}
+}
+
+func (p *progressLine) update(msg string) {
+	if now := time.Now(); now.Sub(p.last) >= 200*time.Millisecond {
+		p.last = now
+		fmt.Fprintf(p.w, "\r\033[K%s: %s", p.label, msg)
+		p.shown = true
+	}
+}
+
+func (p *progressLine) clear() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.shown = false
+	}
+}

@@ -1,0 +1,101 @@
+package extproc
+
+import (
+	"time"
+
+	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+)
+
+// Metrics are the Prometheus metrics of the ext_proc server. A nil *Metrics counts nothing.
+//
+//	meshguard_decisions_total{verdict}                 decisions by verdict
+//	meshguard_decision_reasons_total{verdict,reason}   reason codes by verdict (a decision
+//	                                                   with two reasons counts in both)
+//	meshguard_decision_duration_seconds                from the deciding message's arrival
+//	                                                   to its response being sent
+//	meshguard_extproc_streams_active                   open ext_proc streams
+//	meshguard_extproc_stream_errors_total{code}        streams ended by an error
+type Metrics struct {
+	decisions [3]prometheus.Counter // by flowmodel.Action
+	reasons   [3][]prometheus.Counter
+	latency   prometheus.Observer
+	active    prometheus.Gauge
+	errors    *prometheus.CounterVec
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_decisions_total", Help: "Decisions by verdict.",
+	}, []string{"verdict"})
+	reasons := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_decision_reasons_total", Help: "Reason codes of decisions, by verdict and reason.",
+	}, []string{"verdict", "reason"})
+	latency := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "meshguard_decision_duration_seconds",
+		Help:    "Time from the arrival of the deciding ext_proc message to the response being sent.",
+		Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 200e-3},
+	})
+	active := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "meshguard_extproc_streams_active", Help: "Open ext_proc streams.",
+	})
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_extproc_stream_errors_total", Help: "ext_proc streams ended by an error, by gRPC code.",
+	}, []string{"code"})
+	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	m := &Metrics{latency: latency, active: active, errors: errs}
+	all := flowmodel.AllReasons()
+	for a := flowmodel.Allow; a <= flowmodel.Block; a++ {
+		m.decisions[a] = decisions.WithLabelValues(a.String())
+		m.reasons[a] = make([]prometheus.Counter, len(all))
+		for i, r := range all {
+			m.reasons[a][i] = reasons.WithLabelValues(a.String(), r.String())
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) decided(v flowmodel.Verdict) {
+	if m == nil || v.Action > flowmodel.Block {
+		return
+	}
+	m.decisions[v.Action].Inc()
+	if v.Reasons.Empty() {
+		return
+	}
+	for i, c := range m.reasons[v.Action] {
+		if v.Reasons.Has(flowmodel.Reason(i)) {
+			c.Inc()
+		}
+	}
+}
+
+func (m *Metrics) observeLatency(d time.Duration) {
+	if m != nil {
+		m.latency.Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) streamStarted() {
+	if m != nil {
+		m.active.Inc()
+	}
+}
+
+func (m *Metrics) streamEnded() {
+	if m != nil {
+		m.active.Dec()
+	}
+}
+
+func (m *Metrics) streamError(c codes.Code) {
+	if m != nil {
+		m.errors.WithLabelValues(c.String()).Inc()
+	}
+}

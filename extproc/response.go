@@ -1,0 +1,43 @@
+package extproc
+
+import (
+	"encoding/json"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/meshguard/meshguard/flowmodel"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// VerdictHeader is set on every response meshguard makes in Envoy's place.
+const VerdictHeader = "x-meshguard-verdict"
+
+// BlockDetails is the ImmediateResponse details string (Envoy's %RESPONSE_CODE_DETAILS%).
+const BlockDetails = "meshguard_blocked"
+
+// BlockBody is the JSON body of a 403.
+type BlockBody struct {
+	Verdict string   `json:"verdict"`
+	Reasons []string `json:"reasons"`
+	TraceID string   `json:"trace_id"`
+}
+
+func blockResponse(v flowmodel.Verdict, tid trace.TraceID) *extprocv3.ProcessingResponse {
+	body := BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}
+	if tid.IsValid() {
+		body.TraceID = tid.String()
+	}
+	b, _ := json.Marshal(body) // cannot fail: strings only
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode_Forbidden},
+			Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{
+				{Header: &corev3.HeaderValue{Key: VerdictHeader, RawValue: []byte(body.Verdict)}},
+				{Header: &corev3.HeaderValue{Key: "content-type", RawValue: []byte("application/json")}},
+			}},
+			Body:    b,
+			Details: BlockDetails,
+		},
+	}}
+}
