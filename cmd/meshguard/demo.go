@@ -31,7 +31,7 @@ import (
 // demoService is one workload of the demo and the destinations it normally calls.
 type demoService struct {
 	ns, workload, podIP string
-	calls                []demoCall
+	calls               []demoCall
 }
 
 type demoCall struct {
@@ -121,7 +121,7 @@ type demo struct {
 
 type demoRow struct {
 	service, dest, verdict, reasons, trace string
-	status                                int
+	status                                 int
 }
 
 // tap records the verdict of each request, keyed by x-request-id, for the table.
@@ -291,7 +291,6 @@ func (d *demo) printRow(r demoRow) {
 	fmt.Fprintf(d.out, demoFormat, r.service, r.dest, fmt.Sprint(r.status), strings.ToUpper(r.verdict), reasons, r.trace)
 }
 
-
 func (d *demo) printServices() error {
 	var list admin.ServiceList
 	if err := d.adminJSON(http.MethodGet, "/v1/services", nil, &list); err != nil {
@@ -397,4 +396,3 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
-

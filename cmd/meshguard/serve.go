@@ -230,4 +230,3 @@ func newPersistMetrics(reg prometheus.Registerer) persistMetrics {
 	reg.MustRegister(m.saved, m.failures)
 	return m
 }
-
