@@ -26,8 +26,8 @@ const FileName = "meshguard.db"
 const (
 	formatName    = "meshguard-baselines"
 	formatVersion = 1
-	// lockTimeout bounds the wait for the file lock held by another process.
-	lockTimeout = 2 * time.Second
+	// defaultLockTimeout bounds the wait for the file lock held by another process.
+	defaultLockTimeout = 2 * time.Second
 )
 
 var (
@@ -54,6 +54,8 @@ var _ flowmodel.Store = (*Bolt)(nil)
 type Options struct {
 	// ReadOnly opens the file without writing; it still waits for a writer's lock.
 	ReadOnly bool
+	// LockTimeout bounds the wait for a lock held by another process. Default: 2s.
+	LockTimeout time.Duration
 }
 
 // Open opens or creates the store in dir (creating dir). A file that is not a meshguard
@@ -64,8 +66,11 @@ func Open(dir string, opts Options) (*Bolt, error) {
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}
 	}
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = defaultLockTimeout
+	}
 	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: opts.ReadOnly})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("open %s: locked by another process (is another meshguard using this data dir?)", path)

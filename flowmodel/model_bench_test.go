@@ -1,0 +1,52 @@
+package flowmodel
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// benchModel loads n services with 100 destinations each, in enforce mode.
+func benchModel(b *testing.B, n int) *Model {
+	b.Helper()
+	m := mustModel(b, Config{})
+	f := Flow{Time: t0, Method: "GET", Path: "/"}
+	for s := range n {
+		f.Service = fmt.Sprintf("ns%d/svc%d", s%50, s)
+		for d := range 100 {
+			f.Destination = Destination{IP: netip.AddrFrom4([4]byte{10, byte(d), byte(s >> 8), byte(s)}), Port: 443, Host: fmt.Sprintf("api%d.example.com", d)}
+			m.Decide(&f)
+		}
+		setMode(b, m, f.Service, ModeEnforce)
+	}
+	m.TakeChanges()
+	return m
+}
+
+func BenchmarkDecide(b *testing.B) {
+	for _, n := range []int{1, 10_000} {
+		m := benchModel(b, n)
+		svc := fmt.Sprintf("ns%d/svc%d", (n-1)%50, n-1)
+		known := Flow{Time: t0.Add(time.Hour), Service: svc, Method: "GET", Path: "/",
+			Destination: Destination{IP: netip.AddrFrom4([4]byte{10, 7, byte((n - 1) >> 8), byte(n - 1)}), Port: 443, Host: "api7.example.com"}}
+		b.Run(fmt.Sprintf("services=%d/known", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if v := m.Decide(&known); v.Action != Allow {
+					b.Fatal(v)
+				}
+			}
+		})
+		unknown := known
+		unknown.Destination = Destination{IP: netip.AddrFrom4([4]byte{198, 51, 100, 1}), Port: 443}
+		b.Run(fmt.Sprintf("services=%d/new", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if v := m.Decide(&unknown); v.Action != Block {
+					b.Fatal(v)
+				}
+			}
+		})
+	}
+}
