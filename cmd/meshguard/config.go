@@ -69,10 +69,8 @@ func (m *modelFlags) config() (flowmodel.Config, error) {
 	if m.maxServices <= 0 {
 		errs = append(errs, errors.New("--max-services must be positive"))
 	}
-	if len(errs) > 0 {
-		return c, errors.Join(errs...)
-	}
-	return c.Check()
+	checked, err := c.Check()
+	return checked, errors.Join(append(errs, err)...)
 }
 
 // serveConfig is everything "meshguard serve" needs, checked.

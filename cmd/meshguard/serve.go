@@ -64,6 +64,9 @@ type server struct {
 	stopPersist context.CancelFunc
 	persistDone chan error
 	serveWG     sync.WaitGroup
+
+	shutdownOnce sync.Once
+	shutdownErr  error
 }
 
 // wrapDecider lets the demo watch decisions; nil keeps the model as it is.
@@ -173,8 +176,14 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 
 // shutdown drains and stops everything: health NOT_SERVING and not ready (so that Envoy and
 // Kubernetes send new streams elsewhere), a lameduck pause, GracefulStop bounded by the drain
-// timeout, then the last save of the baselines and the flush of spans.
+// timeout, then the last save of the baselines and the flush of spans. Later calls return
+// the first call's result.
 func (s *server) shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() { s.shutdownErr = s.stop(ctx) })
+	return s.shutdownErr
+}
+
+func (s *server) stop(ctx context.Context) error {
 	s.health.Shutdown()
 	s.admin.SetReady(false)
 	if s.cfg.lameduck > 0 {
