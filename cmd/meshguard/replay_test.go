@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestReplay(t *testing.T) {
+	events := strings.Join([]string{
+		`{"time": "2026-01-02T00:00:00Z", "service": "shop/checkout", "destination": {"ip": "203.0.113.7", "port": 443, "host": "api.example.com"}}`,
+		`{"time": "2026-01-02T00:30:00Z", "service": "shop/checkout", "destination": {"ip": "203.0.113.7", "port": 443}}`,
+		`not json`,
+		`{"time": "2026-01-02T01:00:00Z", "service": "shop/checkout", "destination": {"ip": "203.0.113.7", "port": 443}}`,
+		``,
+		`{"time": "2026-01-02T01:10:00Z", "service": "shop/checkout", "destination": {"ip": "198.51.100.1", "port": 443}}`,
+		`{"time": "2026-01-02T01:20:00Z", "service": "shop/checkout"}`,
+		`{"time": 1767317400, "service": "shop/checkout", "destination": {"host": "API.example.com", "port": 443}}`,
+	}, "\n")
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	if err := os.WriteFile(path, []byte(events), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := []replayLine{
+		{Seq: 1, Service: "shop/checkout", Mode: "learn", Verdict: "allow", Reasons: []string{}},
+		{Seq: 2, Service: "shop/checkout", Mode: "learn", Verdict: "allow", Reasons: []string{}},
+		// Third request at one hour: the window and the request count are both reached.
+		{Seq: 4, Service: "shop/checkout", Mode: "learn", Verdict: "allow", Reasons: []string{}},
+		{Seq: 6, Service: "shop/checkout", Mode: "enforce", Verdict: "block", Score: 1, Reasons: []string{"new_destination"}},
+		{Seq: 8, Service: "shop/checkout", Mode: "enforce", Verdict: "allow", Reasons: []string{}},
+	}
+	for _, input := range []string{"file", "stdin"} {
+		t.Run(input, func(t *testing.T) {
+			args := []string{"replay", "--learn-window", "1h", "--learn-min-requests", "3", "--after-learning", "enforce"}
+			stdin := strings.NewReader("")
+			if input == "file" {
+				args = append(args, path)
+			} else {
+				args = append(args, "-")
+				stdin = strings.NewReader(events)
+			}
+			var stdout, stderr strings.Builder
+			if err := run(context.Background(), args, stdin, &stdout, &stderr); err != nil {
+				t.Fatalf("%v\n%s", err, stderr.String())
+			}
+			var got []replayLine
+			sc := bufio.NewScanner(strings.NewReader(stdout.String()))
+			for sc.Scan() {
+				var l replayLine
+				if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+					t.Fatalf("output line %q: %v", sc.Text(), err)
+				}
+				got = append(got, l)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("got %d lines, want %d:\n%s", len(got), len(want), stdout.String())
+			}
+			for i := range want {
+				g, w := got[i], want[i]
+				if g.Seq != w.Seq || g.Service != w.Service || g.Mode != w.Mode || g.Verdict != w.Verdict || g.Score != w.Score || strings.Join(g.Reasons, ",") != strings.Join(w.Reasons, ",") {
+					t.Errorf("line %d: got %+v, want %+v", i, g, w)
+				}
+			}
+			if err := contains(stderr.String(), "line 3:", "line 7: destination.ip or destination.host is required", "5 events (4 allow, 0 alert, 1 block), 2 bad lines"); err != nil {
+				t.Errorf("%v in stderr:\n%s", err, stderr.String())
+			}
+		})
+	}
+}
+
+func TestReplayFlagErrors(t *testing.T) {
+	var stderr strings.Builder
+	err := run(context.Background(), []string{"replay", "--after-learning", "learn", "--default-mode", "x", "a", "b"}, strings.NewReader(""), &strings.Builder{}, &stderr)
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	if e := contains(err.Error(), "--default-mode", "after-learning", "one input file"); e != nil {
+		t.Fatalf("%v in %v", e, err)
+	}
+	if err := run(context.Background(), []string{"replay", "/does/not/exist"}, nil, &strings.Builder{}, &stderr); err == nil {
+		t.Fatal("missing file: want an error")
+	}
+}
+
+func TestDemo(t *testing.T) {
+	var out, errOut strings.Builder
+	if err := run(context.Background(), []string{"demo", "--learn-window", "500ms"}, nil, &out, &errOut); err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	s := out.String()
+	if err := contains(s, "ALERT    new_destination", "403    BLOCK    new_destination", "403    BLOCK    quarantined",
+		"shop/checkout     quarantine", "billing/invoices  enforce"); err != nil {
+		t.Fatalf("%v in demo output:\n%s", err, s)
+	}
+}
