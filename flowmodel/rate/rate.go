@@ -1,0 +1,320 @@
+// Package rate detects sustained increases in the number of requests per key (a service, a
+// service and destination) on event time.
+//
+// Requests are counted per interval (default one minute). A baseline, the exponentially
+// weighted moving average of the counts with a half-life of hours, follows slow changes such
+// as the daily cycle. Each closed interval feeds a Poisson CUSUM that tests the hypothesis
+// "the rate is now Ratio times the baseline" against "the rate is the baseline": it
+// accumulates the log-likelihood ratio of every interval and raises an alarm when the sum
+// reaches Threshold. With the defaults a worker that normally makes 5 requests an hour and
+// starts making 50 is flagged after 11 minutes if its requests are evenly spaced, after 13 on
+// average and 27 at worst over 50 simulated Poisson runs, while a smooth daily cycle of ×3
+// between night and day raises no alarm in a week at 2 to 6000 requests an hour.
+// The CUSUM is scaled by the observed dispersion of the counts, so that a key whose requests
+// come in batches (ten at once, every hour) does not alarm on every batch.
+//
+// An interval that raises or keeps up an alarm is not merged into the baseline, so a long
+// attack never becomes normal; Accept makes the current level the new normal when an
+// operator says so. Empty intervals are merged in O(1) however long the gap, and gaps longer
+// than MaxIdle do not teach the baseline at all (a service scaled to zero over a weekend does
+// not look like a spike on Monday). Events older than the current interval count in it, so
+// the same events in the same order always give the same results.
+//
+// A Detector holds the configuration and is safe for concurrent use; a State is one key's
+// memory (64 bytes, no pointers) and is not.
+package rate
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Config tunes a Detector. The zero value of a field means its default.
+type Config struct {
+	// Interval is the counting period, at least 1ms. Default: 1 minute.
+	Interval time.Duration
+	// HalfLife is how fast the baseline follows changes: after a change of level, half the
+	// difference is learned in HalfLife. Default: 6 hours.
+	HalfLife time.Duration
+	// Tolerance is the factor by which the rate may exceed the baseline without counting as
+	// evidence: the CUSUM compares the counts with Tolerance times the baseline. It absorbs
+	// the lag of the baseline behind a daily cycle (up to ×1.47 for a ×3 cycle with the
+	// default half-life). Default: 1.5.
+	Tolerance float64
+	// Ratio is the increase over Tolerance times the baseline that the CUSUM is tuned to
+	// detect. The CUSUM rises while the rate stays above Tolerance·(Ratio-1)/ln(Ratio) times
+	// the baseline (2.73 with the defaults) and falls otherwise. Default: 3.
+	Ratio float64
+	// Threshold is the CUSUM value, in nats of log-likelihood ratio, that raises an alarm.
+	// Higher means fewer false alarms and slower detection. Default: 8.
+	Threshold float64
+	// Warmup is the history the baseline needs before alarms are raised. Default: 1 hour.
+	Warmup time.Duration
+	// MaxIdle is the longest run of empty intervals the baseline learns from; a longer gap
+	// leaves it as it was after MaxIdle. Default: 1 hour.
+	MaxIdle time.Duration
+	// MinBaseline is the smallest baseline, in requests per interval, so that a key that was
+	// almost silent does not alarm on its first few requests. Default: 0.01.
+	MinBaseline float64
+	// MaxDispersion caps the variance-to-mean ratio of the counts that scales the CUSUM down
+	// for bursty keys. Default: 100.
+	MaxDispersion float64
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultInterval      = time.Minute
+	DefaultHalfLife      = 6 * time.Hour
+	DefaultTolerance     = 1.5
+	DefaultRatio         = 3
+	DefaultThreshold     = 8
+	DefaultWarmup        = time.Hour
+	DefaultMaxIdle       = time.Hour
+	DefaultMinBaseline   = 0.01
+	DefaultMaxDispersion = 100
+)
+
+// fastHalfLife is the half-life, in intervals, of the short-term mean that Accept adopts.
+const fastHalfLife = 15
+
+// Check applies defaults and reports every problem in c.
+func (c Config) Check() (Config, error) {
+	var errs []error
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	deff := func(f *float64, v float64) {
+		if *f == 0 {
+			*f = v
+		}
+	}
+	def(&c.Interval, DefaultInterval)
+	def(&c.HalfLife, DefaultHalfLife)
+	def(&c.Warmup, DefaultWarmup)
+	def(&c.MaxIdle, DefaultMaxIdle)
+	deff(&c.Ratio, DefaultRatio)
+	deff(&c.Tolerance, DefaultTolerance)
+	deff(&c.Threshold, DefaultThreshold)
+	deff(&c.MinBaseline, DefaultMinBaseline)
+	deff(&c.MaxDispersion, DefaultMaxDispersion)
+	if c.Interval < time.Millisecond || c.Interval%time.Millisecond != 0 {
+		errs = append(errs, fmt.Errorf("rate interval must be a whole number of milliseconds, at least 1ms, got %s", c.Interval))
+	}
+	if c.HalfLife < c.Interval {
+		errs = append(errs, fmt.Errorf("rate half-life %s is shorter than the interval %s", c.HalfLife, c.Interval))
+	}
+	if c.Warmup < 0 {
+		errs = append(errs, fmt.Errorf("rate warmup must not be negative, got %s", c.Warmup))
+	}
+	if c.MaxIdle < 0 {
+		errs = append(errs, fmt.Errorf("rate max idle must not be negative, got %s", c.MaxIdle))
+	}
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+	if !(c.Tolerance >= 1) || !finite(c.Tolerance) {
+		errs = append(errs, fmt.Errorf("rate tolerance must be at least 1, got %g", c.Tolerance))
+	}
+	if !(c.Ratio > 1) || !finite(c.Ratio) {
+		errs = append(errs, fmt.Errorf("rate ratio must be above 1, got %g", c.Ratio))
+	}
+	if !(c.Threshold > 0) || !finite(c.Threshold) {
+		errs = append(errs, fmt.Errorf("rate threshold must be positive, got %g", c.Threshold))
+	}
+	if !(c.MinBaseline > 0) || !finite(c.MinBaseline) {
+		errs = append(errs, fmt.Errorf("rate min baseline must be positive, got %g", c.MinBaseline))
+	}
+	if !(c.MaxDispersion >= 1) || !finite(c.MaxDispersion) {
+		errs = append(errs, fmt.Errorf("rate max dispersion must be at least 1, got %g", c.MaxDispersion))
+	}
+	return c, errors.Join(errs...)
+}
+
+// Detector scores request rates. It is immutable and safe for concurrent use; the States it
+// updates are not.
+type Detector struct {
+	cfg        Config
+	intervalMS int64
+	alpha      float64 // EWMA weight of one interval in the baseline
+	avgN       int64   // intervals averaged plainly before the EWMA takes over (1/alpha)
+	fastAlpha  float64
+	lnRatio    float64 // ln(Ratio)
+	penalty    float64 // Tolerance·(Ratio-1): the CUSUM's cost of an interval per expected request
+	warmN      int64   // merged intervals before alarms
+	idleN      int64   // empty intervals a gap may merge
+}
+
+// New returns a Detector for cfg.
+func New(cfg Config) (*Detector, error) {
+	cfg, err := cfg.Check()
+	if err != nil {
+		return nil, err
+	}
+	iv := cfg.Interval
+	d := &Detector{
+		cfg:        cfg,
+		intervalMS: iv.Milliseconds(),
+		alpha:      -math.Expm1(-math.Ln2 * float64(iv) / float64(cfg.HalfLife)),
+		fastAlpha:  -math.Expm1(-math.Ln2 / fastHalfLife),
+		lnRatio:    math.Log(cfg.Ratio),
+		penalty:    cfg.Tolerance * (cfg.Ratio - 1),
+		warmN:      int64(cfg.Warmup / iv),
+		idleN:      int64(cfg.MaxIdle / iv),
+	}
+	d.avgN = int64(1 / d.alpha)
+	return d, nil
+}
+
+// Config returns the detector's configuration with defaults applied.
+func (d *Detector) Config() Config { return d.cfg }
+
+// State is the memory of one key: 64 bytes, no pointers. The zero value is a key never
+// seen. It is not safe for concurrent use.
+type State struct {
+	cur   int64   // index of the current interval
+	count float64 // requests in the current interval
+	mean  float64 // baseline: EWMA of the counts of closed intervals
+	sq    float64 // EWMA of the squared counts
+	fast  float64 // EWMA with a half-life of fastHalfLife intervals, anomalies included
+	cusum float64
+	n     int64 // intervals merged into the baseline
+	seen  bool
+}
+
+// Result is the verdict on the current interval of one key.
+type Result struct {
+	// Score is the CUSUM over twice the threshold, in [0,1]; it is at least 0.5 exactly
+	// when Alarm is set.
+	Score float64
+	// Alarm is set when the CUSUM, counting the current interval so far, is at or above the
+	// threshold: the key's rate has risen well above its baseline.
+	Alarm bool
+	// Count is the number of requests in the current interval so far.
+	Count float64
+	// Expected is the baseline number of requests per interval.
+	Expected float64
+}
+
+// Observe counts one request of s's key at t and returns the verdict on its interval.
+func (d *Detector) Observe(s *State, t time.Time) Result { return d.Add(s, t, 1) }
+
+// Add counts n requests at t (an access-log batch, say) and returns the verdict on their
+// interval. A t before the current interval counts in the current interval.
+func (d *Detector) Add(s *State, t time.Time, n float64) Result {
+	iv := floorDiv(t.UnixMilli(), d.intervalMS)
+	switch {
+	case !s.seen:
+		s.seen, s.cur = true, iv
+	case iv > s.cur:
+		d.close(s, iv)
+	}
+	s.count += n
+	return d.result(s)
+}
+
+// Peek returns the verdict on s's current interval without counting anything.
+func (d *Detector) Peek(s *State) Result { return d.result(s) }
+
+// Accept makes the key's recent level (a mean over the last fifteen or so intervals) its
+// baseline and clears the CUSUM: an operator has judged a change to be normal.
+func (d *Detector) Accept(s *State) {
+	s.mean = s.fast
+	s.sq = s.fast*s.fast + s.fast // Poisson: variance = mean
+	s.cusum = 0
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// baseline returns the expected count and the dispersion (variance over mean, at least 1).
+func (d *Detector) baseline(s *State) (lambda, phi float64) {
+	lambda = max(s.mean, d.cfg.MinBaseline)
+	phi = (s.sq - s.mean*s.mean) / lambda
+	return lambda, min(max(phi, 1), d.cfg.MaxDispersion)
+}
+
+// step returns the CUSUM after an interval with count x.
+func (d *Detector) step(cusum, x, lambda, phi float64) float64 {
+	v := cusum + (x*d.lnRatio-lambda*d.penalty)/phi
+	return min(max(v, 0), 2*d.cfg.Threshold)
+}
+
+func (d *Detector) result(s *State) Result {
+	lambda, phi := d.baseline(s)
+	r := Result{Count: s.count, Expected: lambda}
+	if s.n < d.warmN {
+		return r
+	}
+	v := d.step(s.cusum, s.count, lambda, phi)
+	r.Score = v / (2 * d.cfg.Threshold)
+	r.Alarm = v >= d.cfg.Threshold
+	return r
+}
+
+// close ends the current interval and the empty ones up to next.
+func (d *Detector) close(s *State, next int64) {
+	x := s.count
+	lambda, phi := d.baseline(s)
+	anomalous := false
+	if s.n >= d.warmN {
+		s.cusum = d.step(s.cusum, x, lambda, phi)
+		anomalous = s.cusum >= d.cfg.Threshold && x > lambda
+	}
+	if !anomalous {
+		s.n++
+		a := max(d.alpha, 1/float64(s.n))
+		s.mean += a * (x - s.mean)
+		s.sq += a * (x*x - s.sq)
+	}
+	s.fast += d.fastAlpha * (x - s.fast)
+	if gap := next - s.cur - 1; gap > 0 {
+		d.skip(s, gap)
+	}
+	s.cur, s.count = next, 0
+}
+
+// skip accounts for g empty intervals in O(1).
+func (d *Detector) skip(s *State, g int64) {
+	// Each empty interval lowers the CUSUM by lambda·penalty/phi; lambda and phi are taken
+	// at the start of the gap (the CUSUM only falls, and stops at zero).
+	if s.n >= d.warmN {
+		lambda, phi := d.baseline(s)
+		s.cusum = max(s.cusum-float64(g)*lambda*d.penalty/phi, 0)
+	}
+	s.fast *= pow(1-d.fastAlpha, g)
+	m := min(g, d.idleN)
+	// While fewer than avgN intervals are merged the baseline is their plain average, so
+	// zeros scale it by n/(n+j); after that by (1-alpha) each.
+	if j := min(m, max(d.avgN-s.n, 0)); j > 0 {
+		f := float64(s.n) / float64(s.n+j)
+		s.mean *= f
+		s.sq *= f
+		s.n += j
+		m -= j
+	}
+	if m > 0 {
+		f := pow(1-d.alpha, m)
+		s.mean *= f
+		s.sq *= f
+		s.n += m
+	}
+}
+
+// pow returns b**n, by multiplication for the short gaps of a busy key.
+func pow(b float64, n int64) float64 {
+	if n > 8 {
+		return math.Pow(b, float64(n))
+	}
+	v := 1.0
+	for range n {
+		v *= b
+	}
+	return v
+}

@@ -1,0 +1,358 @@
+// Package volume detects unusual amounts of data sent per key (a service, a service and
+// destination) on event time: a single large upload, and slow exfiltration, many intervals
+// each somewhat above normal.
+//
+// The baseline is the distribution of a key's request sizes, kept as exponentially decaying
+// sums (half-life of hours) of the sizes, the log2 sizes and their squares: the mean size,
+// and the mean and standard deviation of log2 size. Request sizes are roughly log-normal and
+// heavy-tailed, so the tests work on log2 sizes, where they are well behaved.
+//
+// A single large upload is a request whose log2 size is SpikeZ standard deviations above the
+// mean and that is at least MinSpikeBytes: a request of 50 MB to a destination that usually
+// receives 8 KB stands out even in a busy interval.
+//
+// Slow exfiltration is caught by a CUSUM over intervals (default one minute): an interval
+// whose n requests have log2 sizes l1..ln scores z = Σ(li − mean)/(√n·sd), which is standard
+// normal when the requests are ordinary and grows with √n when they all carry more than they
+// used to. The CUSUM adds min(z, Cap) − Allowance per interval and raises an alarm at
+// Threshold once the bytes above the baseline (n times the mean size, summed since the CUSUM
+// left zero) reach MinExcessBytes. Scoring the requests of an interval rather than its total
+// makes the test blind to the daily ups and downs of traffic (they change n, not what each
+// request carries), which the rate detector watches instead.
+//
+// A request that raises a spike or arrives while the CUSUM alarms is not learned, and an
+// interval that ends in alarm does not age the baseline, so an attack never becomes normal.
+// Gaps cost O(1), and the baseline ages for at most MaxIdle of a gap. An event older than
+// the current interval counts in it, so the same events in the same order give the same
+// results. A sustained alarm belongs to the key's current interval: while it lasts, every
+// request of the key gets it.
+//
+// A Detector holds the configuration and is safe for concurrent use; a State is one key's
+// memory (96 bytes, no pointers) and is not.
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Config tunes a Detector. The zero value of a field means its default.
+type Config struct {
+	// Interval is the period the CUSUM steps by, at least 1ms. Default: 1 minute.
+	Interval time.Duration
+	// HalfLife is the event time after which a request weighs half as much in the baseline.
+	// Default: 6 hours.
+	HalfLife time.Duration
+	// Warmup is the history a key needs before its CUSUM may alarm. Default: 1 hour.
+	Warmup time.Duration
+	// MinRequests is the (decayed) number of requests the baseline needs before any alarm.
+	// Default: 20.
+	MinRequests float64
+	// MaxIdle is the longest part of a gap during which the baseline decays. Default: 1 hour.
+	MaxIdle time.Duration
+
+	// SpikeZ is how many standard deviations of log2 size above the mean make a request a
+	// spike. Default: 6.
+	SpikeZ float64
+	// MinSigmaBits is the smallest standard deviation of log2 sizes, so that a key whose
+	// requests are all alike (or all empty) does not alarm on a slightly larger one.
+	// Default: 1 (a factor of two).
+	MinSigmaBits float64
+	// MinSpikeBytes is the smallest request that can be a spike. Default: 1 MiB.
+	MinSpikeBytes float64
+
+	// Allowance is subtracted from each interval's z: intervals less than Allowance above
+	// the baseline lower the CUSUM. Default: 0.5.
+	Allowance float64
+	// Cap bounds each interval's z, so that one large request (the spike test's business)
+	// or a heavy tail does not raise the CUSUM alone. Default: 3.
+	Cap float64
+	// Threshold is the CUSUM value that raises an alarm. Default: 12.
+	Threshold float64
+	// MinExcessBytes is the smallest excess over the baseline, summed since the CUSUM last
+	// left zero, that raises an alarm. Default: 1 MiB.
+	MinExcessBytes float64
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultInterval       = time.Minute
+	DefaultHalfLife       = 6 * time.Hour
+	DefaultWarmup         = time.Hour
+	DefaultMinRequests    = 20
+	DefaultMaxIdle        = time.Hour
+	DefaultSpikeZ         = 6
+	DefaultMinSigmaBits   = 1
+	DefaultMinSpikeBytes  = 1 << 20
+	DefaultAllowance      = 0.5
+	DefaultCap            = 3
+	DefaultThreshold      = 12
+	DefaultMinExcessBytes = 1 << 20
+)
+
+// Check applies defaults and reports every problem in c.
+func (c Config) Check() (Config, error) {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	deff := func(f *float64, v float64) {
+		if *f == 0 {
+			*f = v
+		}
+	}
+	def(&c.Interval, DefaultInterval)
+	def(&c.HalfLife, DefaultHalfLife)
+	def(&c.Warmup, DefaultWarmup)
+	def(&c.MaxIdle, DefaultMaxIdle)
+	deff(&c.MinRequests, DefaultMinRequests)
+	deff(&c.SpikeZ, DefaultSpikeZ)
+	deff(&c.MinSigmaBits, DefaultMinSigmaBits)
+	deff(&c.MinSpikeBytes, DefaultMinSpikeBytes)
+	deff(&c.Allowance, DefaultAllowance)
+	deff(&c.Cap, DefaultCap)
+	deff(&c.Threshold, DefaultThreshold)
+	deff(&c.MinExcessBytes, DefaultMinExcessBytes)
+
+	var errs []error
+	if c.Interval < time.Millisecond || c.Interval%time.Millisecond != 0 {
+		errs = append(errs, fmt.Errorf("volume interval must be a whole number of milliseconds, at least 1ms, got %s", c.Interval))
+	}
+	if c.HalfLife < c.Interval {
+		errs = append(errs, fmt.Errorf("volume half-life %s is shorter than the interval %s", c.HalfLife, c.Interval))
+	}
+	if c.Warmup < 0 || c.MaxIdle < 0 {
+		errs = append(errs, fmt.Errorf("volume warmup and max idle must not be negative, got %s and %s", c.Warmup, c.MaxIdle))
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"min requests", c.MinRequests}, {"spike z", c.SpikeZ}, {"min sigma bits", c.MinSigmaBits},
+		{"min spike bytes", c.MinSpikeBytes}, {"allowance", c.Allowance}, {"cap", c.Cap},
+		{"threshold", c.Threshold}, {"min excess bytes", c.MinExcessBytes},
+	} {
+		if !(f.v > 0) || math.IsInf(f.v, 0) {
+			errs = append(errs, fmt.Errorf("volume %s must be positive, got %g", f.name, f.v))
+		}
+	}
+	if c.Cap <= c.Allowance {
+		errs = append(errs, fmt.Errorf("volume cap %g must exceed the allowance %g", c.Cap, c.Allowance))
+	}
+	return c, errors.Join(errs...)
+}
+
+// Detector scores the bytes keys send. It is immutable and safe for concurrent use; the
+// States it updates are not.
+type Detector struct {
+	cfg        Config
+	intervalMS int64
+	keep       float64 // 1 − alpha: the weight an interval boundary leaves to the past
+	warmN      int64   // intervals of history before the CUSUM may alarm
+	idleN      int64   // empty intervals of a gap during which the baseline decays
+	// Reciprocals of thresholds, to multiply by on the request path.
+	invSpikeZ, invSpikeBytes, invThreshold, invExcess float64
+}
+
+// New returns a Detector for cfg.
+func New(cfg Config) (*Detector, error) {
+	cfg, err := cfg.Check()
+	if err != nil {
+		return nil, err
+	}
+	iv := cfg.Interval
+	return &Detector{
+		cfg:           cfg,
+		intervalMS:    iv.Milliseconds(),
+		keep:          math.Exp(-math.Ln2 * float64(iv) / float64(cfg.HalfLife)),
+		warmN:         int64(cfg.Warmup / iv),
+		idleN:         int64(cfg.MaxIdle / iv),
+		invSpikeZ:     1 / cfg.SpikeZ,
+		invSpikeBytes: 1 / cfg.MinSpikeBytes,
+		invThreshold:  1 / cfg.Threshold,
+		invExcess:     1 / cfg.MinExcessBytes,
+	}, nil
+}
+
+// Config returns the detector's configuration with defaults applied.
+func (d *Detector) Config() Config { return d.cfg }
+
+// State is the memory of one key: 96 bytes, no pointers. The zero value is a key never
+// seen. It is not safe for concurrent use.
+type State struct {
+	cur, start int64 // current and first interval
+	// The current interval: bytes, requests of known size, sum of their log2 sizes.
+	bytes, reqs, lsum float64
+	// Baseline: decayed request count and sums of sizes, log2 sizes and squared log2 sizes.
+	w, s1, l1, l2 float64
+	cusum         float64
+	excess        float64 // bytes above the baseline since the CUSUM left zero
+	seen          bool
+}
+
+// Result is the verdict on one request and on its interval.
+type Result struct {
+	// Score is in [0,1] and at least 0.5 exactly when Alarm is set: half the larger of the
+	// spike and sustained strengths, each 1 at its threshold.
+	Score float64
+	// Alarm is Spike || Sustained.
+	Alarm bool
+	// Spike is set when this request is a single large upload.
+	Spike bool
+	// Sustained is set when the key's intervals have carried more than their requests
+	// normally do for long enough and by enough bytes: slow exfiltration.
+	Sustained bool
+	// Z is this request's log2 size in standard deviations above the key's mean.
+	Z float64
+	// Excess is the number of bytes above the baseline since the CUSUM last left zero.
+	Excess float64
+}
+
+// Observe counts a request of the given size sent at t and returns the verdict on it and
+// its interval. A negative size (unknown) is not counted. A t before the current interval
+// counts in the current interval.
+func (d *Detector) Observe(s *State, t time.Time, bytes int64) Result {
+	iv := floorDiv(t.UnixMilli(), d.intervalMS)
+	switch {
+	case !s.seen:
+		s.seen, s.cur, s.start = true, iv, iv
+	case iv > s.cur:
+		d.close(s, iv)
+	}
+	if bytes < 0 {
+		return d.result(s, -1, 0)
+	}
+	x := float64(bytes)
+	lg := math.Log2(1 + x)
+	s.bytes += x
+	s.reqs++
+	s.lsum += lg
+	r := d.result(s, x, lg)
+	if !r.Alarm {
+		s.w++
+		s.s1 += x
+		s.l1 += lg
+		s.l2 += lg * lg
+	}
+	return r
+}
+
+// Peek returns the verdict on s's current interval without counting anything.
+func (d *Detector) Peek(s *State) Result { return d.result(s, -1, 0) }
+
+// Typical returns the key's typical request size in bytes (the geometric mean), for
+// explanations such as "sent 50 MB where 8 KB is typical"; 0 for a key with no baseline.
+func (d *Detector) Typical(s *State) float64 {
+	if s.w == 0 {
+		return 0
+	}
+	return math.Exp2(s.l1/s.w) - 1
+}
+
+// Accept clears the CUSUM and the excess: an operator has judged the recent volume normal.
+func (d *Detector) Accept(s *State) {
+	s.cusum, s.excess = 0, 0
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// logStats returns the baseline's mean and standard deviation of log2 request sizes, the
+// latter at least MinSigmaBits. Call it with s.w > 0.
+func (d *Detector) logStats(s *State) (mean, sd float64) {
+	inv := 1 / s.w
+	mean = s.l1 * inv
+	sd = math.Sqrt(max(s.l2*inv-mean*mean, 0))
+	return mean, max(sd, d.cfg.MinSigmaBits)
+}
+
+// step returns the CUSUM and the excess after s's current interval, given the baseline's
+// log2 statistics. Call it with s.w > 0.
+func (d *Detector) step(s *State, m, sd float64) (cusum, excess float64) {
+	var z, expected float64
+	if s.reqs > 0 {
+		z = (s.lsum - s.reqs*m) / (math.Sqrt(s.reqs) * sd)
+		expected = s.reqs * s.s1 / s.w
+	}
+	cusum = min(max(s.cusum+min(z, d.cfg.Cap)-d.cfg.Allowance, 0), 2*d.cfg.Threshold)
+	if cusum == 0 {
+		return 0, 0
+	}
+	return cusum, max(s.excess+s.bytes-expected, 0)
+}
+
+// result scores the current interval and, unless size is negative, a request of that size
+// and log2 size lg.
+func (d *Detector) result(s *State, size, lg float64) Result {
+	var r Result
+	if s.w < d.cfg.MinRequests {
+		return r
+	}
+	m, sd := d.logStats(s)
+	var spike float64
+	if size >= 0 {
+		r.Z = (lg - m) / sd
+		spike = max(min(r.Z*d.invSpikeZ, size*d.invSpikeBytes), 0)
+		r.Spike = spike >= 1
+	}
+	var sustained float64
+	if s.cur-s.start >= d.warmN {
+		cusum, excess := d.step(s, m, sd)
+		r.Excess = excess
+		sustained = min(cusum*d.invThreshold, excess*d.invExcess)
+		r.Sustained = sustained >= 1
+	}
+	r.Alarm = r.Spike || r.Sustained
+	r.Score = min(max(spike, sustained)/2, 1)
+	return r
+}
+
+// close ends the current interval and the empty ones up to next.
+func (d *Detector) close(s *State, next int64) {
+	anomalous := false
+	if s.w >= d.cfg.MinRequests && s.cur-s.start >= d.warmN {
+		m, sd := d.logStats(s)
+		s.cusum, s.excess = d.step(s, m, sd)
+		anomalous = s.cusum >= d.cfg.Threshold
+		// Empty intervals carry no evidence: each lowers the CUSUM by the allowance.
+		if gap := next - s.cur - 1; gap > 0 {
+			s.cusum = max(s.cusum-float64(gap)*d.cfg.Allowance, 0)
+			if s.cusum == 0 {
+				s.excess = 0
+			}
+		}
+	}
+	// The baseline ages by one interval per interval learned from, and by at most MaxIdle
+	// of a gap; an anomalous interval, whose requests were not learned, does not age it
+	// either, so a long attack neither becomes normal nor wears the baseline away.
+	steps := min(next-s.cur, d.idleN+1)
+	if anomalous {
+		steps--
+	}
+	f := pow(d.keep, steps)
+	s.w *= f
+	s.s1 *= f
+	s.l1 *= f
+	s.l2 *= f
+	s.cur, s.bytes, s.reqs, s.lsum = next, 0, 0, 0
+}
+
+// pow returns b**n, by multiplication for the short gaps of a busy key.
+func pow(b float64, n int64) float64 {
+	if n > 8 {
+		return math.Pow(b, float64(n))
+	}
+	v := 1.0
+	for range n {
+		v *= b
+	}
+	return v
+}
