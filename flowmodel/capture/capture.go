@@ -33,7 +33,7 @@ const Source = "pcap"
 // (the side that opened the connection or sent the first datagram).
 type ServiceFunc func(client netip.Addr) string
 
-// Fixed returns a ServiceFunc that names every flow's service name.
+// Fixed returns a ServiceFunc that gives every flow the service name.
 func Fixed(name string) ServiceFunc {
 	return func(netip.Addr) string { return name }
 }
