@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -67,6 +68,10 @@ type hostCounts struct {
 	Benign, FalseAlerts          int // scored benign flows and those alerted
 	Malicious, MaliciousAlerted  int // scored malicious flows and those alerted
 	MaliciousInLearn, Background int
+	// FalseAlertDests counts the distinct destinations (IP and port) of the false alerts;
+	// FalseAlertsKnownName the false alerts whose host name (Host or SNI) was learned, at
+	// another IP.
+	FalseAlertDests, FalseAlertsKnownName int
 }
 
 // evaluateEvents runs the model once per learn window and baseline on the monitored hosts'
@@ -194,8 +199,20 @@ func countHosts(events []evaluate.Event, origin []string, verdicts []flowmodel.V
 	for i, h := range hosts {
 		out[i].Host = h
 	}
+	faDests := make([]map[string]bool, len(hosts))
+	for i := range faDests {
+		faDests[i] = map[string]bool{}
+	}
+	learnedNames := map[string]map[string]bool{} // per service, as the model sees it
+	learned := func(svc string) map[string]bool {
+		if learnedNames[svc] == nil {
+			learnedNames[svc] = map[string]bool{}
+		}
+		return learnedNames[svc]
+	}
 	for i, e := range events {
-		c := &out[slices.Index(hosts, origin[i])]
+		h := slices.Index(hosts, origin[i])
+		c := &out[h]
 		v := verdicts[i]
 		learning := v.Mode == flowmodel.ModeLearn
 		alerted := !learning && v.Action != flowmodel.Allow
@@ -203,6 +220,9 @@ func countHosts(events []evaluate.Event, origin []string, verdicts []flowmodel.V
 		switch {
 		case learning:
 			c.Learning++
+			if n := e.Flow.Destination.Host; n != "" {
+				learned(e.Flow.Service)[n] = true
+			}
 			if e.Label == "malicious" {
 				c.MaliciousInLearn++
 			}
@@ -217,8 +237,15 @@ func countHosts(events []evaluate.Event, origin []string, verdicts []flowmodel.V
 			c.Benign++
 			if alerted {
 				c.FalseAlerts++
+				faDests[h][netip.AddrPortFrom(e.Flow.Destination.IP, e.Flow.Destination.Port).String()] = true
+				if learned(e.Flow.Service)[e.Flow.Destination.Host] {
+					c.FalseAlertsKnownName++
+				}
 			}
 		}
+	}
+	for i := range out {
+		out[i].FalseAlertDests = len(faDests[i])
 	}
 	return out
 }
@@ -308,11 +335,11 @@ func section(cmd string, cfg evalConfig, st []stats, events, excluded int, res [
 	}
 	b.WriteString(evaluate.Table(rows))
 	b.WriteString("\nPer host (scored flows; alerts are the model's own):\n\n")
-	b.WriteString("| | host | flows | in learning (malicious) | benign scored | false alerts | malicious scored | malicious alerted | background scored |\n")
-	b.WriteString("| :-- | :-- | --- | --- | --- | --- | --- | --- | --- |\n")
+	b.WriteString("| | host | flows | in learning (malicious) | benign scored | false alerts (destinations) | of which to a learned name | malicious scored | malicious alerted | background scored |\n")
+	b.WriteString("| :-- | :-- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, r := range res {
 		for _, h := range r.Hosts {
-			fmt.Fprintf(&b, "| %s | %s | %d | %d (%d) | %d | %d | %d | %d | %d |\n", r.name(), h.Host, h.Flows, h.Learning, h.MaliciousInLearn, h.Benign, h.FalseAlerts, h.Malicious, h.MaliciousAlerted, h.Background)
+			fmt.Fprintf(&b, "| %s | %s | %d | %d (%d) | %d | %d (%d) | %d | %d | %d | %d |\n", r.name(), h.Host, h.Flows, h.Learning, h.MaliciousInLearn, h.Benign, h.FalseAlerts, h.FalseAlertDests, h.FalseAlertsKnownName, h.Malicious, h.MaliciousAlerted, h.Background)
 		}
 	}
 	b.WriteString("\n")

@@ -82,6 +82,9 @@ func TestEvalReal(t *testing.T) {
 			if benign.Learning != 492 || benign.Malicious != 0 {
 				t.Errorf("benign host: %d flows in learning, %d malicious; want 492 and 0", benign.Learning, benign.Malicious)
 			}
+			if benign.FalseAlertDests > benign.FalseAlerts || benign.FalseAlertsKnownName > benign.FalseAlerts || (benign.FalseAlerts > 0) != (benign.FalseAlertDests > 0) {
+				t.Errorf("benign host: %d false alerts on %d destinations, %d to learned names", benign.FalseAlerts, benign.FalseAlertDests, benign.FalseAlertsKnownName)
+			}
 			switch r.Baseline {
 			case ownBaseline:
 				if kovter.MaliciousInLearn != 1181 || kovter.Malicious != 281 {
