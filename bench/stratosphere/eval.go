@@ -98,11 +98,18 @@ func evaluateEvents(ctx context.Context, events []evaluate.Event, starts map[str
 				return nil, excluded, err
 			}
 			evs, origin, split := arrange(kept, b, starts, w, cfg)
-			m, err := newSplitModel(split)
+			model, err := newModel()
+			if err != nil {
+				return nil, excluded, err
+			}
+			m, err := newSplitModel(model, split)
 			if err != nil {
 				return nil, excluded, err
 			}
 			verdicts := evaluate.Run(evs, m)
+			if m.err != nil {
+				return nil, excluded, m.err
+			}
 			rep, err := evaluate.Measure(evs, verdicts, evaluate.Options{Unknown: []string{"background"}})
 			if err != nil {
 				return nil, excluded, err
@@ -145,23 +152,32 @@ func arrange(kept []evaluate.Event, b baseline, starts map[string]time.Time, w t
 	return sorted, sortedOrigin, map[string]time.Time{cfg.Benign: split}
 }
 
-// splitModel is the model under test, flowmodel.Model as on main, with learning split by
-// time: each host learns until its split time and is set to monitor mode (SetMode) when its
-// first flow at or after that time arrives. Events must come in time order.
+// modeModel is what the split needs of a model: decisions, and mode changes to end
+// learning. *flowmodel.Model is one.
+type modeModel interface {
+	evaluate.Decider
+	SetMode(service string, c flowmodel.ModeChange) error
+}
+
+// splitModel is the model under test with learning split by time: each host learns until its
+// split time and is set to monitor mode (SetMode) when its first flow at or after that time
+// arrives. Events must come in time order.
 type splitModel struct {
-	m        *flowmodel.Model
+	m        modeModel
 	split    map[string]time.Time
 	switched map[string]bool
+	err      error // the first SetMode failure
 }
 
 // never is a learn window no capture reaches: the split, not the model, ends learning.
 const never = 100 * 365 * 24 * time.Hour
 
-func newSplitModel(split map[string]time.Time) (*splitModel, error) {
-	m, err := flowmodel.New(flowmodel.Config{LearnWindow: never, LearnMinRequests: 1, AfterLearning: flowmodel.ModeMonitor})
-	if err != nil {
-		return nil, err
-	}
+// newModel is the model evaluated: flowmodel.Model as on main.
+func newModel() (modeModel, error) {
+	return flowmodel.New(flowmodel.Config{LearnWindow: never, LearnMinRequests: 1, AfterLearning: flowmodel.ModeMonitor})
+}
+
+func newSplitModel(m modeModel, split map[string]time.Time) (*splitModel, error) {
 	for host := range split {
 		if err := m.SetMode(host, flowmodel.ModeChange{Mode: flowmodel.ModeLearn, By: "eval"}); err != nil {
 			return nil, err
@@ -172,8 +188,9 @@ func newSplitModel(split map[string]time.Time) (*splitModel, error) {
 
 func (s *splitModel) Decide(f *flowmodel.Flow) flowmodel.Verdict {
 	if t, ok := s.split[f.Service]; ok && !s.switched[f.Service] && !f.Time.Before(t) {
-		// SetMode fails only for an empty name or an invalid mode, neither possible here.
-		_ = s.m.SetMode(f.Service, flowmodel.ModeChange{Mode: flowmodel.ModeMonitor, By: "eval", At: f.Time})
+		if err := s.m.SetMode(f.Service, flowmodel.ModeChange{Mode: flowmodel.ModeMonitor, By: "eval", At: f.Time}); err != nil && s.err == nil {
+			s.err = fmt.Errorf("end learning of %s: %w", f.Service, err)
+		}
 		s.switched[f.Service] = true
 	}
 	return s.m.Decide(f)
