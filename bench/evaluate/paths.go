@@ -1,0 +1,55 @@
+package evaluate
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// RepoRoot returns the nearest folder at or above the working directory that holds go.mod:
+// the root the evaluation programs resolve their default paths against.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod at or above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// DatasetDir returns where the public datasets are: $MESHGUARD_DATASETS when set, else
+// ../shared/datasets relative to the repository root (see DESIGN.md's datasets README), with
+// sub appended. It fails with a message saying where it looked when the folder is missing.
+func DatasetDir(sub string) (string, error) {
+	base := os.Getenv("MESHGUARD_DATASETS")
+	if base == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return "", fmt.Errorf("datasets: %w", err)
+		}
+		base = filepath.Join(root, "..", "shared", "datasets")
+	}
+	dir := filepath.Join(base, sub)
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("dataset %s not found at %s (set MESHGUARD_DATASETS to the datasets folder or pass --data): %w", sub, dir, err)
+	}
+	return dir, nil
+}
+
+// ResultsPath is bench/RESULTS.md in the repository.
+func ResultsPath() (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "bench", "RESULTS.md"), nil
+}

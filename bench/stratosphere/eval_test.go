@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshguard/meshguard/bench/evaluate"
+)
+
+// realData returns the Stratosphere captures or fails the test saying where it looked: the
+// evaluation is part of CI, so a missing dataset is an error, not a skip.
+func realData(t *testing.T) string {
+	t.Helper()
+	dir, err := dataDir("")
+	if err != nil {
+		t.Fatalf("the Stratosphere dataset is needed: %v", err)
+	}
+	return dir
+}
+
+func TestDataDirMissing(t *testing.T) {
+	t.Setenv("MESHGUARD_DATASETS", filepath.Join(t.TempDir(), "nowhere"))
+	_, err := dataDir("")
+	if err == nil || !strings.Contains(err.Error(), "MESHGUARD_DATASETS") || !strings.Contains(err.Error(), "nowhere") {
+		t.Fatalf("err = %v, want a message naming MESHGUARD_DATASETS and the path tried", err)
+	}
+}
+
+// TestEvalReal evaluates the current model on the real captures. The counts of the data and
+// the split are fixed by the dataset; the detection figures are lower bounds that any model
+// with a new-destination detector must reach (Kovter keeps contacting new IPs).
+func TestEvalReal(t *testing.T) {
+	dir := realData(t)
+	recs, st, err := convertDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := writeJSONL(&buf, recs); err != nil {
+		t.Fatal(err)
+	}
+	events, err := evaluate.Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := evalConfig{Benign: benignHost, Infected: kovterHost, Learn: []time.Duration{8 * time.Hour}}
+	res, excluded, err := evaluateEvents(context.Background(), events, captureStarts(recs, st), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != 7229 || excluded != 4201 {
+		t.Errorf("events %d, excluded %d; want 7229 and 4201 (the inbound scans)", len(events), excluded)
+	}
+	if len(res) != 2 {
+		t.Fatalf("got %d results, want own and replica baselines", len(res))
+	}
+	for _, r := range res {
+		t.Run(r.name(), func(t *testing.T) {
+			k, ok := r.Report.Kind("malicious")
+			if !ok {
+				t.Fatal("no malicious flows scored")
+			}
+			if k.Positives != 1462 {
+				t.Errorf("malicious flows = %d, want 1462 (all of 009's but two)", k.Positives)
+			}
+			for _, v := range []float64{k.AUC, k.AP, k.Recall[0].Recall, k.Recall[1].Recall} {
+				if !(v >= 0 && v <= 1) {
+					t.Errorf("metric %v is not computed: %+v", v, k)
+				}
+			}
+			if !(r.Report.ServiceDays > 0.9) || r.Report.Negatives < 1000 {
+				t.Errorf("%.2f service-days, %d benign flows scored; want about a day and over 1000", r.Report.ServiceDays, r.Report.Negatives)
+			}
+			benign, kovter := r.Hosts[0], r.Hosts[1]
+			// 008 starts 2022-06-12T21:59:58Z: its first 8 hours hold 492 flows.
+			if benign.Learning != 492 || benign.Malicious != 0 {
+				t.Errorf("benign host: %d flows in learning, %d malicious; want 492 and 0", benign.Learning, benign.Malicious)
+			}
+			if benign.FalseAlertDests > benign.FalseAlerts || benign.FalseAlertsKnownName > benign.FalseAlerts || (benign.FalseAlerts > 0) != (benign.FalseAlertDests > 0) {
+				t.Errorf("benign host: %d false alerts on %d destinations, %d to learned names", benign.FalseAlerts, benign.FalseAlertDests, benign.FalseAlertsKnownName)
+			}
+			switch r.Baseline {
+			case ownBaseline:
+				if kovter.MaliciousInLearn != 1181 || kovter.Malicious != 281 {
+					t.Errorf("Kovter: %d malicious in learning, %d scored; want 1181 and 281", kovter.MaliciousInLearn, kovter.Malicious)
+				}
+				// After 8 hours Kovter only contacts IPs it never contacted before.
+				if kovter.MaliciousAlerted != kovter.Malicious {
+					t.Errorf("Kovter: %d of %d scored malicious flows alerted, want all", kovter.MaliciousAlerted, kovter.Malicious)
+				}
+				if ttd, _ := k.MaxTimeToDetect(); k.Detected != 1 || ttd < 8*time.Hour-5*time.Minute || ttd > 8*time.Hour+5*time.Minute {
+					t.Errorf("time to detect %v (detected %d), want about the 8h learning", ttd, k.Detected)
+				}
+			case replicaBaseline:
+				if k.AlertRecall != 1 || k.InLearning != 0 {
+					t.Errorf("replica: alert recall %v, %d in learning; want 1 and 0", k.AlertRecall, k.InLearning)
+				}
+				if ttd, _ := k.MaxTimeToDetect(); ttd != 0 {
+					t.Errorf("replica: time to detect %v, want 0", ttd)
+				}
+			}
+		})
+	}
+}
+
+func TestCommands(t *testing.T) {
+	dir := realData(t)
+	out := filepath.Join(t.TempDir(), "flows.jsonl")
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"convert", "--data", dir, "--out", out}, &stdout, &stderr); err != nil {
+		t.Fatalf("convert: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "wrote 7229 flow events") {
+		t.Errorf("convert said %q", stderr.String())
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	events, err := evaluate.Read(bufio.NewReader(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != 7229 {
+		t.Fatalf("read back %d events, want 7229", len(events))
+	}
+	for i := 1; i < len(events); i++ {
+		if events[i].Flow.Time.Before(events[i-1].Flow.Time) {
+			t.Fatalf("events %d and %d out of time order", i, i+1)
+		}
+	}
+
+	results := filepath.Join(t.TempDir(), "RESULTS.md")
+	stdout.Reset()
+	if err := run(context.Background(), []string{"eval", "--data", dir, "--learn", "8h", "--write", "--results", results}, &stdout, &stderr); err != nil {
+		t.Fatalf("eval: %v\n%s", err, stderr.String())
+	}
+	b, err := os.ReadFile(results)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"<!-- BEGIN stratosphere -->",
+		"Command: `go run ./bench/stratosphere eval --write --learn 8h`",
+		"| own baseline, learn 8h | 1462 (1181) | 1020 |",
+		"| replica of benign host, learn 8h | 1462 (0) |",
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("results lack %q:\n%s", want, b)
+		}
+	}
+	if !bytes.Contains(b, stdout.Bytes()) {
+		t.Error("the section written differs from the one printed")
+	}
+
+	for _, args := range [][]string{{}, {"nope"}, {"convert"}, {"eval", "--learn", "0h"}} {
+		if err := run(context.Background(), args, &stdout, &stderr); err == nil {
+			t.Errorf("run %q succeeded", args)
+		}
+	}
+}
