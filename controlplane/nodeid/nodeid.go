@@ -134,7 +134,8 @@ func isDigits(s string) bool {
 
 // WorkloadFromPod strips the suffixes Kubernetes controllers append to pod names:
 // Deployment `NAME-HASH-XXXXX` → NAME, DaemonSet or Job `NAME-XXXXX` → NAME, StatefulSet
-// `NAME-N` → NAME. A name that matches none of these is returned unchanged. It is a heuristic
+// `NAME-N` → NAME. A name that matches none of these, or would be left empty, is returned
+// unchanged. It is a heuristic
 // for the rare node without WORKLOAD_NAME metadata (Istio sets it on every proxy).
 func WorkloadFromPod(pod string) string {
 	parts := strings.Split(pod, "-")
@@ -152,7 +153,10 @@ func WorkloadFromPod(pod string) string {
 	case isDigits(last):
 		parts = parts[:len(parts)-1]
 	}
-	return strings.Join(parts, "-")
+	if wl := strings.Join(parts, "-"); wl != "" {
+		return wl
+	}
+	return pod
 }
 
 // ServiceFromSPIFFE maps a SPIFFE ID `spiffe://TD/ns/NS/sa/SA` to the service "NS/SA".

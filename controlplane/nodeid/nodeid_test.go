@@ -1,6 +1,7 @@
 package nodeid
 
 import (
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -129,4 +130,42 @@ func TestSPIFFE(t *testing.T) {
 			t.Errorf("SPIFFEID(%q, %q) = %q, want failure", bad.td, bad.svc, id)
 		}
 	}
+}
+
+func FuzzParseIstioID(f *testing.F) {
+	for _, s := range []string{
+		"sidecar~10.1.2.3~checkout-7d9f8c6b5-zx9wq.shop~shop.svc.cluster.local",
+		"router~10.1.2.3~gw-0.ns~ns.svc.cluster.local",
+		"sidecar~~.~", "~~~", "sidecar~a~b-c-d.e.f~g",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		role, svc, ok := ParseIstioID(id)
+		if !ok {
+			if role != 0 || svc != "" {
+				t.Fatalf("failed parse returned %v %q", role, svc)
+			}
+			return
+		}
+		ns, wl, found := strings.Cut(svc, "/")
+		if !found || ns == "" || wl == "" || (role != RoleSidecar && role != RoleGateway) {
+			t.Fatalf("ParseIstioID(%q) = %v %q", id, role, svc)
+		}
+	})
+}
+
+func FuzzWorkloadFromPod(f *testing.F) {
+	for _, s := range []string{"checkout-7d9f8c6b5-zx9wq", "web-0", "a", "-", "--", "x-bcdfg", "a-bcdfgh-bcdfg"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, pod string) {
+		wl := WorkloadFromPod(pod)
+		if !strings.HasPrefix(pod, wl) {
+			t.Fatalf("WorkloadFromPod(%q) = %q, not a prefix", pod, wl)
+		}
+		if pod != "" && wl == "" {
+			t.Fatalf("WorkloadFromPod(%q) is empty", pod)
+		}
+	})
 }
