@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"maps"
 	"slices"
@@ -49,11 +50,12 @@ type Stats struct {
 	Nodes int
 	// Version is the last snapshot version pushed.
 	Version uint64
-	// Pushes counts snapshots set; Holds counts the times a sidecar's push was withheld
+	// Builds counts the resources built (a poll that changes nothing a node reads builds
+	// nothing); Pushes counts snapshots set; Holds counts the times a sidecar's push was withheld
 	// because its enforce service has no destination (SkipEmptyAllowList), keeping the
 	// previous snapshot; Nacks counts configuration Envoy rejected; BuildErrors counts
 	// failed builds.
-	Pushes, Holds, Nacks, BuildErrors uint64
+	Builds, Pushes, Holds, Nacks, BuildErrors uint64
 	// Skips counts, by reason, services newly found not enforced at L4 as asked.
 	Skips map[string]uint64
 }
@@ -79,14 +81,16 @@ type Controller struct {
 	nodes map[string]nodeid.Identity
 
 	// Owned by Run.
+	seed     maphash.Seed
+	digests  map[string]uint64 // input digest of each key's last build
 	pushed   map[string]Resources
 	held     map[string]bool
 	reported map[string][]Skip
 
-	version                           atomic.Uint64
-	pushes, holds, nacks, buildErrors atomic.Uint64
-	skipMu                            sync.Mutex
-	skips                             map[string]uint64
+	version                                   atomic.Uint64
+	builds, pushes, holds, nacks, buildErrors atomic.Uint64
+	skipMu                                    sync.Mutex
+	skips                                     map[string]uint64
 }
 
 // NewController checks cfg and returns a controller reading base. log may be nil.
@@ -110,6 +114,8 @@ func NewController(cfg Config, base Baselines, log *slog.Logger) (*Controller, e
 		cancel:   cancel,
 		wake:     make(chan struct{}, 1),
 		nodes:    map[string]nodeid.Identity{},
+		seed:     maphash.MakeSeed(),
+		digests:  map[string]uint64{},
 		pushed:   map[string]Resources{},
 		held:     map[string]bool{},
 		reported: map[string][]Skip{},
@@ -175,7 +181,7 @@ func (c *Controller) Stats() Stats {
 		v = 0
 	}
 	return Stats{
-		Nodes: n, Version: v, Pushes: c.pushes.Load(), Holds: c.holds.Load(),
+		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: c.pushes.Load(), Holds: c.holds.Load(),
 		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips,
 	}
 }
@@ -273,6 +279,13 @@ func (c *Controller) sync(ctx context.Context) {
 }
 
 func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity, recs []flowmodel.ServiceRecord) {
+	// Most polls change nothing a node is told: skip the build then.
+	digest := c.digest(recs)
+	if d, ok := c.digests[key]; ok && d == digest {
+		return
+	}
+	c.digests[key] = digest
+	c.builds.Add(1)
 	res, err := c.gen.Build(id, recs)
 	if err != nil {
 		c.buildErrors.Add(1)
@@ -310,12 +323,41 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 	}
 	if err != nil {
 		c.buildErrors.Add(1)
+		delete(c.digests, key) // retry at the next poll
 		c.log.Error("xds: set snapshot failed", "key", key, "version", version, "error", err)
 		return
 	}
 	c.pushed[key] = res
 	c.pushes.Add(1)
 	c.log.Info("xds: snapshot pushed", "key", key, "version", version, "skipped", len(res.Skipped))
+}
+
+// digest hashes what Build reads of the records: names and modes, and the destinations or
+// allow list only of the modes that compile them (a learning baseline changes constantly
+// but compiles to nothing).
+func (c *Controller) digest(recs []flowmodel.ServiceRecord) uint64 {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	for i := range recs {
+		r := &recs[i]
+		h.WriteString(r.Name)
+		h.WriteByte(0)
+		h.WriteByte(byte(r.Mode))
+		switch r.Mode {
+		case flowmodel.ModeEnforce, flowmodel.ModeMonitor:
+			for _, d := range r.Destinations {
+				h.WriteString(d.Destination)
+				h.WriteByte(0)
+			}
+		case flowmodel.ModeQuarantine:
+			for _, a := range r.QuarantineAllow {
+				h.WriteString(a)
+				h.WriteByte(0)
+			}
+		}
+		h.WriteByte(1)
+	}
+	return h.Sum64()
 }
 
 // reportSkips counts and logs the skips of a key that were not there at its last build.

@@ -402,3 +402,26 @@ func TestNewControllerErrors(t *testing.T) {
 }
 
 func statusMsg(msg string) *rpcstatus.Status { return &rpcstatus.Status{Code: 3, Message: msg} }
+
+// TestLearningChangesBuildNothing: a learning baseline grows at every poll, but nothing a
+// node is told depends on it, so the controller neither builds nor pushes again.
+func TestLearningChangesBuildNothing(t *testing.T) {
+	base := &fakeBaselines{}
+	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeLearn, Destinations: dests("203.0.113.1:443")})
+	c, cc := startXDS(t, Config{PollInterval: 10 * time.Millisecond}, base)
+	ads := newADSClient(t, cc, sidecarNode(t))
+	ads.send(resource.ListenerType, "", "")
+	ads.next(resource.ListenerType)
+	for i := range 20 {
+		base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeLearn, Destinations: dests("203.0.113." + strconv.Itoa(i+2) + ":443")})
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := c.Stats(); st.Builds != 1 || st.Pushes != 1 {
+		t.Errorf("stats = %+v, want one build and one push", st)
+	}
+	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeMonitor, Destinations: dests("203.0.113.1:443")})
+	l := unpack[*listenerv3.Listener](t, ads.next(resource.ListenerType))[0]
+	if r := listenerRBAC(t, l, "tcp"); r.GetShadowRules() == nil || r.GetRules() != nil {
+		t.Errorf("monitor RBAC = %v, want shadow rules only", r)
+	}
+}
