@@ -40,9 +40,11 @@
 //   - monitor: the enforce rules as shadow rules (Envoy counts rbac.shadow_denied; nothing is
 //     refused).
 //   - enforce: only learned destination IPs and ports; on TLS, the SNI when present must be a
-//     learned host. An enforce service with no learned destination IP is not enforced at L4
-//     and reported as a Skip (the controller keeps the node's previous snapshot), unless
-//     Config.DenyAllWhenEmpty makes it an explicit deny-all.
+//     learned host. An enforce service with no learned destination IP is never compiled into
+//     an empty allow list: unless Config.DenyAllWhenEmpty makes it an explicit deny-all, it is
+//     reported as a Skip, its sidecars keep their previous snapshot (the Controller withholds
+//     the push; a sidecar with no snapshot yet gets one without RBAC), and on a gateway its
+//     sources fall under the policy that lets unenforced sources through.
 //   - quarantine: only the explicit allow list (IPs on every path, host names by SNI on TLS);
 //     an empty allow list is a deliberate deny-all.
 //

@@ -544,3 +544,27 @@ func TestConfigCheck(t *testing.T) {
 		t.Error("NewGenerator accepted a bad config")
 	}
 }
+
+func TestGatewayDenyAllWhenEmpty(t *testing.T) {
+	svcs := []flowmodel.ServiceRecord{{Name: "ops/empty", Mode: flowmodel.ModeEnforce}}
+	empty := conn{src: netip.MustParseAddr("10.7.7.7"), dst: netip.MustParseAddrPort("192.0.2.200:9999"), peer: "spiffe://cluster.local/ns/ops/sa/empty"}
+	other := empty
+	other.peer = "spiffe://cluster.local/ns/ops/sa/other"
+	for _, tt := range []struct {
+		deny      bool
+		wantEmpty bool
+		skipped   int
+	}{{false, true, 1}, {true, false, 0}} {
+		res := build(t, newGen(t, Config{DenyAllWhenEmpty: tt.deny}), gateway, svcs...)
+		if len(res.Skipped) != tt.skipped {
+			t.Errorf("deny=%v: skipped %v", tt.deny, res.Skipped)
+		}
+		rules := rbacOf(t, res, "tcp").GetRules()
+		if got := allowed(t, rules, empty); got != tt.wantEmpty {
+			t.Errorf("deny=%v: empty service allowed = %v, want %v", tt.deny, got, tt.wantEmpty)
+		}
+		if !allowed(t, rules, other) {
+			t.Errorf("deny=%v: another source is denied", tt.deny)
+		}
+	}
+}
