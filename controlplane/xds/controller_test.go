@@ -309,7 +309,11 @@ func TestEmptyAllowListIsNeverPushed(t *testing.T) {
 	}
 
 	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce})
-	if !ads.quiet(resource.ListenerType, 300*time.Millisecond) {
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Stats().Holds == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !ads.quiet(resource.ListenerType, 200*time.Millisecond) {
 		t.Fatal("a listener was pushed for an enforce service with an empty baseline")
 	}
 	if st := c.Stats(); st.Holds != 1 || st.Skips[SkipEmptyAllowList] != 1 {
