@@ -1,0 +1,398 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshguard/meshguard/controlplane/nodeid"
+	"github.com/meshguard/meshguard/flowmodel"
+)
+
+// Baselines is where the controller reads the services. *flowmodel.Model satisfies it.
+// Services must be safe to call concurrently with the model's other methods; the
+// controller does not modify the returned records.
+type Baselines interface {
+	Services() []flowmodel.ServiceRecord
+}
+
+// ServiceLookup is optionally implemented by Baselines (*flowmodel.Model does). When no
+// gateway is connected, the controller then reads only the services of connected sidecars
+// instead of every service.
+type ServiceLookup interface {
+	Service(name string) (flowmodel.ServiceRecord, bool)
+}
+
+// Node keys: all sidecars of a service share one snapshot, all gateways another.
+const (
+	keyGateway      = "gateway"
+	keyUnidentified = "sidecar"
+	keySidecarPfx   = "sidecar/"
+)
+
+// Stats are the controller's counters. They only grow, except Nodes and Version.
+type Stats struct {
+	// Nodes is the number of node keys (services with sidecars, gateways, unidentified).
+	Nodes int
+	// Version is the last snapshot version pushed.
+	Version uint64
+	// Builds counts the resources built (a poll that changes nothing a node reads builds
+	// nothing); Pushes counts snapshots set; Holds counts the times a sidecar's push was withheld
+	// because its enforce service has no destination (SkipEmptyAllowList), keeping the
+	// previous snapshot; Nacks counts configuration Envoy rejected; BuildErrors counts
+	// failed builds.
+	Builds, Pushes, Holds, Nacks, BuildErrors uint64
+	// Skips counts, by reason, services newly found not enforced at L4 as asked.
+	Skips map[string]uint64
+}
+
+// Controller keeps one snapshot per node key in go-control-plane's snapshot cache, rebuilt
+// from the baselines every Config.PollInterval and whenever Notify is called or a new node
+// key connects. Versions are decimal, strictly increasing across all keys, and start at
+// Config.FirstVersion (by default the wall clock in nanoseconds), so they keep rising across
+// restarts. A snapshot is set only when a node's resources change.
+//
+// Methods are safe for concurrent use; Run must be called once.
+type Controller struct {
+	gen    *Generator
+	base   Baselines
+	log    *slog.Logger
+	cache  cache.SnapshotCache
+	server serverv3.Server
+	ctx    context.Context // ends the ADS streams when Run returns
+	cancel context.CancelFunc
+	wake   chan struct{}
+
+	mu    sync.Mutex
+	nodes map[string]nodeid.Identity
+
+	// Owned by Run.
+	seed     maphash.Seed
+	digests  map[string]uint64 // input digest of each key's last build
+	pushed   map[string]Resources
+	held     map[string]bool
+	reported map[string][]Skip
+
+	version                                   atomic.Uint64
+	builds, pushes, holds, nacks, buildErrors atomic.Uint64
+	skipMu                                    sync.Mutex
+	skips                                     map[string]uint64
+}
+
+// NewController checks cfg and returns a controller reading base. log may be nil.
+func NewController(cfg Config, base Baselines, log *slog.Logger) (*Controller, error) {
+	gen, err := NewGenerator(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("xds config: %w", err)
+	}
+	if base == nil {
+		return nil, fmt.Errorf("xds controller: nil baselines")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Controller{
+		gen:      gen,
+		base:     base,
+		log:      log,
+		ctx:      ctx,
+		cancel:   cancel,
+		wake:     make(chan struct{}, 1),
+		nodes:    map[string]nodeid.Identity{},
+		seed:     maphash.MakeSeed(),
+		digests:  map[string]uint64{},
+		pushed:   map[string]Resources{},
+		held:     map[string]bool{},
+		reported: map[string][]Skip{},
+		skips:    map[string]uint64{},
+	}
+	first := gen.cfg.FirstVersion
+	if first == 0 {
+		first = uint64(time.Now().UnixNano())
+	}
+	c.version.Store(first - 1)
+	c.cache = cache.NewSnapshotCache(true, nodeHash{c}, cacheLogger{log})
+	c.server = serverv3.NewServer(ctx, c.cache, c.callbacks())
+	return c, nil
+}
+
+// Register registers the ADS service (SotW and delta) on s.
+func (c *Controller) Register(s *grpc.Server) {
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(s, c.server)
+}
+
+// Cache returns the snapshot cache (for inspection; the controller owns its snapshots).
+func (c *Controller) Cache() cache.SnapshotCache { return c.cache }
+
+// Generator returns the controller's generator.
+func (c *Controller) Generator() *Generator { return c.gen }
+
+// Notify asks for a rebuild now, e.g. after an operator changed a service's mode. It never
+// blocks.
+func (c *Controller) Notify() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run rebuilds and pushes snapshots until ctx ends, then ends the ADS streams. It returns
+// nil on cancellation.
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.cancel()
+	t := time.NewTicker(c.gen.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		c.sync(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-c.wake:
+		}
+	}
+}
+
+// Stats returns the controller's counters.
+func (c *Controller) Stats() Stats {
+	c.mu.Lock()
+	n := len(c.nodes)
+	c.mu.Unlock()
+	c.skipMu.Lock()
+	skips := maps.Clone(c.skips)
+	c.skipMu.Unlock()
+	v := c.version.Load()
+	if c.pushes.Load() == 0 {
+		v = 0
+	}
+	return Stats{
+		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: c.pushes.Load(), Holds: c.holds.Load(),
+		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips,
+	}
+}
+
+// nodeKey maps a node to its snapshot key, registering new keys and waking Run for them.
+// Beyond Config.MaxNodeKeys, new sidecar services share the unidentified snapshot (no RBAC).
+func (c *Controller) nodeKey(n *corev3.Node) string {
+	id := nodeid.Identify(n)
+	key := keyUnidentified
+	switch {
+	case id.Role == nodeid.RoleGateway:
+		key = keyGateway
+	case id.Service != "":
+		key = keySidecarPfx + id.Service
+	}
+	c.mu.Lock()
+	_, known := c.nodes[key]
+	if !known && len(c.nodes) >= c.gen.cfg.MaxNodeKeys && key != keyGateway && key != keyUnidentified {
+		c.log.Warn("xds: too many node keys, serving the unidentified snapshot", "service", id.Service, "max", c.gen.cfg.MaxNodeKeys)
+		key, id = keyUnidentified, nodeid.Identity{Role: nodeid.RoleSidecar}
+		_, known = c.nodes[key]
+	}
+	if !known {
+		c.nodes[key] = id
+	}
+	c.mu.Unlock()
+	if !known {
+		c.log.Info("xds: new node key", "key", key, "node", n.GetId())
+		c.Notify()
+	}
+	return key
+}
+
+type nodeHash struct{ c *Controller }
+
+func (h nodeHash) ID(n *corev3.Node) string { return h.c.nodeKey(n) }
+
+func (c *Controller) callbacks() serverv3.Callbacks {
+	nack := func(node *corev3.Node, typeURL, version, msg string) {
+		c.nacks.Add(1)
+		c.log.Warn("xds: envoy rejected configuration", "node", node.GetId(), "type", typeURL, "version", version, "error", msg)
+	}
+	return serverv3.CallbackFuncs{
+		StreamRequestFunc: func(_ int64, req *discoverygrpc.DiscoveryRequest) error {
+			if d := req.GetErrorDetail(); d != nil {
+				nack(req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), d.GetMessage())
+			}
+			return nil
+		},
+		StreamDeltaRequestFunc: func(_ int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
+			if d := req.GetErrorDetail(); d != nil {
+				nack(req.GetNode(), req.GetTypeUrl(), "", d.GetMessage())
+			}
+			return nil
+		},
+	}
+}
+
+// sync rebuilds every node key's resources and pushes those that changed.
+func (c *Controller) sync(ctx context.Context) {
+	c.mu.Lock()
+	nodes := maps.Clone(c.nodes)
+	c.mu.Unlock()
+	if len(nodes) == 0 {
+		return
+	}
+	lookup, canLookup := c.base.(ServiceLookup)
+	var all []flowmodel.ServiceRecord
+	var byName map[string]int
+	if _, gw := nodes[keyGateway]; gw || !canLookup {
+		all = c.base.Services()
+		byName = make(map[string]int, len(all))
+		for i := range all {
+			byName[all[i].Name] = i
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(nodes)) {
+		id := nodes[key]
+		var recs []flowmodel.ServiceRecord
+		switch {
+		case id.Role == nodeid.RoleGateway:
+			recs = all
+		case id.Service == "":
+		case byName != nil:
+			if i, ok := byName[id.Service]; ok {
+				recs = all[i : i+1]
+			}
+		default:
+			if r, ok := lookup.Service(id.Service); ok {
+				recs = []flowmodel.ServiceRecord{r}
+			}
+		}
+		c.syncKey(ctx, key, id, recs)
+	}
+}
+
+func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity, recs []flowmodel.ServiceRecord) {
+	// Most polls change nothing a node is told: skip the build then.
+	digest := c.digest(recs)
+	if d, ok := c.digests[key]; ok && d == digest {
+		return
+	}
+	c.digests[key] = digest
+	c.builds.Add(1)
+	res, err := c.gen.Build(id, recs)
+	if err != nil {
+		c.buildErrors.Add(1)
+		c.log.Error("xds: build failed", "key", key, "error", err)
+		return
+	}
+	c.reportSkips(key, res.Skipped)
+	prev, hadPrev := c.pushed[key]
+	if hadPrev && id.Role == nodeid.RoleSidecar && slices.ContainsFunc(res.Skipped, func(s Skip) bool {
+		return s.Service == id.Service && s.Reason == SkipEmptyAllowList
+	}) {
+		// Keep what Envoy has rather than drop its rules.
+		if !c.held[key] {
+			c.held[key] = true
+			c.holds.Add(1)
+			c.log.Warn("xds: push withheld: enforce service has no learned destination IP; keeping the previous snapshot",
+				"key", key, "service", id.Service)
+		}
+		return
+	}
+	if c.held[key] {
+		delete(c.held, key)
+		c.log.Info("xds: push resumed", "key", key)
+	}
+	if hadPrev && sameResources(prev, res) {
+		return
+	}
+	version := strconv.FormatUint(c.version.Add(1), 10)
+	snap, err := cache.NewSnapshot(version, res.ByType())
+	if err == nil {
+		err = snap.Consistent()
+	}
+	if err == nil {
+		err = c.cache.SetSnapshot(ctx, key, snap)
+	}
+	if err != nil {
+		c.buildErrors.Add(1)
+		delete(c.digests, key) // retry at the next poll
+		c.log.Error("xds: set snapshot failed", "key", key, "version", version, "error", err)
+		return
+	}
+	c.pushed[key] = res
+	c.pushes.Add(1)
+	c.log.Info("xds: snapshot pushed", "key", key, "version", version, "skipped", len(res.Skipped))
+}
+
+// digest hashes what Build reads of the records: names and modes, and the destinations or
+// allow list only of the modes that compile them (a learning baseline changes constantly
+// but compiles to nothing).
+func (c *Controller) digest(recs []flowmodel.ServiceRecord) uint64 {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	for i := range recs {
+		r := &recs[i]
+		h.WriteString(r.Name)
+		h.WriteByte(0)
+		h.WriteByte(byte(r.Mode))
+		switch r.Mode {
+		case flowmodel.ModeEnforce, flowmodel.ModeMonitor:
+			for _, d := range r.Destinations {
+				h.WriteString(d.Destination)
+				h.WriteByte(0)
+			}
+		case flowmodel.ModeQuarantine:
+			for _, a := range r.QuarantineAllow {
+				h.WriteString(a)
+				h.WriteByte(0)
+			}
+		}
+		h.WriteByte(1)
+	}
+	return h.Sum64()
+}
+
+// reportSkips counts and logs the skips of a key that were not there at its last build.
+func (c *Controller) reportSkips(key string, skips []Skip) {
+	prev := c.reported[key]
+	for _, s := range skips {
+		if slices.Contains(prev, s) {
+			continue
+		}
+		c.skipMu.Lock()
+		c.skips[s.Reason]++
+		c.skipMu.Unlock()
+		c.log.Warn("xds: service not enforced at L4 as its mode asks", "key", key, "service", s.Service, "reason", s.Reason, "detail", s.Detail)
+	}
+	c.reported[key] = skips
+}
+
+func sameResources(a, b Resources) bool {
+	return equalProtos(a.Listeners, b.Listeners) && equalProtos(a.Clusters, b.Clusters) && equalProtos(a.Routes, b.Routes)
+}
+
+func equalProtos[T proto.Message](a, b []T) bool {
+	return slices.EqualFunc(a, b, func(x, y T) bool { return proto.Equal(x, y) })
+}
+
+// cacheLogger sends go-control-plane's logs to slog.
+type cacheLogger struct{ log *slog.Logger }
+
+func (l cacheLogger) logf(level slog.Level, format string, args ...any) {
+	if l.log.Enabled(context.Background(), level) {
+		l.log.Log(context.Background(), level, "xds cache: "+fmt.Sprintf(format, args...))
+	}
+}
+
+func (l cacheLogger) Debugf(format string, args ...any) { l.logf(slog.LevelDebug, format, args...) }
+func (l cacheLogger) Infof(format string, args ...any)  { l.logf(slog.LevelDebug, format, args...) }
+func (l cacheLogger) Warnf(format string, args ...any)  { l.logf(slog.LevelWarn, format, args...) }
+func (l cacheLogger) Errorf(format string, args ...any) { l.logf(slog.LevelError, format, args...) }
