@@ -69,7 +69,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	targets := fs.String("targets", "null,meshguard", "servers to measure, comma-separated: null, meshguard")
 	fs.StringVar(&c.Meshguard, "meshguard", "", "meshguard binary (default: go build ./cmd/meshguard)")
 	var mgArgs, env listFlag
-	fs.Var(&mgArgs, "meshguard-arg", "extra argument to `meshguard serve` (repeatable)")
+	fs.Var(&mgArgs, "meshguard-arg", "extra argument to meshguard serve, e.g. --meshguard-arg=--log-level=warn (repeatable)")
 	fs.StringVar(&c.NullServer, "null-server", "", "null server binary (default: go build ./bench/load/nullserver)")
 	fs.Var(&env, "server-env", "KEY=VALUE in the environment of both servers, e.g. GOMAXPROCS=2 (repeatable)")
 	serverCPUs := fs.String("server-cpus", "", "pin both servers to these CPUs, e.g. 1 or 0-1 (default: no pinning)")
@@ -109,7 +109,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.PprofDir, "pprof", "", "after the measured rounds, save CPU profiles of each server (from /debug/pprof on its admin address) and of this client under saturation into this directory")
 	fs.IntVar(&c.ProfileSeconds, "profile-seconds", 10, "length of each profile")
 
-	fs.BoolVar(&c.Write, "write", false, "write the \"load\" section of bench/RESULTS.md")
+	fs.BoolVar(&c.Write, "write", false, "write the \"load\" section of bench/RESULTS.md (and \"load-scale\" with --scale)")
 	fs.StringVar(&c.Results, "results", "", "results file (default: bench/RESULTS.md in the module)")
 	fs.Uint64Var(&c.Seed, "seed", 1, "random seed")
 	if err := fs.Parse(args); err != nil {
@@ -164,6 +164,9 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	}
 	if c.Teach < 0 {
 		errs = append(errs, fmt.Errorf("--teach must not be negative, got %d", c.Teach))
+	}
+	if c.Teach == 0 && c.EnforceMode != "" && slices.Contains(c.Targets, "meshguard") {
+		errs = append(errs, fmt.Errorf("--teach 0 leaves meshguard no services to switch to %q; add --mode ''", c.EnforceMode))
 	}
 	if c.ScanIPs > unseenSpan {
 		errs = append(errs, fmt.Errorf("--scan-ips: at most %d distinct addresses (100.64.0.0/10), got %d", unseenSpan, c.ScanIPs))

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -118,5 +123,44 @@ func TestProcReadingsOfThisProcess(t *testing.T) {
 	}
 	if _, err := ProcMem(1 << 30); err == nil {
 		t.Fatal("read memory of a process that cannot exist")
+	}
+}
+
+func TestStartPinnedSetsTheChildsAffinity(t *testing.T) {
+	for _, cpus := range [][]int{{0}, nil} {
+		cmd := exec.Command("sleep", "5")
+		if err := startPinned(cmd, cpus); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+		cmd.Process.Kill()
+		cmd.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var allowed string
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+				allowed = strings.TrimSpace(v)
+			}
+		}
+		want := fmt.Sprintf("0-%d", runtime.NumCPU()-1)
+		if len(cpus) == 1 {
+			want = "0"
+		}
+		if runtime.NumCPU() == 1 {
+			want = "0"
+		}
+		if allowed != want {
+			t.Fatalf("pinned to %v: child allowed on %q, want %q", cpus, allowed, want)
+		}
+	}
+	// This process's own threads keep their affinity.
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	if set.Count() != runtime.NumCPU() {
+		t.Fatalf("this thread is left on %d CPUs of %d", set.Count(), runtime.NumCPU())
 	}
 }

@@ -128,21 +128,30 @@ func otherCores(p *PhaseResult) float64 {
 	return max(0, p.Cores(p.MachineCPU-p.ServerCPU-p.ClientCPU))
 }
 
-// Markdown renders the report as the "load" section of bench/RESULTS.md.
+// header writes a section's title, the command and where it ran.
+func (r *Report) header(b *strings.Builder, title string) {
+	c := r.Cfg
+	fmt.Fprintf(b, "## %s\n\n", title)
+	fmt.Fprintf(b, "Command (from the repository root):\n\n```\n%s\n```\n\n", r.Command)
+	fmt.Fprintf(b, "Run %s on %d × %s, Linux %s, %s. The load generator shares the machine with the server", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Machine.NumCPU, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go)
+	if len(c.ServerCPUs) > 0 || len(c.ClientCPUs) > 0 {
+		fmt.Fprintf(b, " (servers pinned to CPUs %v, load generator to %v)", c.ServerCPUs, c.ClientCPUs)
+	} else {
+		fmt.Fprintf(b, " (no pinning)")
+	}
+	fmt.Fprintf(b, "; \"other\" is CPU used meanwhile by processes outside this benchmark (other tenants), in cores.\n\n")
+}
+
+// Markdown renders the measured rounds as the "load" section of bench/RESULTS.md, empty when
+// no target was measured.
 func (r *Report) Markdown() string {
+	if len(r.Saturation) == 0 && len(r.Open) == 0 {
+		return ""
+	}
 	var b strings.Builder
 	c := r.Cfg
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	w("## Load: ext_proc decisions, meshguard against a null server\n\n")
-	w("Command (from the repository root):\n\n```\n%s\n```\n\n", r.Command)
-	w("Run %s on %d × %s, Linux %s, %s. The client shares the machine with the servers", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Machine.NumCPU, r.Machine.CPU, r.Machine.Kernel, r.Machine.Go)
-	switch {
-	case len(c.ServerCPUs) > 0 || len(c.ClientCPUs) > 0:
-		w(" (servers pinned to CPUs %v, client to %v)", c.ServerCPUs, c.ClientCPUs)
-	default:
-		w(" (no pinning)")
-	}
-	w("; \"other\" is CPU used meanwhile by processes outside this benchmark (other tenants), in cores.\n\n")
+	r.header(&b, "Load: ext_proc decisions, meshguard against a null server")
 	phases := "request_headers"
 	if c.Mix.Body {
 		phases += fmt.Sprintf(", request_body (BUFFERED, %d B, POST/PUT only)", c.Mix.BodyBytes)
@@ -168,6 +177,9 @@ func (r *Report) Markdown() string {
 		r.phaseTable(&b, r.Open)
 	}
 	r.goals(&b)
+	if worst := r.worstOther(); worst > noisyOther {
+		w("**Noisy run:** processes outside the benchmark used up to %.2f cores during a measured phase (column \"other\"), so these figures understate what the machine can do and the rounds disagree; rerun on a quiet machine before drawing conclusions.\n\n", worst)
+	}
 	if len(r.Idle) > 0 {
 		w("Server memory (RSS): ")
 		var parts []string
@@ -185,9 +197,18 @@ func (r *Report) Markdown() string {
 	if len(r.Profiles) > 0 {
 		w("CPU profiles under saturation (`go tool pprof -top FILE`): %s.\n\n", strings.Join(r.Profiles, ", "))
 	}
-	if r.Scale != nil {
-		r.scale(&b)
+	return b.String()
+}
+
+// ScaleMarkdown renders the scale scenario as the "load-scale" section of bench/RESULTS.md,
+// empty when it did not run.
+func (r *Report) ScaleMarkdown() string {
+	if r.Scale == nil {
+		return ""
 	}
+	var b strings.Builder
+	r.header(&b, "Load at scale: many services, then a hostile scan")
+	r.scale(&b)
 	return b.String()
 }
 
@@ -247,7 +268,22 @@ func (r *Report) goals(b *strings.Builder) {
 	}
 	fmt.Fprintf(b, "### Against the goals (all rounds of each server taken together)\n\n")
 	fmt.Fprintf(b, "| measure | null | meshguard | meshguard vs null | goal | status |\n|---|--:|--:|--:|--:|---|\n")
-	fmt.Fprintf(b, "| saturation throughput (decisions/s, mean of rounds) | %.0f | %.0f | ×%.3f | ≥ ×%.1f | %s |\n", tn, tm, ratio, goalThroughputRatio, verdict(ratio >= goalThroughputRatio))
+	var perRound []string
+	for round := 1; round <= r.Cfg.Rounds; round++ {
+		var n, m float64
+		for _, tr := range r.Saturation {
+			if tr.Round == round && tr.Target == "null" {
+				n = tr.Result.Throughput()
+			}
+			if tr.Round == round && tr.Target == "meshguard" {
+				m = tr.Result.Throughput()
+			}
+		}
+		if n > 0 && m > 0 {
+			perRound = append(perRound, fmt.Sprintf("×%.2f", m/n))
+		}
+	}
+	fmt.Fprintf(b, "| saturation throughput (decisions/s, mean of rounds) | %.0f | %.0f | ×%.3f (rounds: %s) | ≥ ×%.1f | %s |\n", tn, tm, ratio, strings.Join(perRound, ", "), goalThroughputRatio, verdict(ratio >= goalThroughputRatio))
 	for _, q := range []struct {
 		name string
 		hn   *HistSnapshot
@@ -267,7 +303,7 @@ func (r *Report) goals(b *strings.Builder) {
 		if q.goal {
 			goal, status = "≤ +"+fmtDur(goalAddedP99), verdict(vm-vn <= goalAddedP99)
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %+.1fµs | %s | %s |\n", q.name, fmtDur(vn), fmtDur(vm), float64(vm-vn)/1e3, goal, status)
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", q.name, fmtDur(vn), fmtDur(vm), fmtDelta(vm-vn), goal, status)
 	}
 	sn, sm := per1k(nullSat.server, nullSat.ok), per1k(mgSat.server, mgSat.ok)
 	fmt.Fprintf(b, "| server CPU s per 1,000 decisions, saturation | %.4f | %.4f | ×%.2f | | |\n", sn, sm, safeDiv(sm, sn))
@@ -286,6 +322,28 @@ func (r *Report) goals(b *strings.Builder) {
 	fmt.Fprintf(b, "The client runs on the same cores: at saturation it used %.4f CPU s per 1,000 decisions against the null server, which is CPU the server under test could not have. A throughput ratio below the goal can come from the server's own cost per decision (server CPU row) or from the client taking a larger share of the cores; read the two CPU rows together.\n\n", cn)
 }
 
+// noisyOther is the CPU (in cores) other processes may use during a phase before the report
+// calls the run noisy.
+const noisyOther = 0.2
+
+func (r *Report) worstOther() float64 {
+	var worst float64
+	for _, list := range [][]TargetResult{r.Saturation, r.Open} {
+		for _, tr := range list {
+			worst = max(worst, otherCores(tr.Result))
+		}
+	}
+	return worst
+}
+
+// fmtDelta prints a signed latency difference.
+func fmtDelta(d time.Duration) string {
+	if d < 0 {
+		return "−" + fmtDur(-d)
+	}
+	return "+" + fmtDur(d)
+}
+
 func safeDiv(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -296,7 +354,7 @@ func safeDiv(a, b float64) float64 {
 func (r *Report) scale(b *strings.Builder) {
 	s := r.Scale
 	w := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
-	w("### Scale: %d services × %d destinations, then one service scans %d addresses\n\n", s.Services, s.Dests, s.ScanIPs)
+	w("### %d services × %d destinations, then one service scans %d addresses\n\n", s.Services, s.Dests, s.ScanIPs)
 	w("A fresh meshguard learned every (service, destination) pair through ext_proc streams, then every service was switched to `enforce` (%v for %d PUTs). Service `%s` then sent one request to each of %d distinct addresses it had never used.\n\n", s.ModeSwitch.Round(time.Millisecond), s.Services, "ns-0/wl-0", s.ScanIPs)
 	w("| point | RSS | anon | file | Go heap in use |\n|---|--:|--:|--:|--:|\n")
 	heap := func(v float64) string {

@@ -27,12 +27,12 @@ func TestReportAgainstTheGoals(t *testing.T) {
 	}{
 		{
 			name: "both goals met", mgRate: 9500, mgLatency: 250 * time.Microsecond,
-			want:    []string{"| 10000 | 9500 | ×0.950 | ≥ ×0.9 | met |", "| +50.0µs | ≤ +100µs | met |"},
+			want:    []string{"| 10000 | 9500 | ×0.950 (rounds: ×0.95, ×0.95) | ≥ ×0.9 | met |", "| +50µs | ≤ +100µs | met |"},
 			wantNot: []string{"not met"},
 		},
 		{
 			name: "throughput and latency short", mgRate: 8000, mgLatency: 400 * time.Microsecond,
-			want: []string{"| 10000 | 8000 | ×0.800 | ≥ ×0.9 | **not met** |", "| +200.0µs | ≤ +100µs | **not met** |"},
+			want: []string{"| 10000 | 8000 | ×0.800 (rounds: ×0.80, ×0.80) | ≥ ×0.9 | **not met** |", "| +200µs | ≤ +100µs | **not met** |"},
 		},
 	}
 	for _, tc := range tests {
@@ -76,5 +76,24 @@ func TestReportWithoutTheNullServer(t *testing.T) {
 	r := &Report{Cfg: cfg, Saturation: []TargetResult{{"meshguard", 1, synthetic("meshguard-sat", 100, time.Millisecond, time.Second)}}}
 	if md := r.Markdown(); !strings.Contains(md, "Ratios to the null server need both targets") {
 		t.Fatalf("no caveat:\n%s", md)
+	}
+}
+
+func TestReportFlagsANoisyRun(t *testing.T) {
+	cfg, _ := parseConfig([]string{"--targets", "null"}, nil)
+	quiet := synthetic("null-sat", 1000, time.Millisecond, 500*time.Millisecond)
+	noisy := synthetic("null-sat", 1000, time.Millisecond, 500*time.Millisecond)
+	noisy.MachineCPU = 1500 * time.Millisecond // half a core beyond server and client
+	for _, tc := range []struct {
+		name string
+		p    *PhaseResult
+		want bool
+	}{{"quiet", quiet, false}, {"noisy", noisy, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Report{Cfg: cfg, Saturation: []TargetResult{{"null", 1, tc.p}}}
+			if got := strings.Contains(r.Markdown(), "**Noisy run:**"); got != tc.want {
+				t.Fatalf("noisy warning %v, want %v (other %.2f cores)", got, tc.want, otherCores(tc.p))
+			}
+		})
 	}
 }

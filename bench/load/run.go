@@ -70,17 +70,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		rep.Scale = sr
 	}
-	md := rep.Markdown()
-	fmt.Fprint(stdout, md)
-	if cfg.Write {
-		path := cfg.Results
-		if path == "" {
-			path = filepath.Join(root, "bench", "RESULTS.md")
+	path := cfg.Results
+	if path == "" {
+		path = filepath.Join(root, "bench", "RESULTS.md")
+	}
+	for _, sec := range []struct{ name, md string }{{"load", rep.Markdown()}, {"load-scale", rep.ScaleMarkdown()}} {
+		if sec.md == "" {
+			continue
 		}
-		if err := results.WriteSection(path, "load", md); err != nil {
+		fmt.Fprint(stdout, sec.md)
+		if !cfg.Write {
+			continue
+		}
+		if err := results.WriteSection(path, sec.name, sec.md); err != nil {
 			return err
 		}
-		log.Info("results written", "file", path, "section", "load")
+		log.Info("results written", "file", path, "section", sec.name)
 	}
 	if rep.Scale != nil && !rep.Scale.AllBlocked {
 		return errors.New("scale: not every scan request was blocked")

@@ -175,7 +175,7 @@ func TestScaleScenarioAgainstAFakeGuard(t *testing.T) {
 			if res.Start.RSS == 0 || res.Scanned.RSS == 0 || res.HeapStart != 1.2e7 || !res.WithinBound {
 				t.Fatalf("memory readings: start %v scanned %v heap %v within %v", res.Start, res.Scanned, res.HeapStart, res.WithinBound)
 			}
-			md := (&Report{Cfg: cfg, Scale: res}).Markdown()
+			md := (&Report{Cfg: cfg, Scale: res}).ScaleMarkdown()
 			want := "every scan request blocked"
 			if !tc.wantAll {
 				want = "NOT every scan request blocked"
