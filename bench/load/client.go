@@ -98,6 +98,9 @@ func (e *StreamError) Unwrap() error { return e.Err }
 // caller that falls behind still counts the wait (no coordinated omission).
 func RunExchange(ctx context.Context, client extprocv3.ExternalProcessorClient, ex Exchange, timeout time.Duration, start time.Time) (Outcome, error) {
 	var out Outcome
+	if len(ex.Msgs) == 0 {
+		return out, &StreamError{Kind: failSend, Err: errors.New("an exchange without messages")}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var timedOut atomic.Bool

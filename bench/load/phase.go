@@ -340,7 +340,9 @@ func (p *Phase) Run(ctx context.Context) (*PhaseResult, error) {
 			}
 			cur, curClocks := src.snapshot(), readClocks(p.PID)
 			peak = max(peak, curClocks.mem.RSS)
-			if p.Progress != nil {
+			// The first tick after the window opens covers only part of a second; /proc's
+			// 10ms CPU ticks make such a short interval meaningless, so it is not printed.
+			if p.Progress != nil && curClocks.at.Sub(prevClocks.at) >= 500*time.Millisecond {
 				progressLine(p.Progress, p.Name, begin, between(p.Name, prevCounts, cur, prevClocks, curClocks), started)
 			}
 			prevCounts, prevClocks = cur, curClocks

@@ -148,7 +148,6 @@ func serverSpec(cfg Config, t, bin, work, dataDir string, pprofOn bool) (ServerS
 				return spec, err
 			}
 			spec.Args = append(spec.Args, "--pprof-listen", pp)
-			spec.Admin = "" // no admin API; its pprof base is kept apart
 			spec.pprofBase = "http://" + pp
 		}
 	}
