@@ -87,8 +87,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		log.Info("results written", "file", path, "section", sec.name)
 	}
-	if rep.Scale != nil && !rep.Scale.AllBlocked {
-		return errors.New("scale: not every scan request was blocked")
+	if s := rep.Scale; s != nil {
+		var errs []error
+		if !s.AllBlocked {
+			errs = append(errs, fmt.Errorf("scale: %d of %d scan requests blocked", s.ScanBlocked, s.ScanIPs))
+		}
+		if !s.WithinBound {
+			errs = append(errs, fmt.Errorf("scale: RSS grew by %s during the scan, bound %s", fmtBytes(s.Growth), fmtBytes(s.Bound)))
+		}
+		return errors.Join(errs...)
 	}
 	return nil
 }
