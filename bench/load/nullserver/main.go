@@ -37,7 +37,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("nullserver", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:9001", "ext_proc gRPC address: host:port or unix:///path")
-	maxStreams := fs.Uint("max-concurrent-streams", nullproc.DefaultMaxConcurrentStreams, "HTTP/2 concurrent streams per connection")
+	maxStreams := fs.Uint("max-concurrent-streams", nullproc.DefaultMaxConcurrentStreams, "HTTP/2 concurrent streams per connection (keep equal to meshguard's)")
 	pprofListen := fs.String("pprof-listen", "", "serve net/http/pprof on this host:port (off when empty)")
 	if err := fs.Parse(args); err != nil {
 		return err
