@@ -17,12 +17,14 @@ import (
 //	                                                   to its response being sent
 //	meshguard_extproc_streams_active                   open ext_proc streams
 //	meshguard_extproc_stream_errors_total{code}        streams ended by an error
+//	meshguard_decision_logs_suppressed_total           decision log lines over the rate cap
 type Metrics struct {
 	decisions [3]prometheus.Counter // by flowmodel.Action
 	reasons   [3][]prometheus.Counter
 	latency   prometheus.Observer
 	active    prometheus.Gauge
 	errors    *prometheus.CounterVec
+	logsDrop  prometheus.Counter
 }
 
 // NewMetrics registers the metrics with reg.
@@ -44,12 +46,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshguard_extproc_stream_errors_total", Help: "ext_proc streams ended by an error, by gRPC code.",
 	}, []string{"code"})
-	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs} {
+	logsDrop := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshguard_decision_logs_suppressed_total", Help: "Decision log lines not written because of the rate cap.",
+	})
+	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs, logsDrop} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &Metrics{latency: latency, active: active, errors: errs}
+	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop}
 	all := flowmodel.AllReasons()
 	for a := flowmodel.Allow; a <= flowmodel.Block; a++ {
 		m.decisions[a] = decisions.WithLabelValues(a.String())
@@ -97,5 +102,11 @@ func (m *Metrics) streamEnded() {
 func (m *Metrics) streamError(c codes.Code) {
 	if m != nil {
 		m.errors.WithLabelValues(c.String()).Inc()
+	}
+}
+
+func (m *Metrics) logSuppressed() {
+	if m != nil {
+		m.logsDrop.Inc()
 	}
 }

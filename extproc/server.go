@@ -63,6 +63,11 @@ type Config struct {
 	Logger *slog.Logger
 	// TracerProvider makes the decision spans. Default: no spans.
 	TracerProvider trace.TracerProvider
+	// DecisionLogsPerSecond caps the decision lines logged per second (alerts and blocks are
+	// logged at info and warn); the others are counted in
+	// meshguard_decision_logs_suppressed_total and summed up in one line. Default: 100;
+	// negative: no cap.
+	DecisionLogsPerSecond int
 	// Metrics, when set, counts decisions.
 	Metrics *Metrics
 	// Now is the clock of event times. Default: time.Now.
@@ -91,6 +96,9 @@ func (c Config) Check() (Config, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.DecisionLogsPerSecond == 0 {
+		c.DecisionLogsPerSecond = 100
+	}
 	return c, errors.Join(errs...)
 }
 
@@ -103,6 +111,7 @@ type Server struct {
 	onMissing flowmodel.Action
 	tracer    trace.Tracer
 	log       *slog.Logger
+	logLimit  logLimiter
 	metrics   *Metrics
 }
 
@@ -118,11 +127,12 @@ func NewServer(d Decider, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		decider: d,
-		cfg:     cfg,
-		tracer:  cfg.TracerProvider.Tracer("github.com/meshguard/meshguard/extproc"),
-		log:     cfg.Logger,
-		metrics: cfg.Metrics,
+		decider:  d,
+		cfg:      cfg,
+		tracer:   cfg.TracerProvider.Tracer("github.com/meshguard/meshguard/extproc"),
+		log:      cfg.Logger,
+		logLimit: logLimiter{perSecond: int64(cfg.DecisionLogsPerSecond)},
+		metrics:  cfg.Metrics,
 	}
 	switch cfg.OnMissing {
 	case OnMissingAllow:
@@ -398,6 +408,15 @@ func (s *Server) logDecision(st *stream, idSource IdentitySource) {
 	}
 	ctx := context.Background()
 	if !s.log.Enabled(ctx, level) {
+		return
+	}
+	ok, suppressed := s.logLimit.allow(st.received)
+	if suppressed > 0 {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "decision logs suppressed", slog.Int64("lines", suppressed),
+			slog.Int("limit_per_second", s.cfg.DecisionLogsPerSecond))
+	}
+	if !ok {
+		s.metrics.logSuppressed()
 		return
 	}
 	f := &st.flow

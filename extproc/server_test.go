@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -332,4 +334,49 @@ func TestResponsePhaseDecidesWhenRequestPhasesAreSkipped(t *testing.T) {
 
 func (a *attrs) asStructs() map[string]*structpb.Struct {
 	return map[string]*structpb.Struct{AttributesKey: {Fields: a.fields}}
+}
+
+func TestDecisionLogsAreRateLimited(t *testing.T) {
+	var buf syncBuffer
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	c := startServer(t, &fakeDecider{verdict: blockNew}, Config{
+		Logger: slog.New(slog.NewTextHandler(&buf, nil)), DecisionLogsPerSecond: 3, Now: clock,
+	})
+	for range 10 {
+		if _, err := envoysim.Do(context.Background(), c, sidecarRequest("evil.example"), time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	now = now.Add(time.Second)
+	mu.Unlock()
+	if _, err := envoysim.Do(context.Background(), c, sidecarRequest("evil.example"), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if n := strings.Count(out, "msg=decision "); n != 4 {
+		t.Errorf("%d decision lines, want 3 in the first second and 1 in the next:\n%s", n, out)
+	}
+	if !strings.Contains(out, `msg="decision logs suppressed" lines=7`) {
+		t.Errorf("no summary of the 7 suppressed lines:\n%s", out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -105,6 +105,7 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.dataDir, "data-dir", "./meshguard-data", "directory of the baseline store")
 	mf.register(fs)
 	fs.StringVar(&onMissing, "on-missing", extproc.OnMissingAlert, "verdict for a request whose service or destination is unknown: allow, alert or block")
+	fs.IntVar(&c.extproc.DecisionLogsPerSecond, "decision-log-rate", 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)")
 	fs.StringVar(&identityOrder, "identity-order", "metadata,node,peer-san,source-address", "identity sources, in order")
 	fs.DurationVar(&c.flushInterval, "flush-interval", time.Second, "how far the store may lag behind the model")
 	fs.DurationVar(&c.lameduck, "lameduck", 2*time.Second, "on shutdown, time between reporting NOT_SERVING and refusing new streams")
