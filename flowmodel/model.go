@@ -570,6 +570,8 @@ type ServiceRecord struct {
 	LastSeen        time.Time           `json:"last_seen,omitzero"`
 	QuarantineAllow []string            `json:"quarantine_allow,omitempty"`
 	Destinations    []DestinationRecord `json:"destinations"`
+	// Shapes are the request shapes learned per destination host.
+	Shapes []ShapeRecord `json:"shapes,omitempty"`
 	// Removed lists destinations forgotten since the last save (a Store deletes them). It is
 	// empty in a full snapshot.
 	Removed []string `json:"-"`
@@ -584,6 +586,24 @@ type DestinationRecord struct {
 	LastSeen    time.Time `json:"last_seen"`
 	// Source is the provenance of the first sighting ("ext_proc", "replay", "pcap", ...).
 	Source string `json:"source,omitempty"`
+}
+
+// ShapeRecord is one request shape a service sends to one destination.
+type ShapeRecord struct {
+	// Destination is "host:port", or "ip:port" for a destination without a host name.
+	Destination string `json:"destination"`
+	// Shape is the shape's text form (method, path template, query keys, header keys,
+	// content type, body-size class), e.g.
+	// "POST /v1/charges/{id} q:[expand] h:[content-type] ct:application/json b:1k".
+	Shape string `json:"shape"`
+	// Method and Path (the path template, placeholders such as {id} for variable segments)
+	// repeat the shape's first two fields for consumers that need no more.
+	Method    string    `json:"method"`
+	Path      string    `json:"path"`
+	Count     int64     `json:"count"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	Source    string    `json:"source,omitempty"`
 }
 
 // TakeChanges returns the state of every service changed since the last call: its fields,
