@@ -1,90 +1,32 @@
 package flowmodel
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/meshguard/meshguard/flowmodel/burst"
+	"github.com/meshguard/meshguard/flowmodel/rate"
+	"github.com/meshguard/meshguard/flowmodel/shape"
+	"github.com/meshguard/meshguard/flowmodel/volume"
 )
 
-// Config tunes a Model. The zero value of a field means its default.
-type Config struct {
-	// DefaultMode is the mode of a service seen for the first time. Default: learn.
-	DefaultMode Mode
-	// LearnWindow and LearnMinRequests: a service in learn mode is promoted to AfterLearning
-	// once it has been learning for LearnWindow of event time AND has made LearnMinRequests
-	// requests. Defaults: 24h and 100. A negative value means zero.
-	LearnWindow      time.Duration
-	LearnMinRequests int64
-	// AfterLearning is the mode a service is promoted to. Default: monitor.
-	AfterLearning Mode
-	// MaxDestinations caps the destinations remembered per service; the least recently used
-	// one is forgotten first. Default: 4096.
-	MaxDestinations int
-	// MaxServices caps the services tracked. Flows of services beyond the cap are decided as
-	// for an empty baseline in DefaultMode and teach nothing. Default: 100,000.
-	MaxServices int
-}
+// burstShards spread the burst detector's sketches over several locks, by service, so that
+// decisions of different services rarely wait for one another.
+const burstShards = 8
 
-// Defaults used for zero Config fields.
-const (
-	DefaultLearnWindow      = 24 * time.Hour
-	DefaultLearnMinRequests = 100
-	DefaultMaxDestinations  = 4096
-	DefaultMaxServices      = 100_000
-)
-
-// Check applies defaults and reports every problem in c.
-func (c Config) Check() (Config, error) {
-	var errs []error
-	if c.DefaultMode == 0 {
-		c.DefaultMode = ModeLearn
-	}
-	if c.AfterLearning == 0 {
-		c.AfterLearning = ModeMonitor
-	}
-	switch {
-	case c.LearnWindow == 0:
-		c.LearnWindow = DefaultLearnWindow
-	case c.LearnWindow < 0:
-		c.LearnWindow = 0
-	}
-	switch {
-	case c.LearnMinRequests == 0:
-		c.LearnMinRequests = DefaultLearnMinRequests
-	case c.LearnMinRequests < 0:
-		c.LearnMinRequests = 0
-	}
-	if c.MaxDestinations == 0 {
-		c.MaxDestinations = DefaultMaxDestinations
-	}
-	if c.MaxServices == 0 {
-		c.MaxServices = DefaultMaxServices
-	}
-	if !c.DefaultMode.Valid() {
-		errs = append(errs, fmt.Errorf("default mode: invalid mode %d", c.DefaultMode))
-	}
-	if !c.AfterLearning.Valid() || c.AfterLearning == ModeLearn {
-		errs = append(errs, fmt.Errorf("after-learning mode must be monitor, enforce or quarantine, not %s", c.AfterLearning))
-	}
-	if c.MaxDestinations < 0 {
-		errs = append(errs, fmt.Errorf("max destinations per service must be positive, got %d", c.MaxDestinations))
-	}
-	if c.MaxServices < 0 {
-		errs = append(errs, fmt.Errorf("max services must be positive, got %d", c.MaxServices))
-	}
-	return c, errors.Join(errs...)
-}
-
-// Model holds the baselines of all services. It is safe for concurrent use; Decide and
-// Observe never block on I/O.
+// Model holds the baselines of all services and the detectors that score flows against
+// them. It is safe for concurrent use; Decide and Observe never block on I/O and take one
+// lock per service (and one of burstShards locks for the burst sketches).
 type Model struct {
-	cfg Config
+	cfg    Config
+	shaper *shape.Shaper
+	rate   *rate.Detector
+	volume *volume.Detector
+	bursts [burstShards]burstShard
 
 	mu       sync.RWMutex
 	services map[string]*service
@@ -93,82 +35,38 @@ type Model struct {
 	dirty   []*service // services with unsaved changes, each once
 }
 
+type burstShard struct {
+	mu sync.Mutex
+	d  *burst.Detector
+	_  [40]byte // keep shards on separate cache lines
+}
+
 // New returns an empty model.
 func New(cfg Config) (*Model, error) {
 	cfg, err := cfg.Check()
 	if err != nil {
 		return nil, err
 	}
-	return &Model{cfg: cfg, services: make(map[string]*service)}, nil
+	m := &Model{cfg: cfg, services: make(map[string]*service)}
+	m.shaper = shape.New(shape.Config{Seed: cfg.ShapeSeed})
+	if m.rate, err = rate.New(cfg.Rate); err != nil {
+		return nil, err
+	}
+	if m.volume, err = volume.New(cfg.Volume); err != nil {
+		return nil, err
+	}
+	for i := range m.bursts {
+		bc := cfg.Burst
+		bc.Seed += uint64(i)
+		if m.bursts[i].d, err = burst.New(bc); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
 }
 
 // Config returns the model's configuration with defaults applied.
 func (m *Model) Config() Config { return m.cfg }
-
-// destKey identifies a destination in a baseline: a host name or an IP, with a port.
-type destKey struct {
-	host string
-	ip   netip.Addr
-	port uint16
-}
-
-func (k destKey) String() string {
-	if k.host != "" {
-		return joinHostPort(k.host, k.port)
-	}
-	return netip.AddrPortFrom(k.ip, k.port).String()
-}
-
-func parseDestKey(s string) (destKey, error) {
-	d, err := ParseDestination(s)
-	if err != nil {
-		return destKey{}, err
-	}
-	if d.IP.IsValid() {
-		return destKey{ip: d.IP, port: d.Port}, nil
-	}
-	return destKey{host: d.Host, port: d.Port}, nil
-}
-
-type destEntry struct {
-	key         destKey
-	count       int64
-	first, last time.Time
-	source      string
-	dirty       bool // queued in service.dirtyDests
-	evicted     bool
-}
-
-type service struct {
-	name string
-
-	mu            sync.Mutex
-	mode          Mode
-	modeSetBy     string
-	modeChanged   time.Time
-	learnStart    time.Time
-	learnRequests int64
-	requests      int64
-	alerted       int64
-	blocked       int64
-	first, last   time.Time
-	dests         *simplelru.LRU[destKey, *destEntry]
-	allow         map[destKey]struct{} // quarantine allow list
-
-	queued     bool // in Model.dirty
-	dirtyDests []*destEntry
-	removed    []destKey
-}
-
-func (m *Model) newService(name string) *service {
-	s := &service{name: name, mode: m.cfg.DefaultMode}
-	// NewLRU fails only for a non-positive size, which Check rules out.
-	s.dests, _ = simplelru.NewLRU(m.cfg.MaxDestinations, func(k destKey, e *destEntry) {
-		e.evicted = true
-		s.removed = append(s.removed, k)
-	})
-	return s
-}
 
 // lookup returns the named service, creating it when create is set. It returns nil when the
 // service is unknown and not created, or when MaxServices is reached.
@@ -203,7 +101,8 @@ func (m *Model) markDirty(s *service) {
 	m.dirtyMu.Unlock()
 }
 
-// Decide returns the verdict for f and, in learn mode, records f in its service's baseline.
+// Decide returns the verdict for f. In learn mode it records f in its service's baseline; in
+// every mode it keeps the detectors of known destinations current.
 func (m *Model) Decide(f *Flow) Verdict {
 	if f.Service == "" || !f.Destination.Valid() {
 		return Verdict{Action: Alert, Score: 1, Reasons: Reasons(0).With(ReasonInvalidRequest)}
@@ -229,11 +128,10 @@ func (m *Model) Decide(f *Flow) Verdict {
 		m.learn(s, f)
 		m.maybePromote(s, f.Time)
 	case ModeMonitor, ModeEnforce:
-		if !m.seen(s, f) {
-			v.Score = 1
-			v.Reasons = v.Reasons.With(ReasonNewDestination)
+		v.Score, v.Reasons = m.judge(s, f)
+		if !v.Reasons.Empty() {
 			v.Action = Alert
-			if s.mode == ModeEnforce {
+			if s.mode == ModeEnforce && v.Reasons&m.cfg.BlockReasons != 0 {
 				v.Action = Block
 			}
 		}
@@ -279,8 +177,13 @@ func (m *Model) Observe(f *Flow) {
 	if s.mode != ModeLearn {
 		return
 	}
-	k := destKey{ip: NormalizeIP(f.Upstream.Addr()), port: f.Upstream.Port()}
-	m.record(s, k, f.Time, sourceOr(f.Source, "upstream"))
+	ip := NormalizeIP(f.Upstream.Addr())
+	m.record(s, destKey{ip: ip, port: f.Upstream.Port()}, f.Time, sourceOr(f.Source, "upstream"))
+	if f.Destination.Host != "" {
+		if h, ok := s.dests.Peek(destKey{host: f.Destination.Host, port: f.Destination.Port}); ok {
+			m.addPrefix(h, ip)
+		}
+	}
 	m.markDirty(s)
 }
 
@@ -302,29 +205,64 @@ func keys(d Destination) (ipKey, hostKey destKey, hasIP, hasHost bool) {
 	return
 }
 
-// learn records both the IP and the host of f's destination. Call with s.mu held.
+// learn records both the IP and the host of f's destination and trains the detectors.
+// Call with s.mu held.
 func (m *Model) learn(s *service, f *Flow) {
 	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
 	src := sourceOr(f.Source, "flow")
+	var edge, ipE *destEntry
 	if hasIP {
-		m.record(s, ipKey, f.Time, src)
+		ipE = m.record(s, ipKey, f.Time, src)
+		edge = ipE
 	}
 	if hasHost {
-		m.record(s, hostKey, f.Time, src)
+		edge = m.record(s, hostKey, f.Time, src)
+		if hasIP {
+			m.addPrefix(edge, f.Destination.IP)
+			ipE.via = hostKey
+		}
 	}
 	if s.learnStart.IsZero() {
 		s.learnStart = f.Time
 	}
 	s.learnRequests++
+	score, _ := m.score(s, edge, f, true)
+	if f.Time.Sub(s.learnStart) >= min(m.cfg.LearnWindow/2, calibrationWarmup) {
+		s.calib.add(score, f.Time)
+	}
 }
 
-func (m *Model) record(s *service, k destKey, t time.Time, src string) {
+// calibrationWarmup is how long a service learns before its scores count towards its alert
+// threshold (or half the learn window, if shorter): at first every shape is new and the rate
+// and volume detectors are warming up.
+const calibrationWarmup = time.Hour
+
+// record counts a use of k, adding it to the baseline if new. Call with s.mu held.
+func (m *Model) record(s *service, k destKey, t time.Time, src string) *destEntry {
 	e, ok := s.dests.Get(k)
 	if !ok {
-		e = &destEntry{key: k, first: t, last: t, source: src}
+		e = &destEntry{key: k, first: t, last: t, source: src, hash: m.hashKey(k)}
 		s.dests.Add(k, e)
 	}
 	touch(s, e, t)
+	return e
+}
+
+// hashKey hashes a destination (or, with only host set, a service name) for the burst
+// sketches: FNV-1a, fixed, so that a replay in another process gives the same scores. The
+// sketches mix the hash again with their seed.
+func (m *Model) hashKey(k destKey) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(k.host); i++ {
+		h = (h ^ uint64(k.host[i])) * prime
+	}
+	b := k.ip.As16()
+	for _, c := range b {
+		h = (h ^ uint64(c)) * prime
+	}
+	h = (h ^ uint64(k.port&0xff)) * prime
+	return (h ^ uint64(k.port>>8)) * prime
 }
 
 func touch(s *service, e *destEntry, t time.Time) {
@@ -335,33 +273,313 @@ func touch(s *service, e *destEntry, t time.Time) {
 	if t.Before(e.first) {
 		e.first = t
 	}
+	markEntry(s, e)
+}
+
+func markEntry(s *service, e *destEntry) {
 	if !e.dirty {
 		e.dirty = true
 		s.dirtyDests = append(s.dirtyDests, e)
 	}
 }
 
-// seen reports whether f's destination is in the baseline, counting the use if so. When the
-// flow names an IP, the IP decides: a known host name sent to an unknown IP is not known.
-// Call with s.mu held.
-func (m *Model) seen(s *service, f *Flow) bool {
-	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
-	var e *destEntry
-	var ok bool
-	if hasIP {
-		e, ok = s.dests.Get(ipKey)
-	} else if hasHost {
-		e, ok = s.dests.Get(hostKey)
-	}
-	if !ok {
-		return false
-	}
-	touch(s, e, f.Time)
-	if hasIP && hasHost {
-		if h, ok := s.dests.Get(hostKey); ok {
-			touch(s, h, f.Time)
+// maxPrefixes bounds the IP prefixes remembered per host.
+const maxPrefixes = 16
+
+// addPrefix remembers that host entry e was reached at ip.
+func (m *Model) addPrefix(e *destEntry, ip netip.Addr) {
+	p := m.prefixOf(ip)
+	es := e.edgeState()
+	for _, q := range es.prefixes {
+		if q == p {
+			return
 		}
 	}
+	if len(es.prefixes) >= maxPrefixes {
+		copy(es.prefixes, es.prefixes[1:])
+		es.prefixes = es.prefixes[:maxPrefixes-1]
+	}
+	es.prefixes = append(es.prefixes, p)
+}
+
+func (m *Model) prefixOf(ip netip.Addr) netip.Prefix {
+	bits := m.cfg.PrefixBits6
+	if ip.Is4() {
+		bits = m.cfg.PrefixBits4
+	}
+	p, _ := ip.Prefix(bits) // bits is in range for the address family
+	return p
+}
+
+func (m *Model) inPrefixes(e *destEntry, ip netip.Addr) bool {
+	if e.edge == nil {
+		return false
+	}
+	for _, p := range e.edge.prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// judge scores a flow of a service out of learning: the destination checks, then the
+// detectors of the destination if it is known. Call with s.mu held.
+func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
+	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
+	var ipE, hostE *destEntry
+	if hasIP {
+		ipE, _ = s.dests.Get(ipKey)
+	}
+	if hasHost {
+		hostE, _ = s.dests.Get(hostKey)
+	}
+	var hard Reasons
+	known := false
+	switch {
+	case ipE != nil:
+		known = true
+		// A known IP with a host name it was never used with: the name must resolve there.
+		if hasHost && hostE == nil && m.mismatch(f.Destination) {
+			hard = hard.With(ReasonHostIPMismatch)
+		}
+	case hasIP && hostE != nil:
+		// A known host at an IP not in the baseline: fine inside the prefixes it was learned
+		// at, or where DNS says the name lives; a name sent elsewhere is a mismatch.
+		switch {
+		case m.inPrefixes(hostE, f.Destination.IP):
+			known = true
+		case m.mismatch(f.Destination):
+			hard = hard.With(ReasonHostIPMismatch)
+		case m.resolves(f.Destination):
+			known = true
+		}
+	case !hasIP && hostE != nil:
+		known = true
+	default:
+		if hasIP && hasHost && m.mismatch(f.Destination) {
+			hard = hard.With(ReasonHostIPMismatch)
+		}
+	}
+	if !known {
+		hard = hard.With(ReasonNewDestination)
+		if s.mode == ModeMonitor {
+			m.probeDestination(s, f, ipKey, hostKey, hasIP, hasHost)
+		}
+		return 1, hard
+	}
+	if ipE != nil {
+		touch(s, ipE, f.Time)
+		// An IP used without a name it was learned with shares that name's history.
+		if hostE == nil && ipE.via.host != "" {
+			if h, ok := s.dests.Peek(ipE.via); ok {
+				return m.scoreKnown(s, h, f, hard)
+			}
+		}
+	}
+	edge := ipE
+	if hostE != nil {
+		touch(s, hostE, f.Time)
+		edge = hostE
+	}
+	return m.scoreKnown(s, edge, f, hard)
+}
+
+func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, hard Reasons) (float64, Reasons) {
+	score, soft := m.score(s, edge, f, false)
+	if !hard.Empty() {
+		score = 1
+	}
+	return score, hard | soft
+}
+
+// mismatch reports whether the resolver knows that d's host does not resolve to d's IP.
+func (m *Model) mismatch(d Destination) bool {
+	if m.cfg.Resolver == nil || m.cfg.Disabled.Has(ReasonHostIPMismatch) || !d.IP.IsValid() || d.Host == "" {
+		return false
+	}
+	addrs, ok := m.cfg.Resolver.Lookup(d.Host)
+	return ok && !containsAddr(addrs, d.IP)
+}
+
+// resolves reports whether the resolver knows that d's host resolves to d's IP.
+func (m *Model) resolves(d Destination) bool {
+	if m.cfg.Resolver == nil || !d.IP.IsValid() || d.Host == "" {
+		return false
+	}
+	addrs, ok := m.cfg.Resolver.Lookup(d.Host)
+	return ok && containsAddr(addrs, d.IP)
+}
+
+func containsAddr(addrs []netip.Addr, ip netip.Addr) bool {
+	for _, a := range addrs {
+		if NormalizeIP(a) == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// score runs the detectors of a known destination's edge and returns the highest score and
+// the reasons whose score reaches the service's alert threshold (none while learning).
+func (m *Model) score(s *service, e *destEntry, f *Flow, learning bool) (float64, Reasons) {
+	var sc scores
+	es := e.edgeState()
+	if f.Method != "" && !m.cfg.Disabled.Has(ReasonNewShape) {
+		m.scoreShape(s, e, f, learning, &sc)
+	}
+	if !m.cfg.Disabled.Has(ReasonRateSpike) {
+		edgeRate := m.rate.Observe(&es.rate, f.Time)
+		svcRate := m.rate.Observe(&s.rate, f.Time)
+		sc.add(ReasonRateSpike, edgeRate.Score)
+		// The service's total rate is the sum of its edges': its alarm is this request's
+		// only if this edge is running well above its own baseline, so that a flood to
+		// one destination does not flag the service's ordinary calls elsewhere.
+		if edgeRate.Count > max(1, 2*edgeRate.Expected) {
+			sc.add(ReasonRateSpike, svcRate.Score)
+		}
+	}
+	if f.RequestBytes >= 0 && !m.cfg.Disabled.Has(ReasonVolumeSpike) {
+		sc.add(ReasonVolumeSpike, m.volume.Observe(&es.vol, f.Time, f.RequestBytes).Score)
+	}
+	if !m.cfg.Disabled.Has(ReasonBurst) {
+		tick := f.Time.UnixNano() / int64(m.cfg.BurstTick)
+		sh := &m.bursts[s.hash%burstShards]
+		sh.mu.Lock()
+		b := sh.d.Observe(s.hash, e.hash, tick)
+		sh.mu.Unlock()
+		sc.add(ReasonBurst, b.Norm)
+	}
+	if learning {
+		return sc.max, 0
+	}
+	return sc.max, sc.over(max(alarmLevel, s.calib.threshold))
+}
+
+// alarmLevel is the score at which every detector raises its own alarm.
+const alarmLevel = 0.5
+
+// scores collects the detectors' scores of one flow.
+type scores struct {
+	by  [numReasons]float64
+	max float64
+}
+
+func (sc *scores) add(r Reason, v float64) {
+	if v > sc.by[r] {
+		sc.by[r] = v
+	}
+	if v > sc.max {
+		sc.max = v
+	}
+}
+
+func (sc *scores) over(threshold float64) Reasons {
+	var rs Reasons
+	for r := Reason(0); r < numReasons; r++ {
+		if sc.by[r] >= threshold && sc.by[r] > 0 {
+			rs = rs.With(r)
+		}
+	}
+	return rs
+}
+
+// scoreShape scores f's request shape on its destination: a shape never seen is new_shape
+// (and enters the baseline after probation, or at once while learning), a known but rare
+// one rare_shape.
+func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, learning bool, sc *scores) {
+	req := shape.Request{Method: f.Method, Path: f.Path, HeaderKeys: f.HeaderKeys, ContentType: f.ContentType, BodyBytes: f.RequestBytes}
+	k := m.shaper.Key(&req)
+	es := e.edgeState()
+	t := es.table(m.cfg.Shapes)
+	if learning || t.Count(k) > 0 {
+		r := t.Observe(k, f.Time)
+		if r.New {
+			// While learning, a new shape scores as it would after: calibration sees it.
+			sc.add(ReasonNewShape, newShapeScore(r))
+			es.addShape(m.shaper, k, &req, f, sourceOr(f.Source, "flow"))
+		} else {
+			in := es.touchShape(k, f.Time)
+			// An approved shape is expected however rarely it is used.
+			if r.Rare && !m.cfg.Disabled.Has(ReasonRareShape) && (in == nil || in.source != "approval") {
+				sc.add(ReasonRareShape, r.Rarity)
+			}
+		}
+		markEntry(s, e)
+		return
+	}
+	sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
+	if m.probe(s, probeKey{dest: e.key, shape: k}, f.Time) {
+		t.Observe(k, f.Time)
+		es.addShape(m.shaper, k, &req, f, "probation")
+		markEntry(s, e)
+	}
+}
+
+// newShapeScore puts a new shape at the alarm level at least, higher the more surprising it
+// is in its table.
+func newShapeScore(r shape.Score) float64 { return alarmLevel + alarmLevel*r.Novelty }
+
+// probeDestination counts a new destination's probation (monitor mode) and adds it to the
+// baseline when it has served its time.
+func (m *Model) probeDestination(s *service, f *Flow, ipKey, hostKey destKey, hasIP, hasHost bool) {
+	k := hostKey
+	if hasIP {
+		k = ipKey
+	}
+	if !m.probe(s, probeKey{dest: k}, f.Time) {
+		return
+	}
+	var host *destEntry
+	var ipE *destEntry
+	if hasIP {
+		ipE = m.record(s, ipKey, f.Time, "probation")
+	}
+	if hasHost {
+		host = m.record(s, hostKey, f.Time, "probation")
+		if hasIP {
+			m.addPrefix(host, f.Destination.IP)
+			ipE.via = hostKey
+		}
+	}
+}
+
+// probeKey names what is on probation: a destination, or a shape on a destination.
+type probeKey struct {
+	dest  destKey
+	shape shape.Key
+}
+
+type probe struct {
+	last      int64 // latest interval seen
+	intervals int   // distinct intervals seen
+}
+
+// maxProbation bounds what is on probation per service.
+const maxProbation = 1024
+
+// probe counts a sighting of k at t and reports whether k has now been seen in
+// Config.Probation distinct intervals. Rejected keys never pass. Call with s.mu held.
+func (m *Model) probe(s *service, k probeKey, t time.Time) bool {
+	if _, no := s.rejected[k]; no {
+		return false
+	}
+	if s.probation == nil {
+		s.probation, _ = simplelru.NewLRU[probeKey, *probe](maxProbation, nil)
+	}
+	iv := t.UnixNano() / int64(m.cfg.ProbationInterval)
+	p, ok := s.probation.Get(k)
+	if !ok {
+		p = &probe{last: iv, intervals: 1}
+		s.probation.Add(k, p)
+	} else if iv > p.last {
+		p.last = iv
+		p.intervals++
+	}
+	if p.intervals < m.cfg.Probation {
+		return false
+	}
+	s.probation.Remove(k)
 	return true
 }
 
@@ -394,6 +612,7 @@ func (m *Model) maybePromote(s *service, now time.Time) {
 		s.mode = m.cfg.AfterLearning
 		s.modeSetBy = "auto"
 		s.modeChanged = now
+		s.calib.finish(m.cfg.AlertBudget, now)
 	}
 }
 
@@ -409,7 +628,7 @@ type ModeChange struct {
 }
 
 // SetMode changes a service's mode, creating the service if it is unknown. Setting learn
-// starts a new learning period.
+// starts a new learning period; leaving learn sets the alert threshold from it.
 func (m *Model) SetMode(name string, c ModeChange) error {
 	if name == "" {
 		return errors.New("empty service name")
@@ -439,6 +658,9 @@ func (m *Model) SetMode(name string, c ModeChange) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.mode == ModeLearn && c.Mode != ModeLearn {
+		s.calib.finish(m.cfg.AlertBudget, s.last)
+	}
 	s.mode = c.Mode
 	s.modeSetBy = c.By
 	s.modeChanged = c.At
@@ -446,6 +668,7 @@ func (m *Model) SetMode(name string, c ModeChange) error {
 	if c.Mode == ModeLearn {
 		s.learnStart = time.Time{}
 		s.learnRequests = 0
+		s.calib = calibration{}
 	}
 	m.markDirty(s)
 	return nil
@@ -481,194 +704,4 @@ func (m *Model) all() []*service {
 		out = append(out, s)
 	}
 	return out
-}
-
-// Services returns the state of every service, sorted by name, with their destinations
-// sorted by key.
-func (m *Model) Services() []ServiceRecord {
-	all := m.all()
-	out := make([]ServiceRecord, 0, len(all))
-	for _, s := range all {
-		out = append(out, s.record(true))
-	}
-	slices.SortFunc(out, func(a, b ServiceRecord) int { return cmp.Compare(a.Name, b.Name) })
-	return out
-}
-
-// Service returns the state of one service.
-func (m *Model) Service(name string) (ServiceRecord, bool) {
-	s := m.lookup(name, false)
-	if s == nil {
-		return ServiceRecord{}, false
-	}
-	return s.record(true), true
-}
-
-// record snapshots s; with all set every destination, else only those changed since the last
-// snapshot (which it resets). It takes s.mu.
-func (s *service) record(all bool) ServiceRecord {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := ServiceRecord{
-		Name:          s.name,
-		Mode:          s.mode,
-		ModeSetBy:     s.modeSetBy,
-		ModeChanged:   s.modeChanged,
-		LearnStart:    s.learnStart,
-		LearnRequests: s.learnRequests,
-		Requests:      s.requests,
-		Alerted:       s.alerted,
-		Blocked:       s.blocked,
-		FirstSeen:     s.first,
-		LastSeen:      s.last,
-	}
-	for k := range s.allow {
-		r.QuarantineAllow = append(r.QuarantineAllow, k.String())
-	}
-	slices.Sort(r.QuarantineAllow)
-	if all {
-		r.Destinations = make([]DestinationRecord, 0, s.dests.Len())
-		for _, e := range s.dests.Values() {
-			r.Destinations = append(r.Destinations, e.record())
-		}
-		slices.SortFunc(r.Destinations, func(a, b DestinationRecord) int { return cmp.Compare(a.Destination, b.Destination) })
-		return r
-	}
-	for _, k := range s.removed {
-		r.Removed = append(r.Removed, k.String())
-	}
-	for _, e := range s.dirtyDests {
-		e.dirty = false
-		if !e.evicted {
-			r.Destinations = append(r.Destinations, e.record())
-		}
-	}
-	clear(s.dirtyDests)
-	s.dirtyDests = s.dirtyDests[:0]
-	s.removed = s.removed[:0]
-	s.queued = false
-	return r
-}
-
-func (e *destEntry) record() DestinationRecord {
-	return DestinationRecord{Destination: e.key.String(), Count: e.count, FirstSeen: e.first, LastSeen: e.last, Source: e.source}
-}
-
-// ServiceRecord is the state of one service: what the admin API shows and what a Store
-// keeps.
-type ServiceRecord struct {
-	Name            string              `json:"name"`
-	Mode            Mode                `json:"mode"`
-	ModeSetBy       string              `json:"mode_set_by,omitempty"`
-	ModeChanged     time.Time           `json:"mode_changed,omitzero"`
-	LearnStart      time.Time           `json:"learn_start,omitzero"`
-	LearnRequests   int64               `json:"learn_requests"`
-	Requests        int64               `json:"requests"`
-	Alerted         int64               `json:"alerted"`
-	Blocked         int64               `json:"blocked"`
-	FirstSeen       time.Time           `json:"first_seen,omitzero"`
-	LastSeen        time.Time           `json:"last_seen,omitzero"`
-	QuarantineAllow []string            `json:"quarantine_allow,omitempty"`
-	Destinations    []DestinationRecord `json:"destinations"`
-	// Shapes are the request shapes learned per destination host.
-	Shapes []ShapeRecord `json:"shapes,omitempty"`
-	// Removed lists destinations forgotten since the last save (a Store deletes them). It is
-	// empty in a full snapshot.
-	Removed []string `json:"-"`
-}
-
-// DestinationRecord is one destination of a service's baseline. Records are mergeable: the
-// union of two baselines sums counts and widens first/last seen.
-type DestinationRecord struct {
-	Destination string    `json:"destination"`
-	Count       int64     `json:"count"`
-	FirstSeen   time.Time `json:"first_seen"`
-	LastSeen    time.Time `json:"last_seen"`
-	// Source is the provenance of the first sighting ("ext_proc", "replay", "pcap", ...).
-	Source string `json:"source,omitempty"`
-}
-
-// ShapeRecord is one request shape a service sends to one destination.
-type ShapeRecord struct {
-	// Destination is "host:port", or "ip:port" for a destination without a host name.
-	Destination string `json:"destination"`
-	// Shape is the shape's text form (method, path template, query keys, header keys,
-	// content type, body-size class), e.g.
-	// "POST /v1/charges/{id} q:[expand] h:[content-type] ct:application/json b:1k".
-	Shape string `json:"shape"`
-	// Method and Path (the path template, placeholders such as {id} for variable segments)
-	// repeat the shape's first two fields for consumers that need no more.
-	Method    string    `json:"method"`
-	Path      string    `json:"path"`
-	Count     int64     `json:"count"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
-	Source    string    `json:"source,omitempty"`
-}
-
-// TakeChanges returns the state of every service changed since the last call: its fields,
-// the destinations that changed and those forgotten. The model forgets that they changed.
-func (m *Model) TakeChanges() []ServiceRecord {
-	m.dirtyMu.Lock()
-	dirty := m.dirty
-	m.dirty = nil
-	m.dirtyMu.Unlock()
-	out := make([]ServiceRecord, 0, len(dirty))
-	for _, s := range dirty {
-		out = append(out, s.record(false))
-	}
-	return out
-}
-
-// Restore loads a stored service into the model, replacing any state of that name. Call it
-// before the model serves flows.
-func (m *Model) Restore(r ServiceRecord) error {
-	if r.Name == "" {
-		return errors.New("restore: empty service name")
-	}
-	if !r.Mode.Valid() {
-		return fmt.Errorf("restore %q: invalid mode %d", r.Name, r.Mode)
-	}
-	s := m.newService(r.Name)
-	s.mode, s.modeSetBy, s.modeChanged = r.Mode, r.ModeSetBy, r.ModeChanged
-	s.learnStart, s.learnRequests = r.LearnStart, r.LearnRequests
-	s.requests, s.alerted, s.blocked = r.Requests, r.Alerted, r.Blocked
-	s.first, s.last = r.FirstSeen, r.LastSeen
-	var errs []error
-	for _, a := range r.QuarantineAllow {
-		k, err := parseDestKey(a)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if s.allow == nil {
-			s.allow = make(map[destKey]struct{})
-		}
-		s.allow[k] = struct{}{}
-	}
-	dests := slices.Clone(r.Destinations)
-	// Oldest first, so that the LRU's recency order matches the last sightings.
-	slices.SortStableFunc(dests, func(a, b DestinationRecord) int { return a.LastSeen.Compare(b.LastSeen) })
-	for _, d := range dests {
-		k, err := parseDestKey(d.Destination)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		s.dests.Add(k, &destEntry{key: k, count: d.Count, first: d.FirstSeen, last: d.LastSeen, source: d.Source})
-	}
-	// Entries evicted while restoring more than MaxDestinations are deleted at the next save.
-	if len(s.removed) > 0 {
-		s.queued = true
-		m.dirtyMu.Lock()
-		m.dirty = append(m.dirty, s)
-		m.dirtyMu.Unlock()
-	}
-	m.mu.Lock()
-	m.services[r.Name] = s
-	m.mu.Unlock()
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("restore %q: %w", r.Name, err)
-	}
-	return nil
 }

@@ -91,7 +91,8 @@ func (p *Persister) Flush() error {
 }
 
 // add merges a change into the pending batch: later fields win; a destination removed and
-// then re-learned is written, one learned and then removed is deleted.
+// then re-learned is written, one learned and then removed is deleted; a destination's
+// shapes are those of its latest record.
 func (p *Persister) add(r ServiceRecord) {
 	if p.pending == nil {
 		p.pending = make(map[string]ServiceRecord)
@@ -103,24 +104,37 @@ func (p *Persister) add(r ServiceRecord) {
 		return
 	}
 	dests := make(map[string]DestinationRecord, len(old.Destinations)+len(r.Destinations))
+	shapes := make(map[string][]ShapeRecord)
 	removed := make(map[string]bool, len(old.Removed)+len(r.Removed))
 	for _, d := range old.Destinations {
 		dests[d.Destination] = d
+	}
+	for _, sh := range old.Shapes {
+		shapes[sh.Destination] = append(shapes[sh.Destination], sh)
 	}
 	for _, k := range old.Removed {
 		removed[k] = true
 	}
 	for _, k := range r.Removed {
 		delete(dests, k)
+		delete(shapes, k)
 		removed[k] = true
 	}
 	for _, d := range r.Destinations {
 		delete(removed, d.Destination)
 		dests[d.Destination] = d
+		delete(shapes, d.Destination)
+	}
+	for _, sh := range r.Shapes {
+		shapes[sh.Destination] = append(shapes[sh.Destination], sh)
 	}
 	r.Destinations = r.Destinations[:0]
 	for _, d := range dests {
 		r.Destinations = append(r.Destinations, d)
+	}
+	r.Shapes = nil
+	for _, list := range shapes {
+		r.Shapes = append(r.Shapes, list...)
 	}
 	r.Removed = r.Removed[:0]
 	for k := range removed {

@@ -172,7 +172,7 @@ type splitModel struct {
 // never is a learn window no capture reaches: the split, not the model, ends learning.
 const never = 100 * 365 * 24 * time.Hour
 
-// newModel is the model evaluated: flowmodel.Model as on main.
+// newModel is the model evaluated: flowmodel.Model with its defaults (every detector on).
 func newModel() (modeModel, error) {
 	return flowmodel.New(flowmodel.Config{LearnWindow: never, LearnMinRequests: 1, AfterLearning: flowmodel.ModeMonitor})
 }
@@ -341,7 +341,7 @@ func section(cmd string, cfg evalConfig, st []stats, events, excluded int, res [
 	b.WriteString("Split: a host learns on the first window of its capture (each row names the window), then is set to monitor mode. A capture starts at the first row written to its conn.log (http.log for 009, which has no conn.log); Zeek writes a connection when it ends, so the few connections dated earlier (one 6-hour MQTT session of the benign host is dated 4 hours before its capture) are learned too. The Kovter host is scored two ways:\n\n")
 	b.WriteString("- **own baseline**: it is a service of its own and learns on its own capture's first window, like the benign host. Its C2 starts 3 minutes into the capture, so its learning part holds malicious flows: they count as missed (ranked below every scored flow), and time to detect runs from its first malicious flow, inside learning.\n")
 	b.WriteString("- **replica of benign host**: it is another replica of the benign host's service and shares its baseline (as replicas of one service do); its capture is shifted to start when the benign host's learning ends, and nothing of it is learned. The captures are five years and two networks apart (2017 and 2022), so nearly everything it contacts is new to that baseline: this view flatters a new-destination detector.\n\n")
-	b.WriteString("Flows labelled Background (truth unknown) are decided but not counted. False alerts per service-day: benign scored flows alerted on, over the scored time summed over services (from a service's first scored flow to its last flow); every alerted flow counts, repeats included. Model: `flowmodel.Model` as on main (new destinations only, Score 0 or 1, so a budget below the false alerts of score 1 gives recall 0).\n\n")
+	b.WriteString("Flows labelled Background (truth unknown) are decided but not counted. False alerts per service-day: benign scored flows alerted on, over the scored time summed over services (from a service's first scored flow to its last flow); every alerted flow counts, repeats included. Model: `flowmodel.Model` with every detector on and its default alert budget (1 alert per service-day on learned traffic). New destinations score 1, the scored detectors below 1, so a budget below the false alerts of score 1 gives recall 0.\n\n")
 	rows := make([]evaluate.Row, 0, len(res))
 	for _, r := range res {
 		k, ok := r.Report.Kind("malicious")

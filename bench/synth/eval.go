@@ -183,7 +183,7 @@ func section(cmd string, c genConfig, res *evalRun, replayed bool) string {
 	for _, k := range rep.Kinds {
 		fmt.Fprintf(&b, "- `%s`: %s.\n", k.Kind, kindText[k.Kind])
 	}
-	model := "`flowmodel.Model` as on main (new destinations only, Score 0 or 1)"
+	model := "`flowmodel.Model` with every detector on (destinations, shapes, rates, bursts, volume) and its default alert budget"
 	if replayed {
 		model = "verdicts read from a file (`--verdicts`)"
 	}

@@ -3,10 +3,12 @@
 //
 // Layout: bucket "meshguard" holds the format marker and version; bucket "services" holds one
 // nested bucket per service, with the service's fields as JSON under "state" and a nested
-// bucket "destinations" mapping "host:port" or "ip:port" to a JSON DestinationRecord.
+// bucket "destinations" mapping "host:port" or "ip:port" to a JSON DestinationRecord, and a
+// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord.
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +36,7 @@ var (
 	bucketMeta         = []byte("meshguard")
 	bucketServices     = []byte("services")
 	bucketDestinations = []byte("destinations")
+	bucketShapes       = []byte("shapes")
 	keyFormat          = []byte("format")
 	keyVersion         = []byte("version")
 	keyState           = []byte("state")
@@ -139,11 +142,18 @@ func (b *Bolt) Close() error { return b.db.Close() }
 // Path returns the file's path.
 func (b *Bolt) Path() string { return b.db.Path() }
 
-// serviceState is ServiceRecord without its destinations, as stored under "state".
+// serviceState is ServiceRecord without its destinations and shapes, as stored under
+// "state".
 type serviceState struct {
 	flowmodel.ServiceRecord
 	Destinations []flowmodel.DestinationRecord `json:"destinations,omitempty"`
+	Shapes       []flowmodel.ShapeRecord       `json:"shapes,omitempty"`
 }
+
+// shapeKey is a shape's key in the "shapes" bucket; shapePrefix the prefix of all the shapes
+// of one destination.
+func shapeKey(dest, shape string) []byte { return append(shapePrefix(dest), shape...) }
+func shapePrefix(dest string) []byte     { return append([]byte(dest), 0) }
 
 // Load calls fn for every stored service.
 func (b *Bolt) Load(fn func(flowmodel.ServiceRecord) error) error {
@@ -171,6 +181,24 @@ func (b *Bolt) Load(fn func(flowmodel.ServiceRecord) error) error {
 					return err
 				}
 			}
+			if sb := sb.Bucket(bucketShapes); sb != nil {
+				err := sb.ForEach(func(k, v []byte) error {
+					var sh flowmodel.ShapeRecord
+					if err := json.Unmarshal(v, &sh); err != nil {
+						return fmt.Errorf("service %q: shape %q: %w", name, k, err)
+					}
+					dest, text, ok := bytes.Cut(k, []byte{0})
+					if !ok {
+						return fmt.Errorf("service %q: bad shape key %q", name, k)
+					}
+					sh.Destination, sh.Shape = string(dest), string(text)
+					r.Shapes = append(r.Shapes, sh)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
 			return fn(r)
 		})
 	})
@@ -189,7 +217,7 @@ func (b *Bolt) Save(records []flowmodel.ServiceRecord) error {
 				return fmt.Errorf("service %q: %w", r.Name, err)
 			}
 			st := r
-			st.Destinations, st.Removed = nil, nil
+			st.Destinations, st.Shapes, st.Removed = nil, nil, nil
 			state, err := json.Marshal(serviceState{ServiceRecord: st})
 			if err != nil {
 				return fmt.Errorf("service %q: %w", r.Name, err)
@@ -201,9 +229,16 @@ func (b *Bolt) Save(records []flowmodel.ServiceRecord) error {
 			if err != nil {
 				return fmt.Errorf("service %q: %w", r.Name, err)
 			}
+			shb, err := sb.CreateBucketIfNotExists(bucketShapes)
+			if err != nil {
+				return fmt.Errorf("service %q: %w", r.Name, err)
+			}
 			for _, k := range r.Removed {
 				if err := db.Delete([]byte(k)); err != nil {
 					return fmt.Errorf("service %q: delete %q: %w", r.Name, k, err)
+				}
+				if err := deletePrefix(shb, shapePrefix(k)); err != nil {
+					return fmt.Errorf("service %q: %w", r.Name, err)
 				}
 			}
 			for _, d := range r.Destinations {
@@ -216,8 +251,34 @@ func (b *Bolt) Save(records []flowmodel.ServiceRecord) error {
 				if err := db.Put([]byte(key), v); err != nil {
 					return fmt.Errorf("service %q: put %q: %w", r.Name, key, err)
 				}
+				// A saved destination carries all its shapes: replace what was stored.
+				if err := deletePrefix(shb, shapePrefix(key)); err != nil {
+					return fmt.Errorf("service %q: %w", r.Name, err)
+				}
+			}
+			for _, sh := range r.Shapes {
+				k := shapeKey(sh.Destination, sh.Shape)
+				sh.Destination, sh.Shape = "", ""
+				v, err := json.Marshal(sh)
+				if err != nil {
+					return fmt.Errorf("service %q: %w", r.Name, err)
+				}
+				if err := shb.Put(k, v); err != nil {
+					return fmt.Errorf("service %q: put shape: %w", r.Name, err)
+				}
 			}
 		}
 		return nil
 	})
+}
+
+// deletePrefix deletes every key of b that starts with prefix.
+func deletePrefix(b *bolt.Bucket, prefix []byte) error {
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,0 +1,211 @@
+package flowmodel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/burst"
+	"github.com/meshguard/meshguard/flowmodel/rate"
+	"github.com/meshguard/meshguard/flowmodel/shape"
+	"github.com/meshguard/meshguard/flowmodel/volume"
+)
+
+// Config tunes a Model. The zero value of a field means its default.
+type Config struct {
+	// DefaultMode is the mode of a service seen for the first time. Default: learn.
+	DefaultMode Mode
+	// LearnWindow and LearnMinRequests: a service in learn mode is promoted to AfterLearning
+	// once it has been learning for LearnWindow of event time AND has made LearnMinRequests
+	// requests. Defaults: 24h and 100. A negative value means zero.
+	LearnWindow      time.Duration
+	LearnMinRequests int64
+	// AfterLearning is the mode a service is promoted to. Default: monitor.
+	AfterLearning Mode
+	// MaxDestinations caps the destinations remembered per service; the least recently used
+	// one is forgotten first. Default: 4096.
+	MaxDestinations int
+	// MaxServices caps the services tracked. Flows of services beyond the cap are decided as
+	// for an empty baseline in DefaultMode and teach nothing. Default: 100,000.
+	MaxServices int
+
+	// BlockReasons are the reasons that block in enforce mode; the others alert. Default:
+	// new_destination and host_ip_mismatch.
+	BlockReasons Reasons
+	// Disabled turns detectors off by the reasons they give (new_shape and rare_shape,
+	// rate_spike, burst, volume_spike, host_ip_mismatch). new_destination cannot be disabled.
+	Disabled Reasons
+
+	// AlertBudget is the number of alerts per service per day that the detectors with a
+	// score (shapes, rates, bursts, volume) may raise on the traffic a service sent while
+	// learning: each service's alert threshold is set from the scores of its learning
+	// period so that learned traffic would have raised about this many. Default: 1.
+	AlertBudget float64
+
+	// Probation is the number of distinct ProbationIntervals in which a new destination (in
+	// monitor mode) or a new request shape must be seen before it enters the baseline on
+	// its own; until then it alerts. Repeating a request within one interval does not
+	// count. In enforce mode new destinations enter only by approval. Defaults: 3 and 24h, so
+	// that a beacon has to run for days, alerting all along, before it could become normal.
+	Probation         int
+	ProbationInterval time.Duration
+
+	// PrefixBits4 and PrefixBits6: a learned host keeps working when it is reached at a new
+	// IP inside a prefix of this length around an IP it was learned at. Defaults: 24, 48.
+	PrefixBits4, PrefixBits6 int
+
+	// Resolver, when set, lets the model check a host name against the IP a request goes
+	// to (host_ip_mismatch). It must not block.
+	Resolver Resolver
+
+	// Detector settings; zero fields take each package's defaults.
+	Shapes    shape.TableConfig
+	ShapeSeed uint64
+	Rate      rate.Config
+	Volume    volume.Config
+	Burst     burst.Config
+	// BurstTick is the tick of the burst detector's sketches. Default: 1 minute.
+	BurstTick time.Duration
+}
+
+// Resolver answers, without waiting, which addresses a host name resolves to.
+// flowmodel/resolve provides one. Implementations must be safe for concurrent use.
+type Resolver interface {
+	// Lookup returns the host's addresses and true when a fresh answer is cached; false
+	// when none is (a lookup may then start in the background).
+	Lookup(host string) (addrs []netip.Addr, ok bool)
+}
+
+// Defaults used for zero Config fields.
+const (
+	DefaultLearnWindow       = 24 * time.Hour
+	DefaultLearnMinRequests  = 100
+	DefaultMaxDestinations   = 4096
+	DefaultMaxServices       = 100_000
+	DefaultAlertBudget       = 1
+	DefaultProbation         = 3
+	DefaultProbationInterval = 24 * time.Hour
+	DefaultPrefixBits4       = 24
+	DefaultPrefixBits6       = 48
+	DefaultBurstTick         = time.Minute
+)
+
+// DefaultBlockReasons block in enforce mode unless Config.BlockReasons says otherwise.
+var DefaultBlockReasons = Reasons(0).With(ReasonNewDestination).With(ReasonHostIPMismatch)
+
+// softReasons are given by scored detectors, under the alert budget.
+var softReasons = Reasons(0).With(ReasonNewShape).With(ReasonRareShape).With(ReasonRateSpike).With(ReasonBurst).With(ReasonVolumeSpike)
+
+// Check applies defaults and reports every problem in c.
+func (c Config) Check() (Config, error) {
+	var errs []error
+	if c.DefaultMode == 0 {
+		c.DefaultMode = ModeLearn
+	}
+	if c.AfterLearning == 0 {
+		c.AfterLearning = ModeMonitor
+	}
+	switch {
+	case c.LearnWindow == 0:
+		c.LearnWindow = DefaultLearnWindow
+	case c.LearnWindow < 0:
+		c.LearnWindow = 0
+	}
+	switch {
+	case c.LearnMinRequests == 0:
+		c.LearnMinRequests = DefaultLearnMinRequests
+	case c.LearnMinRequests < 0:
+		c.LearnMinRequests = 0
+	}
+	if c.MaxDestinations == 0 {
+		c.MaxDestinations = DefaultMaxDestinations
+	}
+	if c.MaxServices == 0 {
+		c.MaxServices = DefaultMaxServices
+	}
+	if c.BlockReasons == 0 {
+		c.BlockReasons = DefaultBlockReasons
+	}
+	if c.AlertBudget == 0 {
+		c.AlertBudget = DefaultAlertBudget
+	}
+	if c.Probation == 0 {
+		c.Probation = DefaultProbation
+	}
+	if c.ProbationInterval == 0 {
+		c.ProbationInterval = DefaultProbationInterval
+	}
+	if c.PrefixBits4 == 0 {
+		c.PrefixBits4 = DefaultPrefixBits4
+	}
+	if c.PrefixBits6 == 0 {
+		c.PrefixBits6 = DefaultPrefixBits6
+	}
+	if c.BurstTick == 0 {
+		c.BurstTick = DefaultBurstTick
+	}
+	if !c.DefaultMode.Valid() {
+		errs = append(errs, fmt.Errorf("default mode: invalid mode %d", c.DefaultMode))
+	}
+	if !c.AfterLearning.Valid() || c.AfterLearning == ModeLearn {
+		errs = append(errs, fmt.Errorf("after-learning mode must be monitor, enforce or quarantine, not %s", c.AfterLearning))
+	}
+	if c.MaxDestinations < 0 {
+		errs = append(errs, fmt.Errorf("max destinations per service must be positive, got %d", c.MaxDestinations))
+	}
+	if c.MaxServices < 0 {
+		errs = append(errs, fmt.Errorf("max services must be positive, got %d", c.MaxServices))
+	}
+	if c.Disabled.Has(ReasonNewDestination) {
+		errs = append(errs, errors.New("the new_destination check cannot be disabled"))
+	}
+	if !(c.AlertBudget > 0) {
+		errs = append(errs, fmt.Errorf("alert budget must be positive, got %g", c.AlertBudget))
+	}
+	if c.Probation < 1 {
+		errs = append(errs, fmt.Errorf("probation must be at least 1 interval, got %d", c.Probation))
+	}
+	if c.ProbationInterval < time.Second {
+		errs = append(errs, fmt.Errorf("probation interval must be at least 1s, got %s", c.ProbationInterval))
+	}
+	if c.PrefixBits4 < 8 || c.PrefixBits4 > 32 || c.PrefixBits6 < 16 || c.PrefixBits6 > 128 {
+		errs = append(errs, fmt.Errorf("prefix lengths %d/%d out of range (IPv4 8..32, IPv6 16..128)", c.PrefixBits4, c.PrefixBits6))
+	}
+	if c.BurstTick < time.Second {
+		errs = append(errs, fmt.Errorf("burst tick must be at least 1s, got %s", c.BurstTick))
+	}
+	var err error
+	if c.Shapes, err = c.Shapes.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Rate, err = c.Rate.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Volume, err = c.Volume.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Burst, err = c.Burst.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	return c, errors.Join(errs...)
+}
+
+// ParseReasons parses a comma-separated list of reason codes.
+func ParseReasons(s string) (Reasons, error) {
+	var rs Reasons
+	var errs []error
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		r, err := ParseReason(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rs = rs.With(r)
+	}
+	return rs, errors.Join(errs...)
+}

@@ -1,0 +1,523 @@
+package flowmodel
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/meshguard/meshguard/flowmodel/rate"
+	"github.com/meshguard/meshguard/flowmodel/shape"
+	"github.com/meshguard/meshguard/flowmodel/volume"
+)
+
+// destKey identifies a destination in a baseline: a host name or an IP, with a port.
+type destKey struct {
+	host string
+	ip   netip.Addr
+	port uint16
+}
+
+func (k destKey) String() string {
+	if k.host != "" {
+		return joinHostPort(k.host, k.port)
+	}
+	return netip.AddrPortFrom(k.ip, k.port).String()
+}
+
+func parseDestKey(s string) (destKey, error) {
+	d, err := ParseDestination(s)
+	if err != nil {
+		return destKey{}, err
+	}
+	if d.IP.IsValid() {
+		return destKey{ip: d.IP, port: d.Port}, nil
+	}
+	return destKey{host: d.Host, port: d.Port}, nil
+}
+
+// destEntry is one destination of a baseline.
+type destEntry struct {
+	key         destKey
+	hash        uint64 // of key, for the burst sketches
+	count       int64
+	first, last time.Time
+	source      string
+	dirty       bool // queued in service.dirtyDests
+	evicted     bool
+	edge        *edgeState // detector state; nil until the entry carries a flow's edge
+	via         destKey    // for an IP: the host it was learned with, if any
+}
+
+// edgeState is what the detectors keep of one service→destination edge. A flow's edge is
+// its host entry when the host is known, else its IP entry, so that a host whose IPs rotate
+// keeps one history.
+type edgeState struct {
+	rate     rate.State
+	vol      volume.State
+	shapes   *shape.Table
+	info     map[shape.Key]*shapeInfo
+	prefixes []netip.Prefix // where a host entry was reached
+}
+
+// shapeInfo is the display form and provenance of a shape in a table.
+type shapeInfo struct {
+	text, method, path string
+	first, last        time.Time
+	source             string
+}
+
+func (e *destEntry) edgeState() *edgeState {
+	if e.edge == nil {
+		e.edge = &edgeState{}
+	}
+	return e.edge
+}
+
+func (es *edgeState) table(cfg shape.TableConfig) *shape.Table {
+	if es.shapes == nil {
+		es.shapes, _ = shape.NewTable(cfg) // cfg was checked by Config.Check
+		es.info = make(map[shape.Key]*shapeInfo)
+	}
+	return es.shapes
+}
+
+// addShape records the display form of a shape entering the table, forgetting those the
+// table has evicted once the map outgrows it.
+func (es *edgeState) addShape(sh *shape.Shaper, k shape.Key, req *shape.Request, f *Flow, src string) {
+	if _, ok := es.info[k]; ok {
+		return
+	}
+	s := sh.Shape(req)
+	es.info[k] = &shapeInfo{text: s.String(), method: s.Method, path: s.Path, first: f.Time, last: f.Time, source: src}
+	if len(es.info) > 2*es.shapes.Len()+8 {
+		for key := range es.info {
+			if es.shapes.Count(key) == 0 {
+				delete(es.info, key)
+			}
+		}
+	}
+}
+
+func (es *edgeState) touchShape(k shape.Key, t time.Time) *shapeInfo {
+	in := es.info[k]
+	if in != nil && t.After(in.last) {
+		in.last = t
+	}
+	return in
+}
+
+// calibration sets a service's alert threshold from the scores of its learning period, so
+// that the scored detectors would have raised about AlertBudget alerts a day on it.
+type calibration struct {
+	bins        [calBins]float64 // scores at or above the alarm level, by bin
+	since, till time.Time        // event time the bins cover
+	threshold   float64          // 0 until the learning period ends
+}
+
+const (
+	calBins     = 20
+	calBinWidth = (1 - alarmLevel) / calBins
+)
+
+func (c *calibration) add(score float64, t time.Time) {
+	if c.since.IsZero() || t.Before(c.since) {
+		c.since = t
+	}
+	if t.After(c.till) {
+		c.till = t
+	}
+	if score < alarmLevel {
+		return
+	}
+	i := int((score - alarmLevel) / calBinWidth)
+	c.bins[min(i, calBins-1)]++
+}
+
+// finish sets the threshold: the lowest bin edge above which learned traffic scored at most
+// budget times a day; 1 when even the top bin scored more often than that.
+func (c *calibration) finish(budget float64, now time.Time) {
+	days := c.till.Sub(c.since).Hours() / 24
+	days = max(days, 1.0/24) // an hour at least: a short period must not make every score rare
+	c.threshold = 1
+	above := 0.0
+	for i := calBins - 1; i >= 0; i-- {
+		above += c.bins[i]
+		if above/days > budget {
+			return
+		}
+		c.threshold = alarmLevel + float64(i)*calBinWidth
+	}
+}
+
+type service struct {
+	name string
+	hash uint64
+
+	mu            sync.Mutex
+	mode          Mode
+	modeSetBy     string
+	modeChanged   time.Time
+	learnStart    time.Time
+	learnRequests int64
+	requests      int64
+	alerted       int64
+	blocked       int64
+	first, last   time.Time
+	dests         *simplelru.LRU[destKey, *destEntry]
+	allow         map[destKey]struct{} // quarantine allow list
+	rate          rate.State           // the service's total request rate
+	calib         calibration
+	probation     *simplelru.LRU[probeKey, *probe]
+	rejected      map[probeKey]struct{}
+	feedback      []FeedbackRecord
+
+	queued     bool // in Model.dirty
+	dirtyDests []*destEntry
+	removed    []destKey
+}
+
+func (m *Model) newService(name string) *service {
+	s := &service{name: name, mode: m.cfg.DefaultMode, hash: m.hashKey(destKey{host: name})}
+	// NewLRU fails only for a non-positive size, which Check rules out.
+	s.dests, _ = simplelru.NewLRU(m.cfg.MaxDestinations, func(k destKey, e *destEntry) {
+		e.evicted = true
+		s.removed = append(s.removed, k)
+	})
+	return s
+}
+
+// Services returns the state of every service, sorted by name, with their destinations
+// and shapes sorted.
+func (m *Model) Services() []ServiceRecord {
+	all := m.all()
+	out := make([]ServiceRecord, 0, len(all))
+	for _, s := range all {
+		out = append(out, s.record(true))
+	}
+	slices.SortFunc(out, func(a, b ServiceRecord) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Service returns the state of one service.
+func (m *Model) Service(name string) (ServiceRecord, bool) {
+	s := m.lookup(name, false)
+	if s == nil {
+		return ServiceRecord{}, false
+	}
+	return s.record(true), true
+}
+
+// record snapshots s; with all set every destination, else only those changed since the last
+// snapshot (which it resets). It takes s.mu.
+func (s *service) record(all bool) ServiceRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := ServiceRecord{
+		Name:          s.name,
+		Mode:          s.mode,
+		ModeSetBy:     s.modeSetBy,
+		ModeChanged:   s.modeChanged,
+		LearnStart:    s.learnStart,
+		LearnRequests: s.learnRequests,
+		Requests:      s.requests,
+		Alerted:       s.alerted,
+		Blocked:       s.blocked,
+		FirstSeen:     s.first,
+		LastSeen:      s.last,
+		Feedback:      slices.Clone(s.feedback),
+		Calibration: &Calibration{
+			Threshold: s.calib.threshold, Since: s.calib.since, Until: s.calib.till,
+			Histogram: slices.Clone(s.calib.bins[:]),
+		},
+	}
+	for k := range s.allow {
+		r.QuarantineAllow = append(r.QuarantineAllow, k.String())
+	}
+	slices.Sort(r.QuarantineAllow)
+	if all {
+		r.Destinations = make([]DestinationRecord, 0, s.dests.Len())
+		for _, e := range s.dests.Values() {
+			r.Destinations = append(r.Destinations, e.record())
+			r.Shapes = e.appendShapes(r.Shapes)
+		}
+		slices.SortFunc(r.Destinations, func(a, b DestinationRecord) int { return cmp.Compare(a.Destination, b.Destination) })
+		slices.SortFunc(r.Shapes, func(a, b ShapeRecord) int {
+			return cmp.Or(cmp.Compare(a.Destination, b.Destination), cmp.Compare(a.Shape, b.Shape))
+		})
+		return r
+	}
+	for _, k := range s.removed {
+		r.Removed = append(r.Removed, k.String())
+	}
+	for _, e := range s.dirtyDests {
+		e.dirty = false
+		if !e.evicted {
+			r.Destinations = append(r.Destinations, e.record())
+			r.Shapes = e.appendShapes(r.Shapes)
+		}
+	}
+	clear(s.dirtyDests)
+	s.dirtyDests = s.dirtyDests[:0]
+	s.removed = s.removed[:0]
+	s.queued = false
+	return r
+}
+
+func (e *destEntry) record() DestinationRecord {
+	d := DestinationRecord{Destination: e.key.String(), Count: e.count, FirstSeen: e.first, LastSeen: e.last, Source: e.source}
+	if e.via.host != "" {
+		d.Host = e.via.String()
+	}
+	if e.edge != nil {
+		for _, p := range e.edge.prefixes {
+			d.Prefixes = append(d.Prefixes, p.String())
+		}
+	}
+	return d
+}
+
+func (e *destEntry) appendShapes(out []ShapeRecord) []ShapeRecord {
+	if e.edge == nil || e.edge.shapes == nil {
+		return out
+	}
+	dest := e.key.String()
+	for k, in := range e.edge.info {
+		c := e.edge.shapes.Count(k)
+		if c == 0 {
+			continue // evicted from the table
+		}
+		out = append(out, ShapeRecord{
+			Destination: dest, Shape: in.text, Method: in.method, Path: in.path,
+			Count: int64(math.Round(c)), Weight: c, FirstSeen: in.first, LastSeen: in.last, Source: in.source,
+		})
+	}
+	return out
+}
+
+// ServiceRecord is the state of one service: what the admin API shows and what a Store
+// keeps.
+type ServiceRecord struct {
+	Name            string              `json:"name"`
+	Mode            Mode                `json:"mode"`
+	ModeSetBy       string              `json:"mode_set_by,omitempty"`
+	ModeChanged     time.Time           `json:"mode_changed,omitzero"`
+	LearnStart      time.Time           `json:"learn_start,omitzero"`
+	LearnRequests   int64               `json:"learn_requests"`
+	Requests        int64               `json:"requests"`
+	Alerted         int64               `json:"alerted"`
+	Blocked         int64               `json:"blocked"`
+	FirstSeen       time.Time           `json:"first_seen,omitzero"`
+	LastSeen        time.Time           `json:"last_seen,omitzero"`
+	QuarantineAllow []string            `json:"quarantine_allow,omitempty"`
+	Destinations    []DestinationRecord `json:"destinations"`
+	// Shapes are the request shapes learned per destination (for a save: of the
+	// destinations in Destinations).
+	Shapes []ShapeRecord `json:"shapes,omitempty"`
+	// Calibration is the service's alert threshold and the learning-period scores it came
+	// from.
+	Calibration *Calibration `json:"calibration,omitempty"`
+	// Feedback lists the latest approvals and rejections.
+	Feedback []FeedbackRecord `json:"feedback,omitempty"`
+	// Removed lists destinations forgotten since the last save (a Store deletes them, and
+	// their shapes). It is empty in a full snapshot.
+	Removed []string `json:"-"`
+}
+
+// DestinationRecord is one destination of a service's baseline. Records are mergeable: the
+// union of two baselines sums counts and widens first/last seen.
+type DestinationRecord struct {
+	Destination string    `json:"destination"`
+	Count       int64     `json:"count"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	// Source is the provenance of the first sighting ("ext_proc", "replay", "pcap",
+	// "probation", "approval", ...).
+	Source string `json:"source,omitempty"`
+	// Prefixes are the IP prefixes a host was reached at (host destinations only).
+	Prefixes []string `json:"prefixes,omitempty"`
+	// Host is, for an IP destination, the "host:port" destination it was learned with.
+	Host string `json:"host,omitempty"`
+}
+
+// ShapeRecord is one request shape a service sends to one destination.
+type ShapeRecord struct {
+	// Destination is "host:port", or "ip:port" for a destination without a host name.
+	Destination string `json:"destination"`
+	// Shape is the shape's text form (method, path template, query keys, header keys,
+	// content type, body-size class), e.g.
+	// "POST /v1/charges/{id} q:[expand] h:[content-type] ct:application/json b:1k".
+	Shape string `json:"shape"`
+	// Method and Path (the path template, placeholders such as {id} for variable segments)
+	// repeat the shape's first two fields for consumers that need no more.
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	// Count is Weight rounded: the shape's count, decayed with the shape half-life.
+	Count     int64     `json:"count"`
+	Weight    float64   `json:"weight"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	Source    string    `json:"source,omitempty"`
+}
+
+// Calibration is how a service's alert threshold was set.
+type Calibration struct {
+	// Threshold is the score the scored detectors must reach to raise an alert (0 while
+	// learning: the alarm level of 0.5 applies).
+	Threshold float64 `json:"threshold"`
+	// Histogram counts the learning period's scores at or above 0.5, in 20 bins of 0.025.
+	Histogram   []float64 `json:"histogram"`
+	Since       time.Time `json:"since,omitzero"`
+	Until       time.Time `json:"until,omitzero"`
+}
+
+// FeedbackRecord is an operator's approval or rejection.
+type FeedbackRecord struct {
+	Action      string    `json:"action"` // "approve" or "reject"
+	Destination string    `json:"destination"`
+	Shape       string    `json:"shape,omitempty"`
+	By          string    `json:"by"`
+	At          time.Time `json:"at"`
+}
+
+// TakeChanges returns the state of every service changed since the last call: its fields,
+// the destinations that changed and those forgotten. The model forgets that they changed.
+func (m *Model) TakeChanges() []ServiceRecord {
+	m.dirtyMu.Lock()
+	dirty := m.dirty
+	m.dirty = nil
+	m.dirtyMu.Unlock()
+	out := make([]ServiceRecord, 0, len(dirty))
+	for _, s := range dirty {
+		out = append(out, s.record(false))
+	}
+	return out
+}
+
+// Restore loads a stored service into the model, replacing any state of that name. Call it
+// before the model serves flows. Shape tables are rebuilt from the shape records; the rate
+// and volume detectors start afresh (they warm up again).
+func (m *Model) Restore(r ServiceRecord) error {
+	if r.Name == "" {
+		return errors.New("restore: empty service name")
+	}
+	if !r.Mode.Valid() {
+		return fmt.Errorf("restore %q: invalid mode %d", r.Name, r.Mode)
+	}
+	s := m.newService(r.Name)
+	s.mode, s.modeSetBy, s.modeChanged = r.Mode, r.ModeSetBy, r.ModeChanged
+	s.learnStart, s.learnRequests = r.LearnStart, r.LearnRequests
+	s.requests, s.alerted, s.blocked = r.Requests, r.Alerted, r.Blocked
+	s.first, s.last = r.FirstSeen, r.LastSeen
+	s.feedback = slices.Clone(r.Feedback)
+	m.replayRejections(s)
+	if c := r.Calibration; c != nil {
+		s.calib.threshold, s.calib.since, s.calib.till = c.Threshold, c.Since, c.Until
+		copy(s.calib.bins[:], c.Histogram)
+	}
+	var errs []error
+	for _, a := range r.QuarantineAllow {
+		k, err := parseDestKey(a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if s.allow == nil {
+			s.allow = make(map[destKey]struct{})
+		}
+		s.allow[k] = struct{}{}
+	}
+	dests := slices.Clone(r.Destinations)
+	// Oldest first, so that the LRU's recency order matches the last sightings.
+	slices.SortStableFunc(dests, func(a, b DestinationRecord) int { return a.LastSeen.Compare(b.LastSeen) })
+	for _, d := range dests {
+		k, err := parseDestKey(d.Destination)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		e := &destEntry{key: k, count: d.Count, first: d.FirstSeen, last: d.LastSeen, source: d.Source, hash: m.hashKey(k)}
+		if d.Host != "" {
+			if e.via, err = parseDestKey(d.Host); err != nil {
+				errs = append(errs, fmt.Errorf("destination %s: host: %w", d.Destination, err))
+			}
+		}
+		for _, ps := range d.Prefixes {
+			p, err := netip.ParsePrefix(ps)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("destination %s: %w", d.Destination, err))
+				continue
+			}
+			e.edgeState().prefixes = append(e.edgeState().prefixes, p)
+		}
+		s.dests.Add(k, e)
+	}
+	if err := m.restoreShapes(s, r.Shapes); err != nil {
+		errs = append(errs, err)
+	}
+	// Entries evicted while restoring more than MaxDestinations are deleted at the next save.
+	if len(s.removed) > 0 {
+		s.queued = true
+		m.dirtyMu.Lock()
+		m.dirty = append(m.dirty, s)
+		m.dirtyMu.Unlock()
+	}
+	m.mu.Lock()
+	m.services[r.Name] = s
+	m.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("restore %q: %w", r.Name, err)
+	}
+	return nil
+}
+
+// restoreShapes rebuilds each destination's shape table from its records.
+func (m *Model) restoreShapes(s *service, recs []ShapeRecord) error {
+	byDest := map[string][]ShapeRecord{}
+	for _, r := range recs {
+		byDest[r.Destination] = append(byDest[r.Destination], r)
+	}
+	var errs []error
+	for dest, rs := range byDest {
+		k, err := parseDestKey(dest)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		e, ok := s.dests.Peek(k)
+		if !ok {
+			continue // the destination was evicted
+		}
+		es := e.edgeState()
+		t := es.table(m.cfg.Shapes)
+		st := shape.TableState{Fresh: float64(len(rs))}
+		for _, r := range rs {
+			sh, err := shape.Parse(r.Shape)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			key := m.shaper.KeyOf(sh)
+			w := r.Weight
+			if w <= 0 {
+				w = float64(r.Count)
+			}
+			st.Shapes = append(st.Shapes, shape.ShapeCount{Key: key, Count: w})
+			st.Total += w
+			if r.LastSeen.After(st.Clock) {
+				st.Clock = r.LastSeen
+			}
+			es.info[key] = &shapeInfo{text: sh.String(), method: sh.Method, path: sh.Path, first: r.FirstSeen, last: r.LastSeen, source: r.Source}
+		}
+		slices.SortFunc(st.Shapes, func(a, b shape.ShapeCount) int { return cmp.Compare(a.Key, b.Key) })
+		if err := t.Restore(st); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
