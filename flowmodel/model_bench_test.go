@@ -15,7 +15,7 @@ func benchModel(b *testing.B, n int) *Model {
 	b.Helper()
 	m := mustModel(b, Config{})
 	f := Flow{Time: t0, Method: "POST", Path: "/v1/charges/12345?expand=customer", ContentType: "application/json",
-		HeaderKeys: []string{"accept", "authorization", "content-type", "content-length", "user-agent", "x-request-id", "traceparent", "x-envoy-attempt-count", "x-forwarded-proto", "accept-encoding"},
+		HeaderKeys:   []string{"accept", "authorization", "content-type", "content-length", "user-agent", "x-request-id", "traceparent", "x-envoy-attempt-count", "x-forwarded-proto", "accept-encoding"},
 		RequestBytes: 1234}
 	for s := range n {
 		f.Service = fmt.Sprintf("ns%d/svc%d", s%50, s)
@@ -38,7 +38,7 @@ func BenchmarkDecide(b *testing.B) {
 		svc := fmt.Sprintf("ns%d/svc%d", (n-1)%50, n-1)
 		known := Flow{Time: t0.Add(time.Hour), Service: svc, Method: "POST", Path: "/v1/charges/98765?expand=customer",
 			ContentType: "application/json", RequestBytes: 1100,
-			HeaderKeys: []string{"accept", "authorization", "content-type", "content-length", "user-agent", "x-request-id", "traceparent", "x-envoy-attempt-count", "x-forwarded-proto", "accept-encoding"},
+			HeaderKeys:  []string{"accept", "authorization", "content-type", "content-length", "user-agent", "x-request-id", "traceparent", "x-envoy-attempt-count", "x-forwarded-proto", "accept-encoding"},
 			Destination: Destination{IP: netip.AddrFrom4([4]byte{10, 7, byte((n - 1) >> 8), byte(n - 1)}), Port: 443, Host: "api7.example.com"}}
 		b.Run(fmt.Sprintf("services=%d/known", n), func(b *testing.B) {
 			b.ReportAllocs()

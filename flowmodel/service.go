@@ -371,9 +371,9 @@ type Calibration struct {
 	// learning: the alarm level of 0.5 applies).
 	Threshold float64 `json:"threshold"`
 	// Histogram counts the learning period's scores at or above 0.5, in 20 bins of 0.025.
-	Histogram   []float64 `json:"histogram"`
-	Since       time.Time `json:"since,omitzero"`
-	Until       time.Time `json:"until,omitzero"`
+	Histogram []float64 `json:"histogram"`
+	Since     time.Time `json:"since,omitzero"`
+	Until     time.Time `json:"until,omitzero"`
 }
 
 // FeedbackRecord is an operator's approval or rejection.
