@@ -157,3 +157,29 @@ func (m *Model) replayRejections(s *service) {
 		}
 	}
 }
+
+// Learn records f in its service's baseline whatever the service's mode, as a trusted
+// source does (a capture of staging traffic, a file of flow events): destinations, shapes
+// and the detectors' histories. It does not change modes; a service new to the model starts
+// in DefaultMode, and its learning period counts from f's event time.
+func (m *Model) Learn(f *Flow) error {
+	if f.Service == "" || !f.Destination.Valid() {
+		return errors.New("learn: a flow needs a service and a destination")
+	}
+	s := m.lookup(f.Service, true)
+	if s == nil {
+		return fmt.Errorf("cannot track service %q: %d services already tracked", f.Service, m.cfg.MaxServices)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests++
+	if s.first.IsZero() || f.Time.Before(s.first) {
+		s.first = f.Time
+	}
+	if f.Time.After(s.last) {
+		s.last = f.Time
+	}
+	m.learn(s, f)
+	m.markDirty(s)
+	return nil
+}

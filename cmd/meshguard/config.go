@@ -15,14 +15,21 @@ import (
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
-// modelFlags are the flowmodel knobs shared by serve, demo and replay.
+// modelFlags are the flowmodel knobs shared by serve, demo, replay and learn.
 type modelFlags struct {
-	defaultMode      string
-	learnWindow      time.Duration
-	learnMinRequests int64
-	afterLearning    string
-	maxDestinations  int
-	maxServices      int
+	defaultMode       string
+	learnWindow       time.Duration
+	learnMinRequests  int64
+	afterLearning     string
+	maxDestinations   int
+	maxServices       int
+	alertBudget       float64
+	blockReasons      string
+	disable           string
+	probation         int
+	probationInterval time.Duration
+	prefixV4          int
+	prefixV6          int
 }
 
 func (m *modelFlags) register(fs *flag.FlagSet) {
@@ -32,18 +39,38 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.afterLearning, "after-learning", "monitor", "mode a service is promoted to after learning: monitor, enforce or quarantine")
 	fs.IntVar(&m.maxDestinations, "max-destinations", flowmodel.DefaultMaxDestinations, "destinations remembered per service (least recently used forgotten first)")
 	fs.IntVar(&m.maxServices, "max-services", flowmodel.DefaultMaxServices, "services tracked at most")
+	fs.Float64Var(&m.alertBudget, "alert-budget", flowmodel.DefaultAlertBudget, "alerts per service per day the scored detectors may raise on learned traffic; sets each service's alert threshold")
+	fs.StringVar(&m.blockReasons, "block-reasons", "new_destination,host_ip_mismatch", "reasons that block in enforce mode; the others alert")
+	fs.StringVar(&m.disable, "disable", "", "detectors to turn off, by reason: new_shape, rare_shape, rate_spike, burst, volume_spike, host_ip_mismatch")
+	fs.IntVar(&m.probation, "probation", flowmodel.DefaultProbation, "distinct --probation-intervals a new shape (or, in monitor mode, destination) must be seen in before it is learned")
+	fs.DurationVar(&m.probationInterval, "probation-interval", flowmodel.DefaultProbationInterval, "the interval probation counts in")
+	fs.IntVar(&m.prefixV4, "host-prefix-v4", flowmodel.DefaultPrefixBits4, "a learned host may move to IPv4 addresses within this prefix length of where it was learned")
+	fs.IntVar(&m.prefixV6, "host-prefix-v6", flowmodel.DefaultPrefixBits6, "the same for IPv6")
 }
 
 // config returns the model config, or every problem with the flags.
 func (m *modelFlags) config() (flowmodel.Config, error) {
 	var errs []error
 	c := flowmodel.Config{
-		LearnWindow:      m.learnWindow,
-		LearnMinRequests: m.learnMinRequests,
-		MaxDestinations:  m.maxDestinations,
-		MaxServices:      m.maxServices,
+		LearnWindow:       m.learnWindow,
+		LearnMinRequests:  m.learnMinRequests,
+		MaxDestinations:   m.maxDestinations,
+		MaxServices:       m.maxServices,
+		AlertBudget:       m.alertBudget,
+		Probation:         m.probation,
+		ProbationInterval: m.probationInterval,
+		PrefixBits4:       m.prefixV4,
+		PrefixBits6:       m.prefixV6,
 	}
 	var err error
+	if c.BlockReasons, err = flowmodel.ParseReasons(m.blockReasons); err != nil {
+		errs = append(errs, fmt.Errorf("--block-reasons: %w", err))
+	} else if c.BlockReasons == 0 {
+		errs = append(errs, errors.New("--block-reasons: name at least one reason (enforce mode must block something)"))
+	}
+	if c.Disabled, err = flowmodel.ParseReasons(m.disable); err != nil {
+		errs = append(errs, fmt.Errorf("--disable: %w", err))
+	}
 	if c.DefaultMode, err = flowmodel.ParseMode(m.defaultMode); err != nil {
 		errs = append(errs, fmt.Errorf("--default-mode: %w", err))
 	}
@@ -86,6 +113,8 @@ type serveConfig struct {
 	drainTimeout     time.Duration
 	logLevel         slog.Level
 	logFormat        string
+	resolveHosts     bool
+	dnsServers       []string
 }
 
 // parseServe parses and checks serve's flags, reporting every problem at once.
@@ -110,6 +139,8 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.DurationVar(&c.flushInterval, "flush-interval", time.Second, "how far the store may lag behind the model")
 	fs.DurationVar(&c.lameduck, "lameduck", 2*time.Second, "on shutdown, time between reporting NOT_SERVING and refusing new streams")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on shutdown, time in-flight streams get to finish")
+	fs.BoolVar(&c.resolveHosts, "resolve-hosts", false, "resolve Host names (cached, off the request path) and flag host_ip_mismatch when a name is sent to an IP it does not resolve to")
+	dnsServers := fs.String("dns-servers", "", "DNS servers for --resolve-hosts, host:port, comma-separated (default: those of /etc/resolv.conf)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -118,6 +149,18 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	var errs []error
 	if fs.NArg() > 0 {
 		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
+	}
+	for _, d := range strings.Split(*dnsServers, ",") {
+		if d = strings.TrimSpace(d); d == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(d); err != nil {
+			errs = append(errs, fmt.Errorf("--dns-servers %q: want host:port", d))
+		}
+		c.dnsServers = append(c.dnsServers, d)
+	}
+	if len(c.dnsServers) > 0 && !c.resolveHosts {
+		errs = append(errs, errors.New("--dns-servers needs --resolve-hosts"))
 	}
 	var err error
 	if c.model, err = mf.config(); err != nil {

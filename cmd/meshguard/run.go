@@ -17,6 +17,11 @@ Usage:
   meshguard demo    [flags]   run the guard in-process and play sidecar traffic through it
   meshguard replay  [flags] [FILE|-]
                               decide flow events (JSONL) and print one verdict per line
+  meshguard learn   --pcap FILE --service NAME | --events FILE [flags]
+                              seed baselines from a capture or flow events
+  meshguard approve SERVICE DESTINATION [SHAPE]
+  meshguard reject  SERVICE DESTINATION [SHAPE]
+                              teach a running meshguard what is (not) expected
   meshguard version           print the version
 
 Run "meshguard COMMAND -h" for a command's flags.
@@ -40,6 +45,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = runDemo(ctx, rest, stdout, stderr)
 	case "replay":
 		err = runReplay(ctx, rest, stdin, stdout, stderr)
+	case "learn":
+		err = runLearn(ctx, rest, stdin, stdout, stderr)
+	case "approve", "reject":
+		err = runFeedback(ctx, cmd, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshguard", version())
 		return nil

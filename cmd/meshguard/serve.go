@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/meshguard/meshguard/controlplane/admin"
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/meshguard/meshguard/flowmodel/resolve"
 	"github.com/meshguard/meshguard/flowmodel/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -57,6 +59,7 @@ type server struct {
 	http        *http.Server
 	admin       *admin.Handler
 	tracing     *tracing
+	resolver    *resolve.Resolver // nil without --resolve-hosts
 	extprocAddr string
 	adminAddr   string
 	failed      chan error
@@ -85,6 +88,15 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 		}
 	}()
 
+	if cfg.resolveHosts {
+		r, err := resolve.New(resolve.Config{Servers: cfg.dnsServers, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("--resolve-hosts: %w", err)
+		}
+		cleanups = append(cleanups, r.Close)
+		s.resolver = r
+		cfg.model.Resolver = hostResolver{r}
+	}
 	if s.model, err = flowmodel.New(cfg.model); err != nil {
 		return nil, err
 	}
@@ -218,6 +230,9 @@ func (s *server) stop(ctx context.Context) error {
 	if err := s.store.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close store: %w", err))
 	}
+	if s.resolver != nil {
+		s.resolver.Close()
+	}
 	tctx, cancel2 := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel2()
 	if err := s.tracing.shutdown(tctx); err != nil {
@@ -225,6 +240,18 @@ func (s *server) stop(ctx context.Context) error {
 	}
 	s.log.Info("stopped")
 	return errors.Join(errs...)
+}
+
+// hostResolver answers the model from resolve's cache: a fresh positive answer is evidence,
+// anything else (none yet, expired, the name does not exist) is not.
+type hostResolver struct{ r *resolve.Resolver }
+
+func (h hostResolver) Lookup(host string) ([]netip.Addr, bool) {
+	a, ok := h.r.Lookup(host)
+	if !ok || a.Negative || len(a.Addrs) == 0 {
+		return nil, false
+	}
+	return a.Addrs, true
 }
 
 type persistMetrics struct {

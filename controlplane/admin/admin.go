@@ -25,6 +25,8 @@ type Model interface {
 	Service(name string) (flowmodel.ServiceRecord, bool)
 	SetMode(name string, c flowmodel.ModeChange) error
 	ModeCounts() map[flowmodel.Mode]int
+	Approve(service string, fb flowmodel.Feedback) error
+	Reject(service string, fb flowmodel.Feedback) error
 }
 
 // Handler serves the admin API.
@@ -35,6 +37,8 @@ type Handler struct {
 	mux    *http.ServeMux
 	gather prometheus.Gatherer
 	now    func() time.Time
+
+	onChange func()
 }
 
 // Options configure a Handler.
@@ -66,7 +70,19 @@ func New(m Model, o Options) *Handler {
 	h.mux.HandleFunc("GET /v1/services", h.listServices)
 	h.mux.HandleFunc("GET /v1/services/{service}", h.getService)
 	h.mux.HandleFunc("PUT /v1/services/{service}/mode", h.putMode)
+	h.mux.HandleFunc("POST /v1/services/{service}/approvals", h.feedback("approve", m.Approve))
+	h.mux.HandleFunc("POST /v1/services/{service}/rejections", h.feedback("reject", m.Reject))
 	return h
+}
+
+// OnChange, when set, is called after every change an operator makes (mode, approval,
+// rejection), e.g. to push new Envoy configuration at once.
+func (h *Handler) OnChange(fn func()) { h.onChange = fn }
+
+func (h *Handler) changed() {
+	if h.onChange != nil {
+		h.onChange()
+	}
 }
 
 // SetReady sets what /readyz reports.
@@ -141,8 +157,50 @@ func (h *Handler) putMode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("mode changed", slog.String("service", name), slog.String("mode", mode.String()), slog.String("by", by))
+	h.changed()
 	s, _ := h.model.Service(name)
 	writeJSON(w, http.StatusOK, s)
+}
+
+// FeedbackRequest is the body of POST /v1/services/{service}/approvals and /rejections.
+type FeedbackRequest struct {
+	// Destination is "host:port", "ip:port" or "[v6]:port".
+	Destination string `json:"destination"`
+	// Shape, when set, is a request shape on Destination, in the text form alerts show.
+	Shape string `json:"shape,omitempty"`
+	// By names who decided; the API adds where the request came from.
+	By string `json:"by"`
+}
+
+func (h *Handler) feedback(action string, apply func(string, flowmodel.Feedback) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("service")
+		var req FeedbackRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, "bad JSON body: "+err.Error()+`; want {"destination":"host:port","shape":"...","by":"name"}`)
+			return
+		}
+		if strings.TrimSpace(req.By) == "" {
+			writeError(w, http.StatusBadRequest, `"by" is required: say who decides`)
+			return
+		}
+		by := req.By + " (admin-api " + r.RemoteAddr + ")"
+		if err := apply(name, flowmodel.Feedback{Destination: req.Destination, Shape: req.Shape, By: by, At: h.now()}); err != nil {
+			code := http.StatusBadRequest
+			if _, ok := h.model.Service(name); !ok {
+				code = http.StatusNotFound
+			}
+			writeError(w, code, err.Error())
+			return
+		}
+		h.log.Info("feedback", slog.String("action", action), slog.String("service", name),
+			slog.String("destination", req.Destination), slog.String("shape", req.Shape), slog.String("by", by))
+		h.changed()
+		s, _ := h.model.Service(name)
+		writeJSON(w, http.StatusOK, s)
+	}
 }
 
 // ErrorBody is the body of every error response.

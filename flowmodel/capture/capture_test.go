@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"github.com/meshguard/meshguard/flowmodel/capture/capturetest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -46,74 +47,74 @@ const (
 // scenario builds the test capture: DNS, HTTP split and out of order, chunked HTTP on the
 // same connection, TLS with SNI, a plain TCP connection to a resolved IP, UDP, IPv6 HTTP,
 // an ARP frame and a malformed packet.
-func scenario(t testing.TB, rawIPv6 bool, serverName string) *builder {
-	b := &builder{t: t, rawIPv6: rawIPv6}
+func scenario(t testing.TB, rawIPv6 bool, serverName string) *capturetest.Builder {
+	b := &capturetest.Builder{T: t, RawIPv6: rawIPv6}
 
 	// DNS: api.example.com is a CNAME of an edge name with the A record; a second query
 	// gets NXDOMAIN.
-	b.udp(at(0), ap(client4, 40000), ap(resolver, 53), b.dns(&layers.DNS{ID: 7, RD: true,
+	b.UDP(at(0), ap(client4, 40000), ap(resolver, 53), b.DNS(&layers.DNS{ID: 7, RD: true,
 		Questions: []layers.DNSQuestion{{Name: []byte("api.example.com"), Type: layers.DNSTypeA, Class: layers.DNSClassIN}}}))
-	b.udp(at(2), ap(resolver, 53), ap(client4, 40000), b.dns(&layers.DNS{ID: 7, QR: true, RD: true, RA: true,
+	b.UDP(at(2), ap(resolver, 53), ap(client4, 40000), b.DNS(&layers.DNS{ID: 7, QR: true, RD: true, RA: true,
 		Questions: []layers.DNSQuestion{{Name: []byte("api.example.com"), Type: layers.DNSTypeA, Class: layers.DNSClassIN}},
 		Answers: []layers.DNSResourceRecord{
 			{Name: []byte("api.example.com"), Type: layers.DNSTypeCNAME, Class: layers.DNSClassIN, TTL: 30, CNAME: []byte("edge.cdn.example.net")},
 			{Name: []byte("edge.cdn.example.net"), Type: layers.DNSTypeA, Class: layers.DNSClassIN, TTL: 30, IP: apiIP.AsSlice()},
 		}}))
-	b.udp(at(3), ap(resolver, 53), ap(client4, 40000), b.dns(&layers.DNS{ID: 8, QR: true, ResponseCode: layers.DNSResponseCodeNXDomain,
+	b.UDP(at(3), ap(resolver, 53), ap(client4, 40000), b.DNS(&layers.DNS{ID: 8, QR: true, ResponseCode: layers.DNSResponseCodeNXDomain,
 		Questions: []layers.DNSQuestion{{Name: []byte("nope.example.com"), Type: layers.DNSTypeA, Class: layers.DNSClassIN}}}))
 
 	// HTTP/1.1 keep-alive: a POST in three segments, the middle one captured first, then a
 	// chunked PUT in 16-byte segments.
-	web := b.conn(ap(client4, 41000), ap(apiIP, 80))
-	web.handshake(at(1000))
+	web := b.Conn(ap(client4, 41000), ap(apiIP, 80))
+	web.Handshake(at(1000))
 	post := []byte(postRequest)
-	web.seg(at(1010), true, 20, post[20:60], nil)
-	web.seg(at(1011), true, 0, post[:20], nil)
-	web.seg(at(1012), true, 60, post[60:], nil)
-	web.clientOff = uint32(len(post))
-	web.send(at(1020), false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"), 1400)
-	web.send(at(1030), true, []byte(putRequest), 16)
-	web.send(at(1040), false, []byte("HTTP/1.1 204 No Content\r\n\r\n"), 1400)
-	web.close(at(1050))
+	web.Seg(at(1010), true, 20, post[20:60], nil)
+	web.Seg(at(1011), true, 0, post[:20], nil)
+	web.Seg(at(1012), true, 60, post[60:], nil)
+	web.Advance(true, uint32(len(post)))
+	web.Send(at(1020), false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"), 1400)
+	web.Send(at(1030), true, []byte(putRequest), 16)
+	web.Send(at(1040), false, []byte("HTTP/1.1 204 No Content\r\n\r\n"), 1400)
+	web.Close(at(1050))
 
 	// TLS: the ClientHello in two segments, then a reset.
-	sec := b.conn(ap(client4, 42000), ap(tlsIP, 443))
-	sec.handshake(at(2000))
-	hello := clientHello(t, serverName)
-	sec.send(at(2010), true, hello, 100)
-	sec.reset(at(2020))
+	sec := b.Conn(ap(client4, 42000), ap(tlsIP, 443))
+	sec.Handshake(at(2000))
+	hello := capturetest.ClientHello(t, serverName)
+	sec.Send(at(2010), true, hello, 100)
+	sec.Reset(at(2020))
 
 	// An opaque protocol to an IP resolved above.
-	pg := b.conn(ap(client4, 43000), ap(apiIP, 5432))
-	pg.handshake(at(3000))
-	pg.send(at(3010), true, []byte{0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f}, 1400)
-	pg.send(at(3011), false, []byte("N"), 1400)
-	pg.close(at(3020))
+	pg := b.Conn(ap(client4, 43000), ap(apiIP, 5432))
+	pg.Handshake(at(3000))
+	pg.Send(at(3010), true, []byte{0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f}, 1400)
+	pg.Send(at(3011), false, []byte("N"), 1400)
+	pg.Close(at(3020))
 
 	// UDP: two datagrams, one conversation.
-	b.udp(at(4000), ap(client4, 50000), ap(statsdIP, 8125), []byte("hits:1|c"))
-	b.udp(at(4001), ap(client4, 50000), ap(statsdIP, 8125), []byte("hits:2|c"))
+	b.UDP(at(4000), ap(client4, 50000), ap(statsdIP, 8125), []byte("hits:1|c"))
+	b.UDP(at(4001), ap(client4, 50000), ap(statsdIP, 8125), []byte("hits:2|c"))
 
 	// IPv6 HTTP, left open: Close flushes it.
-	v6 := b.conn(ap(client6, 44000), ap(server6, 8080))
-	v6.handshake(at(5000))
-	v6.send(at(5010), true, []byte(getRequest), 1400)
+	v6 := b.Conn(ap(client6, 44000), ap(server6, 8080))
+	v6.Handshake(at(5000))
+	v6.Send(at(5010), true, []byte(getRequest), 1400)
 
 	// Not TCP or UDP: an ARP request.
 	arp := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(arp, gopacket.SerializeOptions{FixLengths: true},
-		&layers.Ethernet{SrcMAC: macA, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
+		&layers.Ethernet{SrcMAC: capturetest.MacA, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP},
 		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
-			Operation: layers.ARPRequest, SourceHwAddress: macA, SourceProtAddress: client4.AsSlice(),
+			Operation: layers.ARPRequest, SourceHwAddress: capturetest.MacA, SourceProtAddress: client4.AsSlice(),
 			DstHwAddress: make([]byte, 6), DstProtAddress: resolver.AsSlice()}); err != nil {
 		t.Fatal(err)
 	}
-	b.packets = append(b.packets, packet{ts: at(6000), lt: layers.LinkTypeEthernet, data: arp.Bytes()})
+	b.Packets = append(b.Packets, capturetest.Packet{TS: at(6000), LinkType: layers.LinkTypeEthernet, Data: arp.Bytes()})
 
 	// Malformed: an IPv4 header length of 2 words.
-	_, bad := b.frame(client4, apiIP, &layers.UDP{SrcPort: 1, DstPort: 2}, []byte("x"))
+	_, bad := b.Frame(client4, apiIP, &layers.UDP{SrcPort: 1, DstPort: 2}, []byte("x"))
 	bad[14] = 0x42
-	b.packets = append(b.packets, packet{ts: at(6001), lt: layers.LinkTypeEthernet, data: bad})
+	b.Packets = append(b.Packets, capturetest.Packet{TS: at(6001), LinkType: layers.LinkTypeEthernet, Data: bad})
 	return b
 }
 
@@ -183,9 +184,9 @@ func gz(t testing.TB, b []byte) []byte {
 
 func TestReadScenario(t *testing.T) {
 	sc := scenario(t, false, "pay.example.org")
-	pcapFile := sc.pcap()
-	ngFile := scenario(t, true, "pay.example.org").pcapng()
-	packets := int64(len(sc.packets))
+	pcapFile := sc.Pcap()
+	ngFile := scenario(t, true, "pay.example.org").Pcapng()
+	packets := int64(len(sc.Packets))
 	cases := []struct {
 		name       string
 		file       []byte
@@ -253,10 +254,10 @@ func TestReadScenario(t *testing.T) {
 func TestReadCountsBytes(t *testing.T) {
 	b := scenario(t, false, "pay.example.org")
 	var want int64
-	for _, p := range b.packets {
-		want += int64(len(p.data))
+	for _, p := range b.Packets {
+		want += int64(len(p.Data))
 	}
-	_, sum := readAll(t, b.pcap(), Config{Service: BySourceIP})
+	_, sum := readAll(t, b.Pcap(), Config{Service: BySourceIP})
 	if sum.Bytes != want {
 		t.Errorf("Bytes = %d, want %d", sum.Bytes, want)
 	}
@@ -264,15 +265,15 @@ func TestReadCountsBytes(t *testing.T) {
 
 func TestTLSWithoutServerNameUsesDNSName(t *testing.T) {
 	// A ClientHello without SNI to an IP bound by an earlier DNS answer gets that name.
-	b := &builder{t: t}
-	b.udp(at(0), ap(resolver, 53), ap(client4, 40000), b.dns(&layers.DNS{ID: 1, QR: true,
+	b := &capturetest.Builder{T: t}
+	b.UDP(at(0), ap(resolver, 53), ap(client4, 40000), b.DNS(&layers.DNS{ID: 1, QR: true,
 		Questions: []layers.DNSQuestion{{Name: []byte("Pay.Example.ORG"), Type: layers.DNSTypeAAAA, Class: layers.DNSClassIN}},
 		Answers:   []layers.DNSResourceRecord{{Name: []byte("pay.example.org"), Type: layers.DNSTypeAAAA, Class: layers.DNSClassIN, TTL: 5, IP: server6.AsSlice()}}}))
-	c := b.conn(ap(client6, 42000), ap(server6, 443))
-	c.handshake(at(10))
-	c.send(at(20), true, clientHello(t, ""), 1400)
-	c.close(at(30))
-	got, sum := readAll(t, b.pcap(), Config{Service: Fixed("svc")})
+	c := b.Conn(ap(client6, 42000), ap(server6, 443))
+	c.Handshake(at(10))
+	c.Send(at(20), true, capturetest.ClientHello(t, ""), 1400)
+	c.Close(at(30))
+	got, sum := readAll(t, b.Pcap(), Config{Service: Fixed("svc")})
 	want := []flowmodel.Flow{
 		{Time: at(0), Service: "svc", Destination: flowmodel.Destination{IP: resolver, Port: 53}, RequestBytes: -1, ResponseBytes: -1, Source: Source},
 		{Time: at(20), Service: "svc", Destination: flowmodel.Destination{IP: server6, Port: 443, Host: "pay.example.org"}, RequestBytes: -1, ResponseBytes: -1, Source: Source},
@@ -286,20 +287,20 @@ func TestTLSWithoutServerNameUsesDNSName(t *testing.T) {
 func TestSkips(t *testing.T) {
 	cases := []struct {
 		name      string
-		build     func(b *builder)
+		build     func(b *capturetest.Builder)
 		cfg       Config
 		wantSkip  map[string]int64
 		wantFlows int
 	}{
 		{
 			name: "snap length cut a data segment",
-			build: func(b *builder) {
-				c := b.conn(ap(client4, 41000), ap(apiIP, 80))
-				c.handshake(at(0))
-				c.send(at(10), true, []byte(postRequest), 1400)
-				p := &b.packets[len(b.packets)-1]
-				p.origLen = len(p.data)
-				p.data = p.data[:60]
+			build: func(b *capturetest.Builder) {
+				c := b.Conn(ap(client4, 41000), ap(apiIP, 80))
+				c.Handshake(at(0))
+				c.Send(at(10), true, []byte(postRequest), 1400)
+				p := &b.Packets[len(b.Packets)-1]
+				p.OrigLen = len(p.Data)
+				p.Data = p.Data[:60]
 			},
 			// The request is lost; the connection is still a destination.
 			wantSkip:  map[string]int64{SkipTruncatedPacket: 1},
@@ -307,38 +308,38 @@ func TestSkips(t *testing.T) {
 		},
 		{
 			name: "IPv4 fragment",
-			build: func(b *builder) {
-				_, data := b.frame(client4, apiIP, &layers.UDP{SrcPort: 1000, DstPort: 2000}, []byte("fragment"))
+			build: func(b *capturetest.Builder) {
+				_, data := b.Frame(client4, apiIP, &layers.UDP{SrcPort: 1000, DstPort: 2000}, []byte("fragment"))
 				data[14+6] |= 0x20 // more fragments
-				b.packets = append(b.packets, packet{ts: at(0), lt: layers.LinkTypeEthernet, data: data})
+				b.Packets = append(b.Packets, capturetest.Packet{TS: at(0), LinkType: layers.LinkTypeEthernet, Data: data})
 			},
 			wantSkip: map[string]int64{SkipIPFragment: 1},
 		},
 		{
 			name: "unsupported link type",
-			build: func(b *builder) {
-				b.packets = append(b.packets, packet{ts: at(0), lt: layers.LinkTypeIEEE802_11, data: []byte{1, 2, 3}})
+			build: func(b *capturetest.Builder) {
+				b.Packets = append(b.Packets, capturetest.Packet{TS: at(0), LinkType: layers.LinkTypeIEEE802_11, Data: []byte{1, 2, 3}})
 			},
 			wantSkip: map[string]int64{SkipUnsupportedLink: 1},
 		},
 		{
 			name: "malformed HTTP request",
-			build: func(b *builder) {
-				c := b.conn(ap(client4, 41000), ap(apiIP, 80))
-				c.handshake(at(0))
-				c.send(at(10), true, []byte("GET /x HTTP/1.1\r\nBad Header Line\r\n\r\n"), 1400)
-				c.close(at(20))
+			build: func(b *capturetest.Builder) {
+				c := b.Conn(ap(client4, 41000), ap(apiIP, 80))
+				c.Handshake(at(0))
+				c.Send(at(10), true, []byte("GET /x HTTP/1.1\r\nBad Header Line\r\n\r\n"), 1400)
+				c.Close(at(20))
 			},
 			wantSkip:  map[string]int64{SkipHTTPMalformed: 1},
 			wantFlows: 1, // the connection itself
 		},
 		{
 			name: "HTTP header over the limit",
-			build: func(b *builder) {
-				c := b.conn(ap(client4, 41000), ap(apiIP, 80))
-				c.handshake(at(0))
-				c.send(at(10), true, []byte("GET / HTTP/1.1\r\nX-Big: "+strings.Repeat("a", 3000)+"\r\n\r\n"), 1400)
-				c.close(at(20))
+			build: func(b *capturetest.Builder) {
+				c := b.Conn(ap(client4, 41000), ap(apiIP, 80))
+				c.Handshake(at(0))
+				c.Send(at(10), true, []byte("GET / HTTP/1.1\r\nX-Big: "+strings.Repeat("a", 3000)+"\r\n\r\n"), 1400)
+				c.Close(at(20))
 			},
 			cfg:       Config{MaxHeaderBytes: 2048},
 			wantSkip:  map[string]int64{SkipHTTPHeaderTooLarge: 1},
@@ -346,41 +347,41 @@ func TestSkips(t *testing.T) {
 		},
 		{
 			name: "stream ends inside a request",
-			build: func(b *builder) {
-				c := b.conn(ap(client4, 41000), ap(apiIP, 80))
-				c.handshake(at(0))
-				c.send(at(10), true, []byte("GET / HTTP/1.1\r\nHost: a"), 1400)
-				c.close(at(20))
+			build: func(b *capturetest.Builder) {
+				c := b.Conn(ap(client4, 41000), ap(apiIP, 80))
+				c.Handshake(at(0))
+				c.Send(at(10), true, []byte("GET / HTTP/1.1\r\nHost: a"), 1400)
+				c.Close(at(20))
 			},
 			wantSkip:  map[string]int64{SkipHTTPIncomplete: 1},
 			wantFlows: 1,
 		},
 		{
 			name: "malformed ClientHello",
-			build: func(b *builder) {
-				c := b.conn(ap(client4, 42000), ap(tlsIP, 443))
-				c.handshake(at(0))
-				c.send(at(10), true, []byte{22, 3, 1, 0, 6, 1, 0, 0, 2, 3, 3}, 1400)
-				c.close(at(20))
+			build: func(b *capturetest.Builder) {
+				c := b.Conn(ap(client4, 42000), ap(tlsIP, 443))
+				c.Handshake(at(0))
+				c.Send(at(10), true, []byte{22, 3, 1, 0, 6, 1, 0, 0, 2, 3, 3}, 1400)
+				c.Close(at(20))
 			},
 			wantSkip:  map[string]int64{SkipTLSMalformed: 1},
 			wantFlows: 1,
 		},
 		{
 			name: "malformed DNS response",
-			build: func(b *builder) {
-				b.udp(at(0), ap(resolver, 53), ap(client4, 40000), []byte{0, 1, 0x81, 0x80, 0, 1, 0, 1})
+			build: func(b *capturetest.Builder) {
+				b.UDP(at(0), ap(resolver, 53), ap(client4, 40000), []byte{0, 1, 0x81, 0x80, 0, 1, 0, 1})
 			},
 			wantSkip:  map[string]int64{SkipDNSMalformed: 1},
 			wantFlows: 1,
 		},
 		{
 			name: "stream limit",
-			build: func(b *builder) {
-				b.conn(ap(client4, 41000), ap(apiIP, 80)).handshake(at(0))
-				c := b.conn(ap(client4, 41001), ap(apiIP, 80))
-				c.handshake(at(10)) // SYN skipped, SYN-ACK skipped; the ACK carries nothing
-				c.send(at(20), true, []byte("GET / HTTP/1.1\r\n\r\n"), 1400)
+			build: func(b *capturetest.Builder) {
+				b.Conn(ap(client4, 41000), ap(apiIP, 80)).Handshake(at(0))
+				c := b.Conn(ap(client4, 41001), ap(apiIP, 80))
+				c.Handshake(at(10)) // SYN skipped, SYN-ACK skipped; the ACK carries nothing
+				c.Send(at(20), true, []byte("GET / HTTP/1.1\r\n\r\n"), 1400)
 			},
 			cfg:       Config{MaxStreams: 1},
 			wantSkip:  map[string]int64{SkipTCPStreamLimit: 3},
@@ -388,16 +389,16 @@ func TestSkips(t *testing.T) {
 		},
 		{
 			name: "connection without handshake between ephemeral ports",
-			build: func(b *builder) {
-				c := b.conn(ap(client4, 40001), ap(apiIP, 40002))
-				c.send(at(10), true, []byte{1, 2, 3}, 1400)
+			build: func(b *capturetest.Builder) {
+				c := b.Conn(ap(client4, 40001), ap(apiIP, 40002))
+				c.Send(at(10), true, []byte{1, 2, 3}, 1400)
 			},
 			wantSkip: map[string]int64{SkipTCPNoHandshake: 1},
 		},
 		{
 			name: "empty service name",
-			build: func(b *builder) {
-				b.udp(at(0), ap(client4, 40000), ap(statsdIP, 8125), []byte("x"))
+			build: func(b *capturetest.Builder) {
+				b.UDP(at(0), ap(client4, 40000), ap(statsdIP, 8125), []byte("x"))
 			},
 			cfg:      Config{Service: Fixed("")},
 			wantSkip: map[string]int64{SkipNoService: 1},
@@ -405,13 +406,13 @@ func TestSkips(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			b := &builder{t: t}
+			b := &capturetest.Builder{T: t}
 			tc.build(b)
 			cfg := tc.cfg
 			if cfg.Service == nil {
 				cfg.Service = Fixed("svc")
 			}
-			got, sum := readAll(t, b.pcap(), cfg)
+			got, sum := readAll(t, b.Pcap(), cfg)
 			if !reflect.DeepEqual(sum.Skipped, tc.wantSkip) {
 				t.Errorf("skipped %v, want %v", sum.Skipped, tc.wantSkip)
 			}
@@ -424,7 +425,7 @@ func TestSkips(t *testing.T) {
 
 func TestLinuxSLL2(t *testing.T) {
 	// "tcpdump -i any" writes LINKTYPE_LINUX_SLL2 frames: a 20-byte header, then IP.
-	b := &builder{t: t}
+	b := &capturetest.Builder{T: t}
 	sll2 := func(proto uint16, ip []byte) []byte {
 		h := make([]byte, 20)
 		binary.BigEndian.PutUint16(h, proto)
@@ -432,15 +433,15 @@ func TestLinuxSLL2(t *testing.T) {
 		h[11] = 6
 		return append(h, ip...)
 	}
-	_, v4 := b.frame(client4, statsdIP, &layers.UDP{SrcPort: 50000, DstPort: 8125}, []byte("hits:1|c"))
-	_, v6 := b.frame(client6, server6, &layers.UDP{SrcPort: 50000, DstPort: 8125}, []byte("hits:1|c"))
-	b.packets = append(b.packets,
-		packet{ts: at(0), lt: linkTypeLinuxSLL2, data: sll2(0x0800, v4[14:])},
-		packet{ts: at(1), lt: linkTypeLinuxSLL2, data: sll2(0x86dd, v6[14:])},
-		packet{ts: at(2), lt: linkTypeLinuxSLL2, data: sll2(0x0806, make([]byte, 28))}, // ARP
-		packet{ts: at(3), lt: linkTypeLinuxSLL2, data: sll2(0x0800, v4[14:30])},        // cut short
+	_, v4 := b.Frame(client4, statsdIP, &layers.UDP{SrcPort: 50000, DstPort: 8125}, []byte("hits:1|c"))
+	_, v6 := b.Frame(client6, server6, &layers.UDP{SrcPort: 50000, DstPort: 8125}, []byte("hits:1|c"))
+	b.Packets = append(b.Packets,
+		capturetest.Packet{TS: at(0), LinkType: linkTypeLinuxSLL2, Data: sll2(0x0800, v4[14:])},
+		capturetest.Packet{TS: at(1), LinkType: linkTypeLinuxSLL2, Data: sll2(0x86dd, v6[14:])},
+		capturetest.Packet{TS: at(2), LinkType: linkTypeLinuxSLL2, Data: sll2(0x0806, make([]byte, 28))}, // ARP
+		capturetest.Packet{TS: at(3), LinkType: linkTypeLinuxSLL2, Data: sll2(0x0800, v4[14:30])},        // cut short
 	)
-	file := b.pcap()
+	file := b.Pcap()
 	binary.LittleEndian.PutUint32(file[20:], 276) // the header's link type, as libpcap writes it
 	got, sum := readAll(t, file, Config{Service: BySourceIP})
 	diffFlows(t, got, []flowmodel.Flow{
@@ -455,11 +456,11 @@ func TestLinuxSLL2(t *testing.T) {
 func TestMidstreamConnection(t *testing.T) {
 	// The capture starts after the handshake: the request itself tells the client, and
 	// its time is the packet's.
-	b := &builder{t: t}
-	c := b.conn(ap(client4, 50123), ap(apiIP, 8080))
-	c.send(at(10), false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), 1400)
-	c.send(at(20), true, []byte("DELETE /v1/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n"), 1400)
-	got, sum := readAll(t, b.pcap(), Config{Service: BySourceIP})
+	b := &capturetest.Builder{T: t}
+	c := b.Conn(ap(client4, 50123), ap(apiIP, 8080))
+	c.Send(at(10), false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), 1400)
+	c.Send(at(20), true, []byte("DELETE /v1/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n"), 1400)
+	got, sum := readAll(t, b.Pcap(), Config{Service: BySourceIP})
 	want := flowmodel.Flow{Time: at(20), Service: "10.0.0.7", Destination: flowmodel.Destination{IP: apiIP, Port: 8080, Host: "api.example.com"},
 		Method: "DELETE", Path: "/v1/x", HeaderKeys: nil, RequestBytes: 0, ResponseBytes: -1, Source: Source}
 	diffFlows(t, got, []flowmodel.Flow{want})
@@ -471,15 +472,15 @@ func TestMidstreamConnection(t *testing.T) {
 func TestIdleStreamsAreFlushed(t *testing.T) {
 	// Two connections without FIN, far apart in capture time: the first is flushed (its
 	// destination emitted) when the second arrives, before the capture ends.
-	b := &builder{t: t}
-	b.conn(ap(client4, 41000), ap(apiIP, 5432)).handshake(at(0))
-	b.conn(ap(client4, 41001), ap(apiIP, 6379)).handshake(at(10 * 60 * 1000))
+	b := &capturetest.Builder{T: t}
+	b.Conn(ap(client4, 41000), ap(apiIP, 5432)).Handshake(at(0))
+	b.Conn(ap(client4, 41001), ap(apiIP, 6379)).Handshake(at(10 * 60 * 1000))
 	d, err := NewDecoder(Config{Service: Fixed("svc"), StreamIdle: time.Minute}, func(flowmodel.Flow) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range b.packets {
-		if err := d.Packet(p.lt, p.data, p.captureInfo()); err != nil {
+	for _, p := range b.Packets {
+		if err := d.Packet(p.LinkType, p.Data, p.CaptureInfo()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -495,7 +496,7 @@ func TestIdleStreamsAreFlushed(t *testing.T) {
 }
 
 func TestEmitErrorStops(t *testing.T) {
-	file := scenario(t, false, "pay.example.org").pcap()
+	file := scenario(t, false, "pay.example.org").Pcap()
 	stop := errors.New("store is full")
 	n := 0
 	sum, err := Read(context.Background(), bytes.NewReader(file), Config{Service: BySourceIP}, func(flowmodel.Flow) error {
@@ -514,13 +515,13 @@ func TestEmitErrorStops(t *testing.T) {
 }
 
 func TestReadCancelled(t *testing.T) {
-	b := &builder{t: t}
+	b := &capturetest.Builder{T: t}
 	for i := range 3000 {
-		b.udp(at(i), ap(client4, uint16(1024+i)), ap(statsdIP, 8125), []byte("x"))
+		b.UDP(at(i), ap(client4, uint16(1024+i)), ap(statsdIP, 8125), []byte("x"))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	sum, err := Read(ctx, bytes.NewReader(b.pcap()), Config{Service: BySourceIP}, func(flowmodel.Flow) error { return nil })
+	sum, err := Read(ctx, bytes.NewReader(b.Pcap()), Config{Service: BySourceIP}, func(flowmodel.Flow) error { return nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -530,8 +531,8 @@ func TestReadCancelled(t *testing.T) {
 }
 
 func TestReadBadFiles(t *testing.T) {
-	good := scenario(t, false, "pay.example.org").pcap()
-	goodNg := scenario(t, true, "pay.example.org").pcapng()
+	good := scenario(t, false, "pay.example.org").Pcap()
+	goodNg := scenario(t, true, "pay.example.org").Pcapng()
 	corrupt := bytes.Clone(good)
 	// The first record's captured length: past the limit.
 	copy(corrupt[24+8:], []byte{0xff, 0xff, 0xff, 0x7f})
@@ -581,18 +582,18 @@ func TestReadBadFiles(t *testing.T) {
 // BenchmarkRead reads a capture of 500 HTTP connections (handshake, request, response,
 // close) and 500 DNS exchanges.
 func BenchmarkRead(b *testing.B) {
-	sc := &builder{t: b}
+	sc := &capturetest.Builder{T: b}
 	for i := range 500 {
 		client := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
-		sc.udp(at(i*10), ap(client, 40000), ap(resolver, 53), sc.dns(&layers.DNS{ID: uint16(i), RD: true,
+		sc.UDP(at(i*10), ap(client, 40000), ap(resolver, 53), sc.DNS(&layers.DNS{ID: uint16(i), RD: true,
 			Questions: []layers.DNSQuestion{{Name: []byte("api.example.com"), Type: layers.DNSTypeA, Class: layers.DNSClassIN}}}))
-		c := sc.conn(ap(client, 41000), ap(apiIP, 80))
-		c.handshake(at(i*10 + 1))
-		c.send(at(i*10+4), true, []byte(postRequest), 1400)
-		c.send(at(i*10+5), false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"), 1400)
-		c.close(at(i*10 + 6))
+		c := sc.Conn(ap(client, 41000), ap(apiIP, 80))
+		c.Handshake(at(i*10 + 1))
+		c.Send(at(i*10+4), true, []byte(postRequest), 1400)
+		c.Send(at(i*10+5), false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"), 1400)
+		c.Close(at(i*10 + 6))
 	}
-	file := sc.pcap()
+	file := sc.Pcap()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(file)))
 	for b.Loop() {
@@ -601,5 +602,5 @@ func BenchmarkRead(b *testing.B) {
 			b.Fatalf("%d requests, error %v", sum.HTTPRequests, err)
 		}
 	}
-	b.ReportMetric(float64(len(sc.packets)*b.N)/b.Elapsed().Seconds(), "packets/s")
+	b.ReportMetric(float64(len(sc.Packets)*b.N)/b.Elapsed().Seconds(), "packets/s")
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"github.com/meshguard/meshguard/flowmodel/capture/capturetest"
 	"testing"
 	"time"
 
@@ -44,18 +45,18 @@ func checkFlow(t *testing.T, f flowmodel.Flow) {
 func FuzzDecoder(f *testing.F) {
 	sc := scenario(f, false, "pay.example.org")
 	var frames [][]byte
-	for _, p := range sc.packets {
-		frames = append(frames, p.data)
+	for _, p := range sc.Packets {
+		frames = append(frames, p.Data)
 	}
 	f.Add(encodePackets(0, frames))
 	f.Add(encodePackets(0, frames[3:22])) // the HTTP connection
-	raw := &builder{t: f, rawIPv6: true}
-	c := raw.conn(ap(client6, 44000), ap(server6, 80))
-	c.handshake(at(0))
-	c.send(at(1), true, []byte(putRequest), 9)
+	raw := &capturetest.Builder{T: f, RawIPv6: true}
+	c := raw.Conn(ap(client6, 44000), ap(server6, 80))
+	c.Handshake(at(0))
+	c.Send(at(1), true, []byte(putRequest), 9)
 	frames = frames[:0]
-	for _, p := range raw.packets {
-		frames = append(frames, p.data)
+	for _, p := range raw.Packets {
+		frames = append(frames, p.Data)
 	}
 	f.Add(encodePackets(1, frames))
 
@@ -91,14 +92,14 @@ func FuzzDecoder(f *testing.F) {
 
 // FuzzRead reads arbitrary files: never a panic, whatever the error.
 func FuzzRead(f *testing.F) {
-	b := &builder{t: f}
-	c := b.conn(ap(client4, 41000), ap(apiIP, 80))
-	c.handshake(at(0))
-	c.send(at(10), true, []byte(postRequest), 40)
-	c.close(at(20))
-	f.Add(b.pcap())
-	f.Add(b.pcapng())
-	f.Add(gz(f, b.pcap()))
+	b := &capturetest.Builder{T: f}
+	c := b.Conn(ap(client4, 41000), ap(apiIP, 80))
+	c.Handshake(at(0))
+	c.Send(at(10), true, []byte(postRequest), 40)
+	c.Close(at(20))
+	f.Add(b.Pcap())
+	f.Add(b.Pcapng())
+	f.Add(gz(f, b.Pcap()))
 	f.Fuzz(func(t *testing.T, file []byte) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -134,8 +135,8 @@ func FuzzHTTPParser(f *testing.F) {
 
 // FuzzServerName parses arbitrary ClientHello bodies.
 func FuzzServerName(f *testing.F) {
-	f.Add(clientHello(f, "pay.example.org")[9:])
-	f.Add(clientHello(f, "")[9:])
+	f.Add(capturetest.ClientHello(f, "pay.example.org")[9:])
+	f.Add(capturetest.ClientHello(f, "")[9:])
 	f.Fuzz(func(t *testing.T, body []byte) {
 		_, _ = serverName(body)
 	})

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"github.com/meshguard/meshguard/flowmodel/capture/capturetest"
 	"reflect"
 	"testing"
 	"time"
@@ -21,8 +22,8 @@ func reframe(record []byte, size int) []byte {
 }
 
 func TestHelloParser(t *testing.T) {
-	withSNI := clientHello(t, "pay.example.org")
-	withoutSNI := clientHello(t, "")
+	withSNI := capturetest.ClientHello(t, "pay.example.org")
+	withoutSNI := capturetest.ClientHello(t, "")
 	serverHello := append([]byte{22, 3, 3, 0, 6, 2, 0, 0, 2}, 3, 3)
 	type result struct {
 		Names []string
@@ -78,7 +79,7 @@ func TestHelloParser(t *testing.T) {
 }
 
 func TestServerName(t *testing.T) {
-	body := clientHello(t, "a.b.example")[9:] // record and handshake headers off
+	body := capturetest.ClientHello(t, "a.b.example")[9:] // record and handshake headers off
 	cases := []struct {
 		name    string
 		body    []byte
