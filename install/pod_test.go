@@ -206,3 +206,16 @@ func deref(p *int64) string {
 	}
 	return strconv.FormatInt(*p, 10)
 }
+
+// subset reports whether every label of sel is in labels.
+func subset(sel, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
