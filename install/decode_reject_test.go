@@ -46,7 +46,7 @@ spec:
           "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
           grpc_service:
             envoy_grpc:
-              cluster_name: meshguard_extproc
+              cluster_name: meshguard_ext_proc
           message_timeout: 0.2s
 `
 	tests := []struct {

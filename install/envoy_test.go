@@ -19,10 +19,11 @@ import (
 	istionetv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 )
 
-// Names shared with meshguard's xDS server and documented in the READMEs.
+// Names shared with meshguard's xDS server (controlplane/xds: ClusterExtProc,
+// ClusterAccessLog, AccessLogName) and documented in the READMEs.
 const (
-	extprocCluster = "meshguard_extproc"
-	alsCluster     = "meshguard_als"
+	extprocCluster = "meshguard_ext_proc"
+	alsCluster     = "meshguard_access_log"
 	alsLogName     = "meshguard"
 	extprocFilter  = "envoy.filters.http.ext_proc"
 	routerFilter   = "envoy.filters.http.router"
@@ -184,7 +185,7 @@ func checkExtProc(t *testing.T, ep *extprocv3.ExternalProcessor, wantAttrs []str
 }
 
 // checkAccessLogs checks that the access loggers are meshguard's gRPC loggers of the
-// wanted names, all sending to meshguard_als under log_name meshguard.
+// wanted names, all sending to meshguard_access_log under log_name meshguard.
 func checkAccessLogs(t *testing.T, logs []*accesslogv3.AccessLog, wantNames []string) {
 	t.Helper()
 	var names []string

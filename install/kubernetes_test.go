@@ -83,6 +83,9 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 
 	md := b.GetNode().GetMetadata().GetFields()
+	if role := md["MESHGUARD_ROLE"].GetStringValue(); role != "sidecar" {
+		t.Errorf("node metadata MESHGUARD_ROLE %q, want sidecar: a gateway has no service of its own", role)
+	}
 	for _, k := range []string{"NAMESPACE", "WORKLOAD_NAME"} {
 		if md[k].GetStringValue() == "" {
 			t.Errorf("node metadata %s is empty: meshguard would name the service by node id", k)
