@@ -1,0 +1,221 @@
+package install
+
+import (
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	imageRepo = "ghcr.io/meshguard/meshguard"
+	dataDir   = "/var/lib/meshguard"
+	nonroot   = 65532
+)
+
+// appVersion is the chart's appVersion, the image tag every manifest must use.
+func appVersion(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("helm/meshguard/Chart.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		AppVersion string `json:"appVersion"`
+	}
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.AppVersion == "" {
+		t.Fatal("Chart.yaml has no appVersion")
+	}
+	return c.AppVersion
+}
+
+// flagValue returns the value after flag in args.
+func flagValue(args []string, flag string) (string, bool) {
+	i := slices.Index(args, flag)
+	if i < 0 || i+1 >= len(args) {
+		return "", false
+	}
+	return args[i+1], true
+}
+
+// podWant is what a meshguard pod must look like in one layout.
+type podWant struct {
+	listen      string // --listen
+	xds         string // --xds-listen, "" for none
+	probes      bool   // gRPC probes on the --listen port
+	adminRemote bool   // --admin-allow-remote
+}
+
+func meshguardContainer(t *testing.T, spec *corev1.PodSpec) *corev1.Container {
+	t.Helper()
+	for i := range spec.Containers {
+		if spec.Containers[i].Name == "meshguard" {
+			return &spec.Containers[i]
+		}
+	}
+	t.Fatal("no container named meshguard")
+	return nil
+}
+
+// checkMeshguardPod checks the meshguard container of a pod spec: image, arguments,
+// non-root security context, resources, data volume and probes.
+func checkMeshguardPod(t *testing.T, spec *corev1.PodSpec, w podWant) {
+	t.Helper()
+	c := meshguardContainer(t, spec)
+
+	if want := imageRepo + ":" + appVersion(t); c.Image != want {
+		t.Errorf("image %q, want %q", c.Image, want)
+	}
+	if len(c.Command) != 0 {
+		t.Errorf("command %q overrides the image's /meshguard entrypoint", c.Command)
+	}
+	if len(c.Args) == 0 || c.Args[0] != "serve" {
+		t.Fatalf("args %q do not start with serve", c.Args)
+	}
+	if got, _ := flagValue(c.Args, "--listen"); got != w.listen {
+		t.Errorf("--listen %q, want %q", got, w.listen)
+	}
+	if got, _ := flagValue(c.Args, "--xds-listen"); got != w.xds {
+		t.Errorf("--xds-listen %q, want %q", got, w.xds)
+	}
+	if got, _ := flagValue(c.Args, "--data-dir"); got != dataDir {
+		t.Errorf("--data-dir %q, want %q", got, dataDir)
+	}
+	remote := slices.Contains(c.Args, "--admin-allow-remote")
+	if remote != w.adminRemote {
+		t.Errorf("--admin-allow-remote present = %v, want %v", remote, w.adminRemote)
+	}
+	if admin, ok := flagValue(c.Args, "--admin-listen"); ok && !remote {
+		host, _, err := net.SplitHostPort(admin)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			t.Errorf("--admin-listen %q is not loopback and --admin-allow-remote is not set", admin)
+		}
+	}
+
+	checkSecurity(t, spec.SecurityContext, c.SecurityContext)
+
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if q, ok := c.Resources.Limits[r]; !ok || q.IsZero() {
+			t.Errorf("no %s limit", r)
+		}
+		if q, ok := c.Resources.Requests[r]; !ok || q.IsZero() {
+			t.Errorf("no %s request", r)
+		}
+	}
+
+	var mount *corev1.VolumeMount
+	for i := range c.VolumeMounts {
+		if c.VolumeMounts[i].MountPath == dataDir {
+			mount = &c.VolumeMounts[i]
+		}
+	}
+	if mount == nil || mount.ReadOnly {
+		t.Fatalf("no writable volume mounted at %s", dataDir)
+	}
+	var vol *corev1.Volume
+	for i := range spec.Volumes {
+		if spec.Volumes[i].Name == mount.Name {
+			vol = &spec.Volumes[i]
+		}
+	}
+	if vol == nil || (vol.EmptyDir == nil && vol.PersistentVolumeClaim == nil) {
+		t.Errorf("data volume %q is neither an emptyDir nor a claim", mount.Name)
+	}
+
+	if !w.probes {
+		if c.LivenessProbe != nil || c.ReadinessProbe != nil || c.StartupProbe != nil {
+			t.Error("probes set on a meshguard that listens on loopback: the kubelet dials the pod IP")
+		}
+		return
+	}
+	_, port, err := net.SplitHostPort(w.listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		if p == nil || p.GRPC == nil {
+			t.Errorf("no gRPC %s probe", name)
+			continue
+		}
+		if got := p.GRPC.Port; strconv.Itoa(int(got)) != port {
+			t.Errorf("%s probe on port %d, want the ext_proc port %s", name, got, port)
+		}
+		if p.GRPC.Service != nil && *p.GRPC.Service != "" {
+			t.Errorf("%s probe asks for service %q; meshguard reports the server's health under \"\"", name, *p.GRPC.Service)
+		}
+	}
+}
+
+// checkSecurity checks the effective security context: the container's settings, else
+// the pod's.
+func checkSecurity(t *testing.T, pod *corev1.PodSecurityContext, c *corev1.SecurityContext) {
+	t.Helper()
+	if pod == nil {
+		pod = &corev1.PodSecurityContext{}
+	}
+	if c == nil {
+		t.Fatal("no container securityContext")
+	}
+	pick64 := func(cv, pv *int64) *int64 {
+		if cv != nil {
+			return cv
+		}
+		return pv
+	}
+	nonRoot := c.RunAsNonRoot
+	if nonRoot == nil {
+		nonRoot = pod.RunAsNonRoot
+	}
+	if nonRoot == nil || !*nonRoot {
+		t.Error("runAsNonRoot is not true")
+	}
+	if u := pick64(c.RunAsUser, pod.RunAsUser); u == nil || *u != nonroot {
+		t.Errorf("runAsUser %s, want %d", deref(u), nonroot)
+	}
+	if g := pick64(c.RunAsGroup, pod.RunAsGroup); g == nil || *g != nonroot {
+		t.Errorf("runAsGroup %s, want %d", deref(g), nonroot)
+	}
+	if c.AllowPrivilegeEscalation == nil || *c.AllowPrivilegeEscalation {
+		t.Error("allowPrivilegeEscalation is not false")
+	}
+	if c.ReadOnlyRootFilesystem == nil || !*c.ReadOnlyRootFilesystem {
+		t.Error("readOnlyRootFilesystem is not true")
+	}
+	if c.Capabilities == nil || !slices.Equal(c.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(c.Capabilities.Add) != 0 {
+		t.Errorf("capabilities %v, want drop [ALL] and add none", c.Capabilities)
+	}
+	seccomp := c.SeccompProfile
+	if seccomp == nil {
+		seccomp = pod.SeccompProfile
+	}
+	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("seccompProfile %v, want RuntimeDefault", seccomp)
+	}
+}
+
+func deref(p *int64) string {
+	if p == nil {
+		return "unset"
+	}
+	return strconv.FormatInt(*p, 10)
+}
+
+// subset reports whether every label of sel is in labels.
+func subset(sel, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
