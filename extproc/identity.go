@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/meshguard/meshguard/controlplane/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -154,11 +155,11 @@ func identify(order []IdentitySource, md metadata.MD, a *attrs) (string, Identit
 			ns, wl := a.nodeMeta("NAMESPACE", AttrNodeNamespace), a.nodeMeta("WORKLOAD_NAME", AttrNodeWorkload)
 			if ns != "" && wl != "" {
 				s = ns + "/" + wl
-			} else {
-				s = serviceFromNodeID(a.str(AttrNodeID))
+			} else if _, svc, ok := nodeid.ParseIstioID(a.str(AttrNodeID)); ok {
+				s = svc
 			}
 		case IdentityPeerSAN:
-			s = serviceFromSPIFFE(a.str(AttrPeerURISAN))
+			s, _ = nodeid.ServiceFromSPIFFE(a.str(AttrPeerURISAN))
 		case IdentitySourceAddress:
 			s = ipOf(a.str(AttrSourceAddress))
 		}
@@ -171,86 +172,6 @@ func identify(order []IdentitySource, md metadata.MD, a *attrs) (string, Identit
 
 // maxServiceName bounds identities taken from the stream.
 const maxServiceName = 253
-
-// serviceFromNodeID turns an Istio proxy node id "sidecar~10.1.2.3~POD.NS~NS.svc.cluster.local"
-// into "NS/WORKLOAD", where WORKLOAD is the pod name without the ReplicaSet hash and random
-// suffix Kubernetes adds ("checkout-7d4b9c8f6d-x2x9z" → "checkout"). It returns "" for ids
-// of another form.
-func serviceFromNodeID(id string) string {
-	parts := strings.Split(id, "~")
-	if len(parts) != 4 {
-		return ""
-	}
-	podNS := parts[2]
-	i := strings.LastIndexByte(podNS, '.')
-	if i <= 0 || i == len(podNS)-1 {
-		return ""
-	}
-	return podNS[i+1:] + "/" + workloadOfPod(podNS[:i])
-}
-
-// workloadOfPod strips the suffixes a controller adds to a pod name: "-<pod-template-hash>-<5
-// chars>" for a Deployment, "-<5 chars>" for a DaemonSet or bare ReplicaSet, "-<ordinal>" for
-// a StatefulSet.
-func workloadOfPod(pod string) string {
-	segs := strings.Split(pod, "-")
-	n := len(segs)
-	if n < 2 {
-		return pod
-	}
-	last := segs[n-1]
-	if isDigits(last) {
-		return strings.Join(segs[:n-1], "-")
-	}
-	if len(last) == 5 && isPodSuffix(last) {
-		if n >= 3 && len(segs[n-2]) >= 6 && len(segs[n-2]) <= 10 && isPodSuffix(segs[n-2]) {
-			return strings.Join(segs[:n-2], "-")
-		}
-		return strings.Join(segs[:n-1], "-")
-	}
-	return pod
-}
-
-func isDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// isPodSuffix reports whether s uses the alphabet of Kubernetes' generated name suffixes
-// (lower-case consonants and digits, no vowels).
-func isPodSuffix(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(('0' <= c && c <= '9') || ('a' <= c && c <= 'z')) {
-			return false
-		}
-		switch c {
-		case 'a', 'e', 'i', 'o', 'u':
-			return false
-		}
-	}
-	return true
-}
-
-// serviceFromSPIFFE turns "spiffe://TD/ns/NS/sa/SA" into "NS/SA"; "" for anything else.
-func serviceFromSPIFFE(uri string) string {
-	rest, ok := strings.CutPrefix(uri, "spiffe://")
-	if !ok {
-		return ""
-	}
-	segs := strings.Split(rest, "/")
-	if len(segs) != 5 || segs[1] != "ns" || segs[3] != "sa" || segs[2] == "" || segs[4] == "" {
-		return ""
-	}
-	return segs[2] + "/" + segs[4]
-}
 
 // ipOf returns the IP of "ip:port", "[ipv6]:port" or a bare IP, normalised; "" if none.
 func ipOf(addr string) string {

@@ -63,23 +63,6 @@ func TestIdentify(t *testing.T) {
 	}
 }
 
-func TestWorkloadOfPod(t *testing.T) {
-	for pod, want := range map[string]string{
-		"checkout-7d4b9c8f6d-x2x9z": "checkout",
-		"my-app-v2-5f9b8c7d6-abcde": "my-app-v2-5f9b8c7d6-abcde", // "abcde" has vowels: not a generated suffix
-		"my-app-v2-5f9b8c7d6-bcdfg": "my-app-v2",
-		"fluentd-x7k2p":             "fluentd",
-		"postgres-0":                "postgres",
-		"web":                       "web",
-		// A 5-character segment is too short for a pod-template-hash: only the suffix goes.
-		"istio-egressgateway-6b8f9-zq4wt": "istio-egressgateway-6b8f9",
-	} {
-		if got := workloadOfPod(pod); got != want {
-			t.Errorf("workloadOfPod(%q) = %q, want %q", pod, got, want)
-		}
-	}
-}
-
 func TestDestination(t *testing.T) {
 	hdr := func(kv ...string) headers {
 		var h headers
