@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/controlplane/accesslog"
@@ -106,3 +107,56 @@ func (s *Server) Controller() *xds.Controller { return s.ctrl }
 
 // Receiver returns the access-log receiver.
 func (s *Server) Receiver() *accesslog.Receiver { return s.als }
+
+// Collector exports the control plane's counters as Prometheus metrics, read at scrape time.
+func (s *Server) Collector() prometheus.Collector { return collector{s} }
+
+type collector struct{ s *Server }
+
+var (
+	descNodes    = prometheus.NewDesc("meshguard_xds_nodes", "Node keys with a snapshot (sidecar services, gateways).", nil, nil)
+	descVersion  = prometheus.NewDesc("meshguard_xds_version", "Version of the last snapshot pushed.", nil, nil)
+	descPushes   = prometheus.NewDesc("meshguard_xds_pushes_total", "Snapshots set.", nil, nil)
+	descHolds    = prometheus.NewDesc("meshguard_xds_holds_total", "Pushes withheld: an enforce service with no destination would have had an empty allow list.", nil, nil)
+	descNacks    = prometheus.NewDesc("meshguard_xds_nacks_total", "Configurations Envoy rejected.", nil, nil)
+	descBuildErr = prometheus.NewDesc("meshguard_xds_build_errors_total", "Failed builds of Envoy resources.", nil, nil)
+	descSkips    = prometheus.NewDesc("meshguard_xds_skips_total", "Services not enforced at L4 as asked, by reason.", []string{"reason"}, nil)
+	descStreams  = prometheus.NewDesc("meshguard_accesslog_streams_total", "Access-log streams received.", nil, nil)
+	descEntries  = prometheus.NewDesc("meshguard_accesslog_entries_total", "Access-log entries received, by kind.", []string{"kind"}, nil)
+	descFlows    = prometheus.NewDesc("meshguard_accesslog_flows_total", "Flows learned or decided from access logs.", nil, nil)
+	descDropped  = prometheus.NewDesc("meshguard_accesslog_dropped_total", "Access-log entries not turned into flows, by reason.", []string{"reason"}, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descNodes, descVersion, descPushes, descHolds, descNacks, descBuildErr, descSkips, descStreams, descEntries, descFlows, descDropped} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Stats()
+	x, a := st.XDS, st.AccessLog
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(descNodes, float64(x.Nodes))
+	gauge(descVersion, float64(x.Version))
+	counter(descPushes, float64(x.Pushes))
+	counter(descHolds, float64(x.Holds))
+	counter(descNacks, float64(x.Nacks))
+	counter(descBuildErr, float64(x.BuildErrors))
+	for r, n := range x.Skips {
+		counter(descSkips, float64(n), r)
+	}
+	counter(descStreams, float64(a.Streams))
+	for k, n := range a.Entries {
+		counter(descEntries, float64(n), k.String())
+	}
+	counter(descFlows, float64(a.Flows))
+	for r, n := range a.Dropped {
+		counter(descDropped, float64(n), r)
+	}
+}

@@ -69,11 +69,11 @@ type proc struct {
 	exitErr  error
 }
 
-var servingLine = regexp.MustCompile(`serving ext_proc on (\S+), admin on (\S+),`)
+var servingLine = regexp.MustCompile(`serving ext_proc on (\S+), admin on (\S+), xds on (\S+),`)
 
 func startBinary(t *testing.T, dataDir string, extra ...string) *proc {
 	t.Helper()
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir}, extra...)
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--data-dir", dataDir}, extra...)
 	cmd := exec.Command(binary(t), args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -115,6 +115,7 @@ type serveConfig struct {
 	logFormat        string
 	resolveHosts     bool
 	dnsServers       []string
+	xds              xdsFlags
 }
 
 // parseServe parses and checks serve's flags, reporting every problem at once.
@@ -133,6 +134,7 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.BoolVar(&c.adminAllowRemote, "admin-allow-remote", false, "allow the admin API on a non-loopback address (it has no authentication yet)")
 	fs.StringVar(&c.dataDir, "data-dir", "./meshguard-data", "directory of the baseline store")
 	mf.register(fs)
+	c.xds.register(fs)
 	fs.StringVar(&onMissing, "on-missing", extproc.OnMissingAlert, "verdict for a request whose service or destination is unknown: allow, alert or block")
 	fs.IntVar(&c.extproc.DecisionLogsPerSecond, "decision-log-rate", 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)")
 	fs.StringVar(&identityOrder, "identity-order", "metadata,node,peer-san,source-address", "identity sources, in order")
@@ -158,6 +160,9 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 			errs = append(errs, fmt.Errorf("--dns-servers %q: want host:port", d))
 		}
 		c.dnsServers = append(c.dnsServers, d)
+	}
+	if err := c.xds.check(); err != nil {
+		errs = append(errs, err)
 	}
 	if len(c.dnsServers) > 0 && !c.resolveHosts {
 		errs = append(errs, errors.New("--dns-servers needs --resolve-hosts"))

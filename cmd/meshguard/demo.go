@@ -78,7 +78,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		*dataDir = dir
 	}
 	cfg, err := parseServe([]string{
-		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", *dataDir,
+		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "off", "--data-dir", *dataDir,
 		"--learn-window", learnFor.String(), "--learn-min-requests", "20", "--after-learning", "monitor",
 		"--lameduck", "0",
 	}, stderr)

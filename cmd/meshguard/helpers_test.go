@@ -33,7 +33,7 @@ type testServer struct {
 // startTestServer starts meshguard on loopback port 0 with dataDir and extra serve flags.
 func startTestServer(t *testing.T, dataDir string, extra ...string) *testServer {
 	t.Helper()
-	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
+	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
 	cfg, err := parseServe(args, io.Discard)
 	if err != nil {
 		t.Fatal(err)

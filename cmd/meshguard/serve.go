@@ -34,8 +34,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "meshguard %s serving ext_proc on %s, admin on %s, data in %s\n",
-		version(), srv.extprocAddr, srv.adminAddr, cfg.dataDir)
+	xdsAddr := "off"
+	if srv.control != nil {
+		xdsAddr = srv.control.addr
+	}
+	fmt.Fprintf(stdout, "meshguard %s serving ext_proc on %s, admin on %s, xds on %s, data in %s\n",
+		version(), srv.extprocAddr, srv.adminAddr, xdsAddr, cfg.dataDir)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down", slog.String("cause", "signal"))
@@ -60,6 +64,7 @@ type server struct {
 	admin       *admin.Handler
 	tracing     *tracing
 	resolver    *resolve.Resolver // nil without --resolve-hosts
+	control     *controlPlane     // nil with --xds-listen off
 	extprocAddr string
 	adminAddr   string
 	failed      chan error
@@ -161,9 +166,19 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 	}
 	go func() { s.persistDone <- p.Run(pctx) }()
 
+	if cfg.xds.enabled() {
+		if s.control, err = startControlPlane(ctx, cfg.xds, s.model, log.With("component", "controlplane"), reg, s.failed); err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, s.control.shutdown)
+	}
+
 	s.health = health.NewServer()
 	s.grpc = extproc.NewGRPCServer(ext, s.health)
 	s.admin = admin.New(s.model, admin.Options{Gatherer: reg, Logger: log})
+	if s.control != nil {
+		s.admin.OnChange(s.control.cp.Notify) // push Envoy configuration at once
+	}
 	s.http = &http.Server{Handler: s.admin, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	s.serveWG.Add(2)
@@ -182,7 +197,11 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus("envoy.service.ext_proc.v3.ExternalProcessor", healthpb.HealthCheckResponse_SERVING)
 	s.admin.SetReady(true)
-	log.Info("serving", slog.String("ext_proc", s.extprocAddr), slog.String("admin", s.adminAddr))
+	attrs := []any{slog.String("ext_proc", s.extprocAddr), slog.String("admin", s.adminAddr)}
+	if s.control != nil {
+		attrs = append(attrs, slog.String("xds", s.control.addr))
+	}
+	log.Info("serving", attrs...)
 	return s, nil
 }
 
@@ -215,6 +234,9 @@ func (s *server) stop(ctx context.Context) error {
 		s.log.Warn("drain timeout: closing the remaining streams", slog.Duration("after", s.cfg.drainTimeout))
 		s.grpc.Stop()
 		<-drained
+	}
+	if s.control != nil {
+		s.control.shutdown()
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
