@@ -106,4 +106,3 @@ func (c *controlPlane) shutdown() {
 	c.grpc.GracefulStop()
 	c.wg.Wait()
 }
-
