@@ -3,6 +3,7 @@ package flowmodel
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -58,5 +59,23 @@ func BenchmarkDecide(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkMemory reports the heap a baseline takes: per service with 100 destinations (each
+// with its detector state and one shape), and per destination.
+func BenchmarkMemory(b *testing.B) {
+	const services, dests = 2000, 100
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		m := benchModel(b, services)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perService := float64(after.HeapAlloc-before.HeapAlloc) / services
+		b.ReportMetric(perService, "B/service")
+		b.ReportMetric(perService/dests, "B/destination")
+		runtime.KeepAlive(m)
 	}
 }

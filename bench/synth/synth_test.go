@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/bench/evaluate"
-	"github.com/meshguard/meshguard/flowmodel"
 )
 
 // slice is the small suite CI runs: three days, one of learning, a fifth of the traffic.
@@ -193,8 +193,8 @@ func TestEvalSlice(t *testing.T) {
 }
 
 // TestReplayEquivalence checks that a replay gives the in-process scores: the generated file
-// read back with the event reader meshguard replay uses, decided by a fresh model with the
-// replay's flags, and its verdicts measured from a verdict file.
+// decided by the meshguard binary's replay command (built here, run as a user runs it) gives
+// the same verdicts, and the same table, as the in-process evaluation.
 func TestReplayEquivalence(t *testing.T) {
 	dir := t.TempDir()
 	eventsFile := filepath.Join(dir, "suite.jsonl")
@@ -211,29 +211,34 @@ func TestReplayEquivalence(t *testing.T) {
 		t.Fatalf("gen wrote other bytes than generate: %s", hash(data))
 	}
 
-	// The replay: event reader, model with --learn-window 24h --learn-min-requests 1.
-	m, err := flowmodel.New(flowmodel.Config{LearnWindow: 24 * time.Hour, LearnMinRequests: 1})
+	// The replay, as a user runs it: the meshguard binary's replay command.
+	bin := filepath.Join(dir, "meshguard")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/meshguard").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	verdictsFile := filepath.Join(dir, "verdicts.jsonl")
+	out, err := os.Create(verdictsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var replayed []flowmodel.Verdict
-	er := flowmodel.NewEventReader(bytes.NewReader(data))
-	for {
-		f, err := er.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		replayed = append(replayed, m.Decide(&f))
+	cmd := exec.Command(bin, "replay", "--learn-window", "24h", "--learn-min-requests", "1", eventsFile)
+	cmd.Stdout, cmd.Stderr = out, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("meshguard replay: %v: %s", err, stderr.String())
 	}
-	verdictsFile := filepath.Join(dir, "verdicts.jsonl")
-	var buf bytes.Buffer
-	if err := evaluate.WriteVerdicts(&buf, replayed); err != nil {
+	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(verdictsFile, buf.Bytes(), 0o644); err != nil {
+	replayedBytes, err := os.ReadFile(verdictsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed, err := evaluate.ReadVerdicts(bytes.NewReader(replayedBytes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := evaluate.WriteVerdicts(&buf, replayed); err != nil {
 		t.Fatal(err)
 	}
 
@@ -248,7 +253,7 @@ func TestReplayEquivalence(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(inVerdicts, buf.Bytes()) {
-		t.Error("the in-process verdicts differ from the replayed ones")
+		t.Error("the in-process verdicts differ from those of meshguard replay")
 	}
 
 	stdout.Reset()
