@@ -172,13 +172,7 @@ func (m *Model) Learn(f *Flow) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests++
-	if s.first.IsZero() || f.Time.Before(s.first) {
-		s.first = f.Time
-	}
-	if f.Time.After(s.last) {
-		s.last = f.Time
-	}
+	s.count(f.Time)
 	m.learn(s, f)
 	m.markDirty(s)
 	return nil

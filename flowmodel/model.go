@@ -113,13 +113,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests++
-	if s.first.IsZero() || f.Time.Before(s.first) {
-		s.first = f.Time
-	}
-	if f.Time.After(s.last) {
-		s.last = f.Time
-	}
+	s.count(f.Time)
 	m.markDirty(s)
 
 	v := Verdict{Mode: s.mode}

@@ -182,6 +182,17 @@ type service struct {
 	removed    []destKey
 }
 
+// count counts a request at t. Call with s.mu held.
+func (s *service) count(t time.Time) {
+	s.requests++
+	if s.first.IsZero() || t.Before(s.first) {
+		s.first = t
+	}
+	if t.After(s.last) {
+		s.last = t
+	}
+}
+
 func (m *Model) newService(name string) *service {
 	s := &service{name: name, mode: m.cfg.DefaultMode, hash: m.hashKey(destKey{host: name})}
 	// NewLRU fails only for a non-positive size, which Check rules out.

@@ -91,10 +91,6 @@ func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	model.TakeChanges() // what was loaded is saved already
 
-	var progress *progressLine
-	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		progress = newProgressLine(stderr, "learn")
-	}
 	touched := map[string]bool{}
 	learned := 0
 	learn := func(f flowmodel.Flow) error {
@@ -107,12 +103,9 @@ func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	start := time.Now()
 	if *pcap != "" {
-		err = learnPcap(ctx, *pcap, svcFunc, learn, progress, stdout)
+		err = learnPcap(ctx, *pcap, svcFunc, learn, stdout, stderr)
 	} else {
-		err = learnEvents(ctx, *events, stdin, learn, progress, stderr)
-	}
-	if progress != nil {
-		progress.clear()
+		err = learnEvents(ctx, *events, stdin, learn, stderr)
 	}
 	if err != nil {
 		return err
@@ -125,7 +118,7 @@ func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	return printLearned(stdout, model, touched)
 }
 
-func learnPcap(ctx context.Context, path string, svc capture.ServiceFunc, learn func(flowmodel.Flow) error, progress *progressLine, stdout io.Writer) error {
+func learnPcap(ctx context.Context, path string, svc capture.ServiceFunc, learn func(flowmodel.Flow) error, stdout, stderr io.Writer) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -136,7 +129,9 @@ func learnPcap(ctx context.Context, path string, svc capture.ServiceFunc, learn 
 		size = fi.Size()
 	}
 	cfg := capture.Config{Service: svc}
-	if progress != nil {
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		progress := newProgressLine(stderr, "learn "+path)
+		defer progress.clear()
 		cfg.Progress = func(p capture.Progress) {
 			pct := ""
 			if size > 0 {
@@ -163,7 +158,7 @@ func learnPcap(ctx context.Context, path string, svc capture.ServiceFunc, learn 
 	return nil
 }
 
-func learnEvents(ctx context.Context, path string, stdin io.Reader, learn func(flowmodel.Flow) error, progress *progressLine, stderr io.Writer) error {
+func learnEvents(ctx context.Context, path string, stdin io.Reader, learn func(flowmodel.Flow) error, stderr io.Writer) error {
 	in, name := stdin, "stdin"
 	if path != "-" {
 		f, err := os.Open(path)
@@ -173,41 +168,14 @@ func learnEvents(ctx context.Context, path string, stdin io.Reader, learn func(f
 		defer f.Close()
 		in, name = f, path
 	}
-	r := flowmodel.NewEventReader(in)
-	events, bad := 0, 0
-	for {
-		if events%1024 == 0 && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		f, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		var le *flowmodel.LineError
-		if errors.As(err, &le) {
-			bad++
-			if progress != nil {
-				progress.clear()
-			}
-			fmt.Fprintf(stderr, "learn: %s: %v\n", name, le)
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", name, err)
-		}
+	_, bad, err := readEvents(ctx, in, "learn", name, stderr, func(f *flowmodel.Flow, _ int) error {
 		f.Source = "events"
-		if err := learn(f); err != nil {
-			return err
-		}
-		events++
-		if progress != nil {
-			progress.update(fmt.Sprintf("%d events, %d bad lines", events, bad))
-		}
-	}
+		return learn(*f)
+	})
 	if bad > 0 {
 		fmt.Fprintf(stderr, "learn: %s: %d bad lines skipped\n", name, bad)
 	}
-	return nil
+	return err
 }
 
 // printLearned summarises the services a run touched: their mode and what their baselines

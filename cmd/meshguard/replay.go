@@ -65,20 +65,47 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer out.Flush()
 	enc := json.NewEncoder(out)
 
+	counts := map[flowmodel.Action]int{}
+	events, bad, err := readEvents(ctx, in, "replay", name, stderr, func(f *flowmodel.Flow, line int) error {
+		v := model.Decide(f)
+		model.Observe(f)
+		counts[v.Action]++
+		if err := enc.Encode(replayLine{
+			Seq: line, Service: f.Service, Mode: modeString(v.Mode),
+			Verdict: v.Action.String(), Score: v.Score, Reasons: v.Reasons.Strings(),
+		}); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := out.Flush(); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	fmt.Fprintf(stderr, "replay: %d events (%d allow, %d alert, %d block), %d bad lines\n",
+		events, counts[flowmodel.Allow], counts[flowmodel.Alert], counts[flowmodel.Block], bad)
+	return nil
+}
+
+// readEvents reads flow events from in and calls fn with each and its line number. A bad
+// line is reported on stderr with its number ("CMD: NAME: line N: ...") and skipped; on a
+// terminal a progress line is drawn. It returns the events and bad lines counted.
+func readEvents(ctx context.Context, in io.Reader, cmd, name string, stderr io.Writer, fn func(f *flowmodel.Flow, line int) error) (events, bad int, err error) {
 	var progress *progressLine
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		progress = newProgressLine(stderr, "replay "+name)
+		progress = newProgressLine(stderr, cmd+" "+name)
+		defer progress.clear()
 	}
 	r := flowmodel.NewEventReader(in)
-	var events, bad int
-	counts := map[flowmodel.Action]int{}
 	for {
 		if events%1024 == 0 && ctx.Err() != nil {
-			return ctx.Err()
+			return events, bad, ctx.Err()
 		}
 		f, err := r.Next()
 		if errors.Is(err, io.EOF) {
-			break
+			return events, bad, nil
 		}
 		var le *flowmodel.LineError
 		if errors.As(err, &le) {
@@ -86,35 +113,20 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			if progress != nil {
 				progress.clear()
 			}
-			fmt.Fprintf(stderr, "replay: %s: %v\n", name, le)
+			fmt.Fprintf(stderr, "%s: %s: %v\n", cmd, name, le)
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("read %s: %w", name, err)
+			return events, bad, fmt.Errorf("read %s: %w", name, err)
 		}
 		events++
-		v := model.Decide(&f)
-		model.Observe(&f)
-		counts[v.Action]++
-		if err := enc.Encode(replayLine{
-			Seq: r.Line(), Service: f.Service, Mode: modeString(v.Mode),
-			Verdict: v.Action.String(), Score: v.Score, Reasons: v.Reasons.Strings(),
-		}); err != nil {
-			return fmt.Errorf("write: %w", err)
+		if err := fn(&f, r.Line()); err != nil {
+			return events, bad, err
 		}
 		if progress != nil {
 			progress.update(fmt.Sprintf("%d events, %d bad lines", events, bad))
 		}
 	}
-	if err := out.Flush(); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if progress != nil {
-		progress.clear()
-	}
-	fmt.Fprintf(stderr, "replay: %d events (%d allow, %d alert, %d block), %d bad lines\n",
-		events, counts[flowmodel.Allow], counts[flowmodel.Alert], counts[flowmodel.Block], bad)
-	return nil
 }
 
 func modeString(m flowmodel.Mode) string {
