@@ -1,0 +1,72 @@
+package extproc
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// benchServer is a server over a real model whose service shop/checkout has learned the
+// exchange's destination (through the server) and is in enforce mode.
+func benchServer(b *testing.B, cfg Config) *Server {
+	b.Helper()
+	m, err := flowmodel.New(flowmodel.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	metrics, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Metrics, cfg.Logger = metrics, slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := NewServer(m, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Process(&memStream{ctx: context.Background(), reqs: exchange()}); err != nil {
+		b.Fatal(err)
+	}
+	if err := m.SetMode("shop/checkout", flowmodel.ModeChange{Mode: flowmodel.ModeEnforce}); err != nil {
+		b.Fatal(err)
+	}
+	return srv
+}
+
+// exchange is one allowed request as Envoy sends it in the recommended processing mode:
+// request headers with attributes, then response headers.
+func exchange() []*extprocv3.ProcessingRequest {
+	r := sidecarRequest("api.example.com")
+	return []*extprocv3.ProcessingRequest{
+		{
+			Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(r.Headers), EndOfStream: true}},
+			Attributes: attrsOf(r.Attributes).asStructs(),
+		},
+		{
+			Request:    &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(r.ResponseHeaders), EndOfStream: true}},
+			Attributes: attrsOf(r.ResponseAttributes).asStructs(),
+		},
+	}
+}
+
+// BenchmarkProcess is the server's whole handling of one stream (decision, metrics, span,
+// observation) over an in-memory stream with a real model: the cost meshguard adds to a
+// request beyond gRPC.
+func BenchmarkProcess(b *testing.B) {
+	srv := benchServer(b, Config{})
+	ms := &memStream{ctx: context.Background(), reqs: exchange()}
+	b.ReportAllocs()
+	for b.Loop() {
+		ms.reset()
+		if err := srv.Process(ms); err != nil {
+			b.Fatal(err)
+		}
+		if len(ms.sent) != 2 || ms.sent[0].GetRequestHeaders() == nil {
+			b.Fatalf("responses %v", ms.sent)
+		}
+	}
+}
