@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/meshguard/meshguard/flowmodel"
@@ -55,18 +56,56 @@ func exchange() []*extprocv3.ProcessingRequest {
 
 // BenchmarkProcess is the server's whole handling of one stream (decision, metrics, span,
 // observation) over an in-memory stream with a real model: the cost meshguard adds to a
-// request beyond gRPC.
+// request beyond gRPC. budget=20ms arms the decision watchdog on every decision (see
+// budget.go); compare it with budget=off of the same run.
 func BenchmarkProcess(b *testing.B) {
-	srv := benchServer(b, Config{})
-	ms := &memStream{ctx: context.Background(), reqs: exchange()}
-	b.ReportAllocs()
-	for b.Loop() {
-		ms.reset()
-		if err := srv.Process(ms); err != nil {
-			b.Fatal(err)
-		}
-		if len(ms.sent) != 2 || ms.sent[0].GetRequestHeaders() == nil {
-			b.Fatalf("responses %v", ms.sent)
-		}
+	for _, bc := range []struct {
+		name   string
+		budget time.Duration
+	}{{"budget=off", 0}, {"budget=20ms", 20 * time.Millisecond}} {
+		b.Run(bc.name, func(b *testing.B) {
+			srv := benchServer(b, Config{DecisionBudget: bc.budget})
+			ms := &memStream{ctx: context.Background(), reqs: exchange()}
+			b.ReportAllocs()
+			for b.Loop() {
+				ms.reset()
+				if err := srv.Process(ms); err != nil {
+					b.Fatal(err)
+				}
+				if len(ms.sent) != 2 || ms.sent[0].GetRequestHeaders() == nil {
+					b.Fatalf("responses %v", ms.sent)
+				}
+			}
+		})
 	}
 }
+
+// BenchmarkDecideWithin isolates what the decision budget costs per decision: the decider
+// answers at once, so only the watchdog's arming and stopping remain.
+func BenchmarkDecideWithin(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		budget time.Duration
+	}{{"budget=off", 0}, {"budget=20ms", 20 * time.Millisecond}} {
+		b.Run(bc.name, func(b *testing.B) {
+			srv, err := NewServer(instantDecider{}, Config{DecisionBudget: bc.budget})
+			if err != nil {
+				b.Fatal(err)
+			}
+			st := &stream{}
+			b.ReportAllocs()
+			for b.Loop() {
+				st.answeredBy.Store(answerPending)
+				if _, inTime := srv.decideWithin(st, flowmodel.Verdict{}, true); !inTime {
+					b.Fatal("cut")
+				}
+			}
+		})
+	}
+}
+
+type instantDecider struct{}
+
+func (instantDecider) Decide(*flowmodel.Flow) flowmodel.Verdict { return flowmodel.Verdict{} }
+func (instantDecider) Observe(*flowmodel.Flow)                  {}
+func (instantDecider) Mode(string) (flowmodel.Mode, bool)       { return flowmodel.ModeEnforce, true }
