@@ -81,6 +81,9 @@ func (s *Server) decideWithin(st *stream, invalid flowmodel.Verdict, destOK bool
 	v := s.ask(&st.decideFlow, invalid, destOK)
 	if w.timer.Stop() {
 		// It did not fire and never will for this decision: reusable.
+		w.mu.Lock()
+		w.st = nil // let the stream go
+		w.mu.Unlock()
 		s.watchdogs.Put(w)
 		return v, true
 	}

@@ -113,3 +113,22 @@ func TestRunReportsTheFailingInput(t *testing.T) {
 		t.Fatalf("failing inputs written: %v", inputs)
 	}
 }
+
+func TestDeadlineRace(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tail string
+		want bool
+	}{
+		{"the coordinator race", "fuzz: elapsed: 20s, execs: 545582 (28040/sec)\n--- FAIL: FuzzTemplate (20.31s)\n    context deadline exceeded\nFAIL\nexit status 1", true},
+		{"a crasher", "--- FAIL: FuzzLong (0.09s)\n    --- FAIL: FuzzLong (0.00s)\n        b_test.go:9: too long", false},
+		{"a deadline in the code under test", "--- FAIL: FuzzX (1.00s)\n    x_test.go:3: dial: context deadline exceeded\nFAIL", false},
+		{"a build failure", "# example.com/tiny/b\nb/b_test.go:3:1: syntax error", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := deadlineRace(strings.Split(tc.tail, "\n")); got != tc.want {
+				t.Fatalf("deadlineRace = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
