@@ -13,7 +13,8 @@ type Sample struct {
 	HeapInuse  int64
 	FDs        int64
 	RSS        int64
-	Requests   int64 // answered so far
+	Requests   int64   // answered so far
+	Load       float64 // the machine's 1-minute load average
 }
 
 // Growth is how much a resource grew over the measured window: the median of the last

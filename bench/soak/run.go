@@ -185,7 +185,7 @@ func sampleUntil(ctx context.Context, srv *server, cfg Config, start time.Time, 
 			}
 			log.Info("sample", "at", s.At.Round(time.Second), "goroutines", s.Goroutines,
 				"heap_inuse_mib", fmt.Sprintf("%.1f", float64(s.HeapInuse)/(1<<20)), "fds", s.FDs,
-				"rss_mib", fmt.Sprintf("%.1f", float64(s.RSS)/(1<<20)), "answered", s.Requests,
+				"rss_mib", fmt.Sprintf("%.1f", float64(s.RSS)/(1<<20)), "load", s.Load, "answered", s.Requests,
 				"errors", cnt.errors(), "dropped", cnt.dropped.Load())
 			if !now.Before(end) {
 				return nil
@@ -249,6 +249,9 @@ func sample(ctx context.Context, srv *server, at time.Duration, answered int64) 
 		return s, err
 	}
 	if s.RSS, err = rss(srv.pid()); err != nil {
+		return s, err
+	}
+	if s.Load, err = loadAverage(); err != nil {
 		return s, err
 	}
 	return s, nil

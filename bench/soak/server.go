@@ -237,3 +237,16 @@ func moduleRoot() (string, error) {
 		d = parent
 	}
 }
+
+// loadAverage is the machine's 1-minute load average, from /proc/loadavg.
+func loadAverage() (float64, error) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, errors.New("/proc/loadavg is empty")
+	}
+	return strconv.ParseFloat(f[0], 64)
+}
