@@ -18,6 +18,13 @@ import (
 //	meshguard_extproc_streams_active                   open ext_proc streams
 //	meshguard_extproc_stream_errors_total{code}        streams ended by an error
 //	meshguard_decision_logs_suppressed_total           decision log lines over the rate cap
+//	meshguard_decision_budget_exceeded_total           decisions cut by the decision budget
+//	                                                   (also counted in decisions_total under
+//	                                                   the budget's answer, alert or block)
+//	meshguard_decision_budget_late_total{verdict}      verdicts the decider gave after the
+//	                                                   budget's answer had been sent
+//	meshguard_extproc_streams_rejected_total           streams refused (RESOURCE_EXHAUSTED)
+//	                                                   because MaxStreams were being served
 type Metrics struct {
 	decisions [3]prometheus.Counter // by flowmodel.Action
 	reasons   [3][]prometheus.Counter
@@ -25,6 +32,9 @@ type Metrics struct {
 	active    prometheus.Gauge
 	errors    *prometheus.CounterVec
 	logsDrop  prometheus.Counter
+	budgetCut prometheus.Counter
+	late      [3]prometheus.Counter // by flowmodel.Action
+	rejected  prometheus.Counter
 }
 
 // NewMetrics registers the metrics with reg.
@@ -49,14 +59,24 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	logsDrop := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meshguard_decision_logs_suppressed_total", Help: "Decision log lines not written because of the rate cap.",
 	})
-	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs, logsDrop} {
+	budgetCut := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshguard_decision_budget_exceeded_total", Help: "Decisions cut by the decision budget and answered with the budget's answer.",
+	})
+	late := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_decision_budget_late_total", Help: "Verdicts given after the decision budget's answer had been sent, by the verdict they would have been.",
+	}, []string{"verdict"})
+	rejected := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshguard_extproc_streams_rejected_total", Help: "ext_proc streams refused with RESOURCE_EXHAUSTED because the stream limit was reached.",
+	})
+	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs, logsDrop, budgetCut, late, rejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop}
+	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop, budgetCut: budgetCut, rejected: rejected}
 	all := flowmodel.AllReasons()
 	for a := flowmodel.Allow; a <= flowmodel.Block; a++ {
+		m.late[a] = late.WithLabelValues(a.String())
 		m.decisions[a] = decisions.WithLabelValues(a.String())
 		m.reasons[a] = make([]prometheus.Counter, len(all))
 		for i, r := range all {
@@ -108,5 +128,23 @@ func (m *Metrics) streamError(c codes.Code) {
 func (m *Metrics) logSuppressed() {
 	if m != nil {
 		m.logsDrop.Inc()
+	}
+}
+
+func (m *Metrics) budgetExceeded() {
+	if m != nil {
+		m.budgetCut.Inc()
+	}
+}
+
+func (m *Metrics) budgetLate(v flowmodel.Verdict) {
+	if m != nil && v.Action <= flowmodel.Block {
+		m.late[v.Action].Inc()
+	}
+}
+
+func (m *Metrics) streamRejected() {
+	if m != nil {
+		m.rejected.Inc()
 	}
 }

@@ -21,6 +21,9 @@ type BlockBody struct {
 	Verdict string   `json:"verdict"`
 	Reasons []string `json:"reasons"`
 	TraceID string   `json:"trace_id"`
+	// BudgetExceeded is set when the request was blocked because its decision overran the
+	// decision budget, not because of a verdict.
+	BudgetExceeded bool `json:"budget_exceeded,omitempty"`
 }
 
 func blockResponse(v flowmodel.Verdict, tid trace.TraceID) *extprocv3.ProcessingResponse {
@@ -40,4 +43,18 @@ func blockResponse(v flowmodel.Verdict, tid trace.TraceID) *extprocv3.Processing
 			Details: BlockDetails,
 		},
 	}}
+}
+
+// budgetBlockResponse is the 403 sent when a decision overran its budget and the budget's
+// answer is block. Its body has no reason codes: none was established.
+func budgetBlockResponse(tid trace.TraceID) *extprocv3.ProcessingResponse {
+	resp := blockResponse(flowmodel.Verdict{Action: flowmodel.Block}, tid)
+	ir := resp.GetImmediateResponse()
+	body := BlockBody{Verdict: flowmodel.Block.String(), Reasons: []string{}, BudgetExceeded: true}
+	if tid.IsValid() {
+		body.TraceID = tid.String()
+	}
+	ir.Body, _ = json.Marshal(body) // cannot fail: strings and a bool
+	ir.Details = BudgetDetails
+	return resp
 }

@@ -18,6 +18,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -72,6 +74,16 @@ type Config struct {
 	Metrics *Metrics
 	// Now is the clock of event times. Default: time.Now.
 	Now func() time.Time
+	// DecisionBudget bounds the time the decider may take for a request; past it, the
+	// request gets the OnBudget answer (see budget.go). Zero: no bound (Envoy's
+	// message_timeout is the only one).
+	DecisionBudget time.Duration
+	// OnBudget is the answer when a decision overruns DecisionBudget: "allow" (default:
+	// CONTINUE, recorded as an alert) or "block" (a 403 with details BudgetDetails).
+	OnBudget string
+	// MaxStreams bounds the ext_proc streams served at once; further streams fail at once
+	// with RESOURCE_EXHAUSTED instead of queueing. Zero: no bound but the HTTP/2 one.
+	MaxStreams int
 }
 
 // Check applies defaults and reports every problem.
@@ -99,6 +111,19 @@ func (c Config) Check() (Config, error) {
 	if c.DecisionLogsPerSecond == 0 {
 		c.DecisionLogsPerSecond = 100
 	}
+	switch c.OnBudget {
+	case "":
+		c.OnBudget = OnBudgetAllow
+	case OnBudgetAllow, OnBudgetBlock:
+	default:
+		errs = append(errs, fmt.Errorf("on-budget %q: valid values are allow, block", c.OnBudget))
+	}
+	if c.DecisionBudget < 0 {
+		errs = append(errs, fmt.Errorf("decision budget %v must not be negative", c.DecisionBudget))
+	}
+	if c.MaxStreams < 0 {
+		errs = append(errs, fmt.Errorf("max streams %d must not be negative", c.MaxStreams))
+	}
 	return c, errors.Join(errs...)
 }
 
@@ -113,6 +138,9 @@ type Server struct {
 	log       *slog.Logger
 	logLimit  logLimiter
 	metrics   *Metrics
+	onBudget  flowmodel.Action
+	watchdogs sync.Pool    // of *watchdog
+	streams   atomic.Int64 // streams being served, for MaxStreams
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -142,11 +170,30 @@ func NewServer(d Decider, cfg Config) (*Server, error) {
 	default:
 		s.onMissing = flowmodel.Alert
 	}
+	s.onBudget = flowmodel.Alert
+	if cfg.OnBudget == OnBudgetBlock {
+		s.onBudget = flowmodel.Block
+	}
 	return s, nil
 }
 
-// stream is the state of one ext_proc stream (one HTTP request).
+// admit counts a new stream in, unless MaxStreams are being served.
+func (s *Server) admit() bool {
+	n := s.streams.Add(1)
+	if s.cfg.MaxStreams > 0 && n > int64(s.cfg.MaxStreams) {
+		s.streams.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Server) release() { s.streams.Add(-1) }
+
+// stream is the state of one ext_proc stream (one HTTP request). One goroutine owns it at a
+// time: the stream's own, or the watchdog's after it cut a decision (see decideWithin).
 type stream struct {
+	ps            extprocv3.ExternalProcessor_ProcessServer
+	ctx           context.Context
 	md            metadata.MD
 	attrs         attrs
 	reqHeaders    headers
@@ -161,18 +208,48 @@ type stream struct {
 	verdict  flowmodel.Verdict
 	span     trace.Span
 	traceID  trace.TraceID
+	observe  bool // response facts are in flow, to be passed to the decider after the reply
+	idSource IdentitySource
+
+	// With a decision budget: the request being decided, the copy of the flow the decider
+	// reads, who answers the deciding message, and the watchdog's result when it did.
+	current        *extprocv3.ProcessingRequest
+	decideFlow     flowmodel.Flow
+	answeredBy     atomic.Int32 // answerPending, answerDecider or answerWatchdog
+	budgetExceeded bool
+	handedOver     chan error
 }
 
 // Process handles one ext_proc stream.
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
-	ctx := ps.Context()
-	st := &stream{}
-	st.md, _ = metadata.FromIncomingContext(ctx)
+	if !s.admit() {
+		s.metrics.streamRejected()
+		return status.Errorf(codes.ResourceExhausted,
+			"meshguard: %d ext_proc streams in progress, the limit; retry on another meshguard", s.cfg.MaxStreams)
+	}
+	defer s.release()
+	st := &stream{ps: ps, ctx: ps.Context()}
+	st.md, _ = metadata.FromIncomingContext(st.ctx)
 	s.metrics.streamStarted()
 	defer s.metrics.streamEnded()
-	defer st.endSpan()
+	err := s.serve(st)
+	if errors.Is(err, errHandedOver) {
+		// The watchdog answered the deciding message and served the rest of the stream;
+		// the decider has returned at last, and the stream is ours again once the
+		// watchdog is done with it.
+		err = <-st.handedOver
+	}
+	st.endSpan()
+	return err
+}
+
+// errHandedOver tells serve's caller that the watchdog now owns the stream.
+var errHandedOver = errors.New("extproc: stream handed over to the budget watchdog")
+
+// serve reads and answers messages until the stream ends.
+func (s *Server) serve(st *stream) error {
 	for {
-		req, err := ps.Recv()
+		req, err := st.ps.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil // Envoy closed its side; every message so far was answered
 		}
@@ -182,26 +259,38 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 			}
 			return err
 		}
-		resp, final, err := s.handle(ctx, st, req)
+		resp, final, err := s.handle(st, req)
+		if errors.Is(err, errHandedOver) {
+			return err
+		}
 		if err != nil {
 			s.metrics.streamError(status.Code(err))
 			return err
 		}
-		if resp == nil {
-			continue // observability mode: Envoy ignores responses
-		}
-		if err := ps.Send(resp); err != nil {
+		if done, err := s.send(st, resp, final); done {
 			return err
+		}
+	}
+}
+
+// send sends resp (nothing when nil) and then does what Envoy need not wait for. done is
+// set when the stream is over.
+func (s *Server) send(st *stream, resp *extprocv3.ProcessingResponse, final bool) (done bool, err error) {
+	if resp != nil {
+		if err := st.ps.Send(resp); err != nil {
+			return true, err
 		}
 		if st.span != nil {
 			s.metrics.observeLatency(s.cfg.Now().Sub(st.received))
 			st.endSpan()
 		}
-		if final {
-			// After an ImmediateResponse Envoy sends nothing more on this stream.
-			return nil
-		}
 	}
+	if st.observe {
+		st.observe = false
+		s.decider.Observe(&st.flow)
+	}
+	// After an ImmediateResponse Envoy sends nothing more on this stream.
+	return final, nil
 }
 
 func (st *stream) endSpan() {
@@ -213,7 +302,7 @@ func (st *stream) endSpan() {
 
 // handle answers one message. final is set when the response ends the stream
 // (ImmediateResponse). A nil response with a nil error means "send nothing".
-func (s *Server) handle(ctx context.Context, st *stream, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, final bool, err error) {
+func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *extprocv3.ProcessingResponse, final bool, err error) {
 	now := s.cfg.Now()
 	if !st.started {
 		st.started = true
@@ -228,60 +317,11 @@ func (s *Server) handle(ctx context.Context, st *stream, req *extprocv3.Processi
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		st.attrs.merge(r.RequestHeaders.GetAttributes())
 		st.reqHeaders = r.RequestHeaders.GetHeaders().GetHeaders()
-		if ir := s.decideOnce(ctx, st, now); ir != nil {
-			return s.reply(st, ir, true)
-		}
-		return s.reply(st, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-			RequestHeaders: &extprocv3.HeadersResponse{},
-		}}, false)
-
-	case *extprocv3.ProcessingRequest_RequestBody:
-		if ir := s.decideOnce(ctx, st, now); ir != nil {
-			return s.reply(st, ir, true)
-		}
-		body := r.RequestBody
-		st.flow.RequestBytes = addBytes(st.flow.RequestBytes, len(body.GetBody()))
-		return s.reply(st, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
-			RequestBody: bodyResponse(st.reqBodyMode, body),
-		}}, false)
-
-	case *extprocv3.ProcessingRequest_RequestTrailers:
-		if ir := s.decideOnce(ctx, st, now); ir != nil {
-			return s.reply(st, ir, true)
-		}
-		return s.reply(st, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
-			RequestTrailers: &extprocv3.TrailersResponse{},
-		}}, false)
-
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		st.attrs.merge(r.ResponseHeaders.GetAttributes())
 		// Envoy may be configured to skip every request phase: then the response decides.
-		if ir := s.decideOnce(ctx, st, now); ir != nil {
-			return s.reply(st, ir, true)
-		}
-		s.observe(st, headers(r.ResponseHeaders.GetHeaders().GetHeaders()))
-		return s.reply(st, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
-			ResponseHeaders: &extprocv3.HeadersResponse{},
-		}}, false)
-
-	case *extprocv3.ProcessingRequest_ResponseBody:
-		if ir := s.decideOnce(ctx, st, now); ir != nil {
-			return s.reply(st, ir, true)
-		}
-		body := r.ResponseBody
-		st.flow.ResponseBytes = addBytes(st.flow.ResponseBytes, len(body.GetBody()))
-		return s.reply(st, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
-			ResponseBody: bodyResponse(st.respBodyMode, body),
-		}}, false)
-
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		if ir := s.decideOnce(ctx, st, now); ir != nil {
-			return s.reply(st, ir, true)
-		}
-		return s.reply(st, &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
-			ResponseTrailers: &extprocv3.TrailersResponse{},
-		}}, false)
-
+		st.attrs.merge(r.ResponseHeaders.GetAttributes())
+	case *extprocv3.ProcessingRequest_RequestBody, *extprocv3.ProcessingRequest_RequestTrailers,
+		*extprocv3.ProcessingRequest_ResponseBody, *extprocv3.ProcessingRequest_ResponseTrailers:
 	case nil:
 		// A message without a phase (e.g. only a flow-control update) needs no answer; in
 		// any other case it is a protocol error, never a silent allow.
@@ -292,6 +332,57 @@ func (s *Server) handle(ctx context.Context, st *stream, req *extprocv3.Processi
 	default:
 		return nil, false, status.Errorf(codes.Unimplemented, "meshguard: unknown request phase %T", r)
 	}
+	if !st.decided {
+		st.current = req
+		v, inTime := s.decide(st, now)
+		if !inTime {
+			return nil, false, errHandedOver
+		}
+		if ir := s.settle(st, v); ir != nil {
+			return s.reply(st, ir, true)
+		}
+	}
+	return s.answer(st, req)
+}
+
+// answer is the response to req once its stream is decided and not blocked.
+func (s *Server) answer(st *stream, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, bool, error) {
+	var resp *extprocv3.ProcessingResponse
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+			RequestHeaders: &extprocv3.HeadersResponse{},
+		}}
+	case *extprocv3.ProcessingRequest_RequestBody:
+		body := r.RequestBody
+		st.flow.RequestBytes = addBytes(st.flow.RequestBytes, len(body.GetBody()))
+		resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+			RequestBody: bodyResponse(st.reqBodyMode, body),
+		}}
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
+			RequestTrailers: &extprocv3.TrailersResponse{},
+		}}
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		s.responseFacts(st, headers(r.ResponseHeaders.GetHeaders().GetHeaders()))
+		resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+			ResponseHeaders: &extprocv3.HeadersResponse{},
+		}}
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		body := r.ResponseBody
+		st.flow.ResponseBytes = addBytes(st.flow.ResponseBytes, len(body.GetBody()))
+		resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
+			ResponseBody: bodyResponse(st.respBodyMode, body),
+		}}
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		resp = &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+			ResponseTrailers: &extprocv3.TrailersResponse{},
+		}}
+	default:
+		// handle lets only the phases above through.
+		return nil, false, status.Errorf(codes.Internal, "meshguard: no answer for %T", r)
+	}
+	return s.reply(st, resp, false)
 }
 
 // reply drops responses in observability mode.
@@ -324,12 +415,9 @@ func bodyResponse(mode extprocfilterv3.ProcessingMode_BodySendMode, b *extprocv3
 	}}
 }
 
-// decideOnce decides the stream's flow at its first message. It returns the
-// ImmediateResponse to send when the verdict is block, else nil.
-func (s *Server) decideOnce(ctx context.Context, st *stream, now time.Time) *extprocv3.ProcessingResponse {
-	if st.decided {
-		return nil
-	}
+// decide builds the stream's flow at its first message and asks for a verdict. inTime is
+// false when the decision overran the budget and the watchdog took the stream over.
+func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime bool) {
 	st.decided = true
 	st.received = now
 	f := &st.flow
@@ -355,32 +443,51 @@ func (s *Server) decideOnce(ctx context.Context, st *stream, now time.Time) *ext
 	svc, idSource := identify(s.cfg.IdentityOrder, st.md, &st.attrs)
 	dest, destOK := destination(&st.attrs, h)
 	f.Service, f.Destination = svc, dest
-	var v flowmodel.Verdict
+	st.idSource = idSource
 	if svc == "" || !destOK {
 		v = flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}
-		if svc != "" {
-			v.Mode, _ = s.decider.Mode(svc)
+		if svc == "" {
+			return v, true // the decider is not asked
 		}
-	} else {
-		v = s.decider.Decide(f)
 	}
+	return s.decideWithin(st, v, destOK)
+}
+
+// ask asks the decider: the verdict for f, or, for a flow without destination (invalid
+// holds its verdict), only the service's mode.
+func (s *Server) ask(f *flowmodel.Flow, invalid flowmodel.Verdict, destOK bool) flowmodel.Verdict {
+	if !destOK {
+		invalid.Mode, _ = s.decider.Mode(f.Service)
+		return invalid
+	}
+	return s.decider.Decide(f)
+}
+
+// settle records the verdict of the stream (metrics, span, log line). It returns the
+// ImmediateResponse to send when the verdict is block, else nil.
+func (s *Server) settle(st *stream, v flowmodel.Verdict) *extprocv3.ProcessingResponse {
 	if st.observability && v.Action == flowmodel.Block {
 		v.Action = flowmodel.Alert // nothing can be blocked from observability mode
 	}
 	st.verdict = v
 	s.metrics.decided(v)
-	s.startSpan(ctx, st)
-	s.logDecision(st, idSource)
+	s.startSpan(st.ctx, st)
+	s.logDecision(st, st.idSource)
 	if v.Action != flowmodel.Block {
 		return nil
+	}
+	if st.budgetExceeded {
+		return budgetBlockResponse(st.traceID)
 	}
 	return blockResponse(v, st.traceID)
 }
 
-// observe passes response-time facts to the decider.
-func (s *Server) observe(st *stream, h headers) {
+// responseFacts records response-time facts in the flow, for send to pass to the decider
+// once the response is on its way.
+func (s *Server) responseFacts(st *stream, h headers) {
 	f := &st.flow
-	if f.Service == "" {
+	if f.Service == "" || st.budgetExceeded {
+		// No identity, or the decider is stuck on this service: nothing to observe.
 		return
 	}
 	if code, err := strconv.Atoi(h.get(":status")); err == nil {
@@ -394,7 +501,7 @@ func (s *Server) observe(st *stream, h headers) {
 			f.ResponseBytes = n
 		}
 	}
-	s.decider.Observe(f)
+	st.observe = true
 }
 
 func (s *Server) logDecision(st *stream, idSource IdentitySource) {
@@ -430,6 +537,9 @@ func (s *Server) logDecision(st *stream, idSource IdentitySource) {
 		slog.String("destination", f.Destination.String()),
 		slog.String("method", f.Method),
 		slog.String("path", urlPath(f.Path)),
+	}
+	if st.budgetExceeded {
+		attrs = append(attrs, slog.Bool("budget_exceeded", true))
 	}
 	if st.traceID.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", st.traceID.String()))

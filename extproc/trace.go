@@ -23,6 +23,9 @@ const (
 	AttrKeyServer   = attribute.Key("server.address")
 	AttrKeyMethod   = attribute.Key("http.request.method")
 	AttrKeyURLPath  = attribute.Key("url.path")
+	// AttrKeyBudgetExceeded is set (true) on the span of a decision cut by the decision
+	// budget; its verdict is then the budget's answer, with no reason codes.
+	AttrKeyBudgetExceeded = attribute.Key("meshguard.budget_exceeded")
 )
 
 // SpanName is the name of decision spans.
@@ -75,7 +78,7 @@ func parentContext(ctx context.Context, md metadata.MD, h headers) context.Conte
 func (s *Server) startSpan(ctx context.Context, st *stream) {
 	pctx := parentContext(ctx, st.md, st.reqHeaders)
 	v, f := st.verdict, &st.flow
-	attrs := make([]attribute.KeyValue, 0, 10)
+	attrs := make([]attribute.KeyValue, 0, 11)
 	attrs = append(attrs,
 		AttrKeyService.String(f.Service),
 		AttrKeyMode.String(modeName(v.Mode)),
@@ -97,6 +100,9 @@ func (s *Server) startSpan(ctx context.Context, st *stream) {
 	}
 	if f.Path != "" {
 		attrs = append(attrs, AttrKeyURLPath.String(urlPath(f.Path)))
+	}
+	if st.budgetExceeded {
+		attrs = append(attrs, AttrKeyBudgetExceeded.Bool(true))
 	}
 	_, span := s.tracer.Start(pctx, SpanName,
 		trace.WithSpanKind(trace.SpanKindInternal),

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/extproc"
+	"github.com/meshguard/meshguard/extproc/certs"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
@@ -116,6 +117,10 @@ type serveConfig struct {
 	resolveHosts     bool
 	dnsServers       []string
 	xds              xdsFlags
+	tls              tlsFlags // ext_proc listener
+	adminTLS         tlsFlags
+	tlsReload        time.Duration
+	pprof            bool
 }
 
 // parseServe parses and checks serve's flags, reporting every problem at once.
@@ -138,6 +143,13 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	fs.StringVar(&onMissing, "on-missing", extproc.OnMissingAlert, "verdict for a request whose service or destination is unknown: allow, alert or block")
 	fs.IntVar(&c.extproc.DecisionLogsPerSecond, "decision-log-rate", 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)")
 	fs.StringVar(&identityOrder, "identity-order", "metadata,node,peer-san,source-address", "identity sources, in order")
+	fs.DurationVar(&c.extproc.DecisionBudget, "decision-budget", 0, "answer a request whose decision takes longer than this with --on-budget, well before Envoy's message_timeout (0: no budget; Envoy's timeout and failure_mode_allow decide)")
+	fs.StringVar(&c.extproc.OnBudget, "on-budget", extproc.OnBudgetAllow, "answer when the decision budget runs out: allow (continue, recorded as an alert) or block (403)")
+	fs.IntVar(&c.extproc.MaxStreams, "max-streams", 10000, "ext_proc streams served at once; more fail at once with RESOURCE_EXHAUSTED instead of queueing (0: no limit)")
+	c.tls.register(fs, "", "ext_proc", "")
+	c.adminTLS.register(fs, "admin-", "the admin API", "; /healthz and /readyz need none (probes), and it lets the admin API listen beyond loopback")
+	fs.DurationVar(&c.tlsReload, "tls-reload-interval", certs.DefaultInterval, "how often TLS files are checked for changes")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.DurationVar(&c.flushInterval, "flush-interval", time.Second, "how far the store may lag behind the model")
 	fs.DurationVar(&c.lameduck, "lameduck", 2*time.Second, "on shutdown, time between reporting NOT_SERVING and refusing new streams")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on shutdown, time in-flight streams get to finish")
@@ -183,8 +195,17 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	}
 	if err := checkAddress("--admin-listen", c.adminListen); err != nil {
 		errs = append(errs, err)
-	} else if !c.adminAllowRemote && !isLocalAddress(c.adminListen) {
-		errs = append(errs, fmt.Errorf("--admin-listen %s is not a loopback address; the admin API has no authentication yet, so pass --admin-allow-remote to expose it anyway", c.adminListen))
+	} else if !c.adminAllowRemote && c.adminTLS.clientCA == "" && !isLocalAddress(c.adminListen) {
+		errs = append(errs, fmt.Errorf("--admin-listen %s is not a loopback address; without client certificates (--admin-tls-client-ca) the admin API has no authentication, so pass --admin-allow-remote to expose it anyway", c.adminListen))
+	}
+	if err := c.tls.check(""); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.adminTLS.check("admin-"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.tlsReload <= 0 {
+		errs = append(errs, errors.New("--tls-reload-interval must be positive"))
 	}
 	if c.dataDir == "" {
 		errs = append(errs, errors.New("--data-dir must not be empty"))

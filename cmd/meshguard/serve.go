@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -71,6 +74,7 @@ type server struct {
 
 	stopPersist context.CancelFunc
 	persistDone chan error
+	stopTLS     context.CancelFunc // stops polling the TLS files
 	serveWG     sync.WaitGroup
 
 	shutdownOnce sync.Once
@@ -129,6 +133,31 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 		return nil, err
 	}
 	persistMetrics := newPersistMetrics(reg)
+	tlsm, err := newTLSMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	tctx, stopTLS := context.WithCancel(context.Background())
+	s.stopTLS = stopTLS
+	cleanups = append(cleanups, stopTLS)
+	var grpcOpts []grpc.ServerOption
+	if cfg.tls.enabled() {
+		src, err := tlsm.source(tctx, "ext_proc", cfg.tls, tls.RequireAndVerifyClientCert, nil, cfg.tlsReload, log)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert: %w", err)
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(src.TLSConfig())))
+	}
+	var adminTLS *tls.Config
+	if cfg.adminTLS.enabled() {
+		// Probes carry no client certificate: the handshake asks for one, requireClientCert
+		// insists on it for everything but /healthz and /readyz.
+		src, err := tlsm.source(tctx, "admin", cfg.adminTLS, tls.VerifyClientCertIfGiven, []string{"http/1.1"}, cfg.tlsReload, log)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-tls-cert: %w", err)
+		}
+		adminTLS = src.TLSConfig()
+	}
 
 	epCfg := cfg.extproc
 	epCfg.Logger, epCfg.TracerProvider, epCfg.Metrics = log, s.tracing.provider, metrics
@@ -174,12 +203,22 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 	}
 
 	s.health = health.NewServer()
-	s.grpc = extproc.NewGRPCServer(ext, s.health)
+	s.grpc = extproc.NewGRPCServer(ext, s.health, grpcOpts...)
 	s.admin = admin.New(s.model, admin.Options{Gatherer: reg, Logger: log})
 	if s.control != nil {
 		s.admin.OnChange(s.control.cp.Notify) // push Envoy configuration at once
 	}
-	s.http = &http.Server{Handler: s.admin, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	var adminHandler http.Handler = s.admin
+	if cfg.pprof {
+		adminHandler = withPprof(adminHandler)
+	}
+	if cfg.adminTLS.clientCA != "" {
+		adminHandler = requireClientCert(adminHandler)
+	}
+	if adminTLS != nil {
+		adminLis = tls.NewListener(adminLis, adminTLS)
+	}
+	s.http = &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	s.serveWG.Add(2)
 	go func() {
@@ -245,6 +284,7 @@ func (s *server) stop(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("admin server: %w", err))
 	}
 	s.serveWG.Wait()
+	s.stopTLS()
 	s.stopPersist()
 	if err := <-s.persistDone; err != nil {
 		errs = append(errs, fmt.Errorf("last save of baselines: %w", err))
@@ -274,6 +314,18 @@ func (h hostResolver) Lookup(host string) ([]netip.Addr, bool) {
 		return nil, false
 	}
 	return a.Addrs, true
+}
+
+// withPprof serves net/http/pprof under /debug/pprof/ next to h.
+func withPprof(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 type persistMetrics struct {

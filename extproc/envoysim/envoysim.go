@@ -106,6 +106,12 @@ func Do(ctx context.Context, c extprocv3.ExternalProcessorClient, r Request, mes
 	var res Result
 	for _, m := range msgs {
 		if err := stream.Send(m); err != nil {
+			if errors.Is(err, io.EOF) {
+				// The server ended the stream (a refusal, say); Recv says how.
+				if _, rerr := recvTimeout(stream, messageTimeout); rerr != nil && !errors.Is(rerr, io.EOF) {
+					err = rerr
+				}
+			}
 			return res, fmt.Errorf("send %s: %w", phase(m), err)
 		}
 		if r.ObservabilityMode {

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/meshguard/meshguard/extproc/certs"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tlsFlags are the TLS files of one listener. The ext_proc and admin listeners have a set
+// each: Envoy authenticates with mesh certificates, operators and Prometheus with others.
+type tlsFlags struct {
+	cert, key, clientCA string
+}
+
+// register adds --PREFIXtls-cert, --PREFIXtls-key and --PREFIXtls-client-ca; caNote ends the
+// help of the last.
+func (f *tlsFlags) register(fs *flag.FlagSet, prefix, listener, caNote string) {
+	fs.StringVar(&f.cert, prefix+"tls-cert", "", "serve "+listener+" over TLS with this certificate (PEM, reloaded when it changes)")
+	fs.StringVar(&f.key, prefix+"tls-key", "", "private key of --"+prefix+"tls-cert (PEM)")
+	fs.StringVar(&f.clientCA, prefix+"tls-client-ca", "", "require client certificates issued by these CAs (PEM): mutual TLS for "+listener+caNote)
+}
+
+func (f tlsFlags) enabled() bool { return f.cert != "" }
+
+// check reports flags that only make sense together.
+func (f tlsFlags) check(prefix string) error {
+	var errs []error
+	if (f.cert == "") != (f.key == "") {
+		errs = append(errs, fmt.Errorf("--%stls-cert and --%stls-key go together", prefix, prefix))
+	}
+	if f.clientCA != "" && f.cert == "" {
+		errs = append(errs, fmt.Errorf("--%stls-client-ca needs --%stls-cert and --%stls-key", prefix, prefix, prefix))
+	}
+	return errors.Join(errs...)
+}
+
+// tlsMetrics count certificate reloads and expose the expiry of the certificates in use.
+type tlsMetrics struct {
+	reloads *prometheus.CounterVec
+	reg     prometheus.Registerer
+}
+
+func newTLSMetrics(reg prometheus.Registerer) (*tlsMetrics, error) {
+	m := &tlsMetrics{reg: reg, reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshguard_tls_reloads_total",
+		Help: "Attempts to put changed TLS files in use, by listener and result (ok, error: the previous certificate stays).",
+	}, []string{"listener", "result"})}
+	return m, reg.Register(m.reloads)
+}
+
+// source loads a listener's TLS files and polls them until ctx is done.
+func (m *tlsMetrics) source(ctx context.Context, name string, f tlsFlags, auth tls.ClientAuthType, nextProtos []string,
+	interval time.Duration, log *slog.Logger) (*certs.Source, error) {
+	src, err := certs.New(certs.Config{
+		Name: name, CertFile: f.cert, KeyFile: f.key, ClientCAFile: f.clientCA, ClientAuth: auth,
+		NextProtos: nextProtos, Interval: interval, Logger: log,
+		OnReload: func(err error) {
+			result := "ok"
+			if err != nil {
+				result = "error"
+			}
+			m.reloads.WithLabelValues(name, result).Inc()
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "meshguard_tls_certificate_expiry_timestamp_seconds",
+		Help:        "When the certificate a listener serves expires (Unix seconds).",
+		ConstLabels: prometheus.Labels{"listener": name},
+	}, func() float64 { return float64(src.Leaf().NotAfter.Unix()) })
+	if err := m.reg.Register(expiry); err != nil {
+		return nil, err
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.reloads.WithLabelValues(name, r)
+	}
+	go src.Run(ctx)
+	log.Info("TLS", slog.String("listener", name), slog.String("subject", src.Leaf().Subject.String()),
+		slog.Time("not_after", src.Leaf().NotAfter), slog.Bool("mutual", f.clientCA != ""))
+	return src, nil
+}
+
+// requireClientCert lets requests with a verified client certificate through, and the
+// probes (/healthz, /readyz) without one: the kubelet presents none. The admin listener
+// asks for client certificates with tls.VerifyClientCertIfGiven, so a certificate that is
+// given was verified in the handshake.
+func requireClientCert(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			if p := r.URL.Path; p != "/healthz" && p != "/readyz" {
+				http.Error(w, "a client certificate is required", http.StatusUnauthorized)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
