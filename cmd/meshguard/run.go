@@ -17,6 +17,8 @@ Usage:
   meshguard demo    [flags]   run the guard in-process and play sidecar traffic through it
   meshguard replay  [flags] [FILE|-]
                               decide flow events (JSONL) and print one verdict per line
+  meshguard policy  export --format istio|cilium|networkpolicy [flags]
+                              write learned baselines as reviewable policies (YAML)
   meshguard version           print the version
 
 Run "meshguard COMMAND -h" for a command's flags.
@@ -40,6 +42,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = runDemo(ctx, rest, stdout, stderr)
 	case "replay":
 		err = runReplay(ctx, rest, stdin, stdout, stderr)
+	case "policy":
+		err = runPolicy(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshguard", version())
 		return nil
