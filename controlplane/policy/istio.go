@@ -238,7 +238,7 @@ func sidecar(w *workload, opts Options) document {
 		"Istio's BlackHoleCluster (HTTP 502, TCP reset). Ports are limited by each host's ServiceEntry.")
 	comment = append(comment, unknownPort...)
 	if len(hosts.items) == 0 {
-		comment = append(comment, "No destination in the baseline: the Sidecar lists no host, so all egress is refused.")
+		comment = append(comment, "No destination to allow: the Sidecar lists no host, so all egress is refused.")
 		// Istio requires a host; a namespace with no services leaves the egress empty.
 		hosts.add(str("~/*"))
 	}

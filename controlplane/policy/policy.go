@@ -507,7 +507,11 @@ func classify(w *workload, dests []flowmodel.DestinationRecord, shapes []flowmod
 	requests := map[string]map[[2]string]*request{} // canonical destination → (path, method) → request
 	for _, s := range shapes {
 		k, err := destKey(s.Destination)
-		if err != nil || s.Method == "" || s.Path == "" {
+		if err != nil || s.Path == "" {
+			continue
+		}
+		if !isToken(s.Method) {
+			w.dropped = append(w.dropped, fmt.Sprintf("request %q %q to %s: the method is not an HTTP token", s.Method, s.Path, s.Destination))
 			continue
 		}
 		byKey := requests[k]
@@ -719,6 +723,22 @@ var (
 )
 
 func isDNSLabel(s string) bool { return dnsLabel.MatchString(s) }
+
+// isToken reports whether s is an HTTP token (RFC 9110 tchar), as a method must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 func isDNSSubdomain(s string) bool {
 	if s == "" || len(s) > 253 {

@@ -69,6 +69,7 @@ func sampleServices() []flowmodel.ServiceRecord {
 				shape("hooks.example.com:80", "GET", "/search", 5, 8, 9),
 				shape("hooks.example.com:80", "GET", "/search", 7, 7, 10), // another query/header set
 				shape("hooks.example.com:80", "OPTIONS", "*", 1, 9, 9),
+				shape("hooks.example.com:80", "GET /x HTTP/1.1\r\nHost:", "/y", 1, 9, 9), // not a method
 				shape("payments.shop.svc.cluster.local:8080", "POST", "/charge/{id}/capture", 2400, 0, 95),
 				shape("api.stripe.com:443", "POST", "/v1/charges", 1200, 0, 90), // TLS port: L4 only
 				shape("gone.example.com:80", "GET", "/", 1, 0, 0),               // not in the baseline
