@@ -22,6 +22,8 @@ Usage:
   meshguard approve SERVICE DESTINATION [SHAPE]
   meshguard reject  SERVICE DESTINATION [SHAPE]
                               teach a running meshguard what is (not) expected
+  meshguard policy  export --format istio|cilium|networkpolicy [flags]
+                              write learned baselines as reviewable policies (YAML)
   meshguard version           print the version
 
 Run "meshguard COMMAND -h" for a command's flags.
@@ -49,6 +51,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = runLearn(ctx, rest, stdin, stdout, stderr)
 	case "approve", "reject":
 		err = runFeedback(ctx, cmd, rest, stdout, stderr)
+	case "policy":
+		err = runPolicy(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "meshguard", version())
 		return nil
