@@ -147,6 +147,9 @@ func serverSpec(cfg Config, t, bin, work, dataDir string, pprofOn bool) (ServerS
 		}
 		spec.Admin = "http://" + admin
 		spec.Args = meshguardArgs(listen, admin, dataDir, cfg.MeshguardArgs)
+		if pprofOn {
+			spec.Args = append(spec.Args, "--pprof")
+		}
 	case "null":
 		spec.Args = []string{"--listen", listen}
 		if pprofOn {
@@ -166,7 +169,7 @@ func serverSpec(cfg Config, t, bin, work, dataDir string, pprofOn bool) (ServerS
 // reaches) until the load generator switches it with PUT /v1/services/{service}/mode.
 func meshguardArgs(listen, admin, dataDir string, extra []string) []string {
 	return append([]string{"serve",
-		"--listen", listen, "--admin-listen", admin, "--data-dir", dataDir,
+		"--listen", listen, "--admin-listen", admin, "--data-dir", dataDir, "--xds-listen", "off",
 		"--default-mode", "learn", "--learn-window", "87600h", "--learn-min-requests", "1000000000000",
 	}, extra...)
 }

@@ -63,6 +63,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	dataDir := fs.String("data-dir", "", "keep the demo's baselines here (default: a temporary directory, removed at the end)")
 	learnFor := fs.Duration("learn-window", 2*time.Second, "how long the demo services learn")
 	verbose := fs.Bool("v", false, "print meshguard's own log lines too")
+	timeout := fs.Duration("message-timeout", time.Second, "how long the simulated Envoy waits for each answer (Envoy's default is 200ms; a busy machine may need more)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -89,7 +90,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *verbose {
 		logOut = stderr
 	}
-	d := &demo{out: stdout, start: time.Now(), decisions: make(map[string]*flowmodel.Verdict)}
+	d := &demo{out: stdout, start: time.Now(), decisions: make(map[string]*flowmodel.Verdict), timeout: *timeout}
 	srv, err := startServer(ctx, cfg, newLogger(logOut, slog.LevelInfo, "text"), d.tap)
 	if err != nil {
 		return err
@@ -113,6 +114,7 @@ type demo struct {
 	start    time.Time
 	client   extprocv3.ExternalProcessorClient
 	adminURL string
+	timeout  time.Duration
 
 	mu        sync.Mutex
 	decisions map[string]*flowmodel.Verdict // by x-request-id
@@ -245,7 +247,7 @@ func (d *demo) call(ctx context.Context, s demoService, c demoCall, show bool) (
 		ResponseHeaders:    []envoysim.Header{{Key: ":status", Value: "200"}},
 		ResponseAttributes: map[string]string{extproc.AttrUpstreamAddress: fmt.Sprintf("%s:%d", c.ip, c.port)},
 	}
-	res, err := envoysim.Do(ctx, d.client, req, 200*time.Millisecond)
+	res, err := envoysim.Do(ctx, d.client, req, d.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s → %s: %w", s.ns, s.workload, c.host, err)
 	}

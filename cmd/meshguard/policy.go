@@ -217,7 +217,7 @@ func servicesFromStore(dir string, lockTimeout time.Duration) ([]flowmodel.Servi
 	}
 	st, err := store.Open(dir, store.Options{ReadOnly: true, LockTimeout: lockTimeout})
 	if err != nil {
-		if strings.Contains(err.Error(), "locked by another process") {
+		if errors.Is(err, store.ErrLocked) {
 			return nil, fmt.Errorf("%w\na running \"meshguard serve\" holds the store's lock: read the baselines from it instead, with --admin http://127.0.0.1:9002 (its --admin-listen address)", err)
 		}
 		return nil, err

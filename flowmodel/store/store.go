@@ -42,6 +42,10 @@ var (
 	keyState           = []byte("state")
 )
 
+// ErrLocked is returned (wrapped) when another process holds the store's lock, as a running
+// "meshguard serve" does.
+var ErrLocked = errors.New("locked by another process")
+
 // ErrNotStore is returned (wrapped) for a file that is not a meshguard store: corrupt, of
 // another program, or of a newer format.
 var ErrNotStore = errors.New("not a meshguard store")
@@ -76,7 +80,7 @@ func Open(dir string, opts Options) (*Bolt, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly})
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("open %s: locked by another process (is another meshguard using this data dir?)", path)
+		return nil, fmt.Errorf("open %s: %w (is another meshguard using this data dir?)", path, ErrLocked)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
 		return nil, fmt.Errorf("open %s: %w (corrupt or foreign file: %v); move it away to start afresh", path, ErrNotStore, err)
 	case err != nil:

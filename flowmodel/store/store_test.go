@@ -140,7 +140,7 @@ func TestLockedByAnother(t *testing.T) {
 	}
 	defer st.Close()
 	_, err = Open(dir, Options{LockTimeout: 100 * time.Millisecond})
-	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "locked by another process") {
 		t.Fatalf("err = %v", err)
 	}
 }
