@@ -39,7 +39,7 @@ func startServer(ctx context.Context, bin, dataDir, logPath string, extra []stri
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir,
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "off", "--data-dir", dataDir,
 		// Services stay in learn until the soak switches them to enforce.
 		"--default-mode", "learn", "--learn-window", "87600h", "--learn-min-requests", "1000000000000",
 		"--lameduck", "0"}, extra...)
