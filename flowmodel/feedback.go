@@ -56,8 +56,10 @@ func (m *Model) Approve(service string, fb Feedback) error {
 		es := e.edgeState()
 		t := es.table(m.cfg.Shapes)
 		t.Observe(key, at)
-		if _, ok := es.info[key]; !ok {
-			es.info[key] = &shapeInfo{text: sh.String(), method: sh.Method, path: sh.Path, first: at, last: at, source: "approval"}
+		if in := es.findShape(key); in != nil {
+			in.source = "approval"
+		} else {
+			es.putShape(newShapeInfo(key, *sh, at, at, "approval"))
 		}
 	}
 	m.addFeedback(s, "approve", fb)
@@ -97,7 +99,7 @@ func (m *Model) Reject(service string, fb Feedback) error {
 		}
 		if e, ok := s.dests.Peek(k); ok && e.edge != nil && e.edge.shapes != nil {
 			e.edge.shapes.Forget(key)
-			delete(e.edge.info, key)
+			e.edge.dropShape(key)
 			markEntry(s, e)
 		}
 	}

@@ -235,7 +235,7 @@ const calibrationWarmup = time.Hour
 func (m *Model) record(s *service, k destKey, t time.Time, src string) *destEntry {
 	e, ok := s.dests.Get(k)
 	if !ok {
-		e = &destEntry{key: k, first: t, last: t, source: src, hash: m.hashKey(k)}
+		e = &destEntry{key: k, first: nanos(t), last: nanos(t), source: src, hash: m.hashKey(k)}
 		s.dests.Add(k, e)
 	}
 	touch(s, e, t)
@@ -261,11 +261,12 @@ func (m *Model) hashKey(k destKey) uint64 {
 
 func touch(s *service, e *destEntry, t time.Time) {
 	e.count++
-	if t.After(e.last) {
-		e.last = t
+	n := nanos(t)
+	if n > e.last {
+		e.last = n
 	}
-	if t.Before(e.first) {
-		e.first = t
+	if n < e.first {
+		e.first = n
 	}
 	markEntry(s, e)
 }

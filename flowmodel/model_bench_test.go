@@ -12,7 +12,7 @@ import (
 // benchmarks repeat one flow at one instant, which the rate and burst detectors rightly
 // call a flood; so the services' alert thresholds are set above any score: every detector
 // still runs on every decision, none raises an alert.
-func benchModel(b *testing.B, n int) *Model {
+func benchModel(b testing.TB, n int) *Model {
 	b.Helper()
 	m := mustModel(b, Config{})
 	f := Flow{Time: t0, Method: "POST", Path: "/v1/charges/12345?expand=customer", ContentType: "application/json",

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/meshguard/meshguard/flowmodel/rate"
@@ -46,7 +47,7 @@ type destEntry struct {
 	key         destKey
 	hash        uint64 // of key, for the burst sketches
 	count       int64
-	first, last time.Time
+	first, last int64 // event time, Unix nanoseconds
 	source      string
 	dirty       bool // queued in service.dirtyDests
 	evicted     bool
@@ -61,15 +62,64 @@ type edgeState struct {
 	rate     rate.State
 	vol      volume.State
 	shapes   *shape.Table
-	info     map[shape.Key]*shapeInfo
+	info     []shapeInfo    // display forms of the shapes in shapes (a few, scanned)
 	prefixes []netip.Prefix // where a host entry was reached
 }
 
-// shapeInfo is the display form and provenance of a shape in a table.
+// shapeInfo is the display form and provenance of a shape in a table. The strings are
+// interned: many edges share their shapes' text.
 type shapeInfo struct {
-	text, method, path string
-	first, last        time.Time
+	key                shape.Key
+	text, method, path unique.Handle[string]
+	first, last        int64 // event time, Unix nanoseconds
 	source             string
+}
+
+func newShapeInfo(k shape.Key, sh shape.Shape, first, last time.Time, src string) shapeInfo {
+	return shapeInfo{key: k, text: unique.Make(sh.String()), method: unique.Make(sh.Method), path: unique.Make(sh.Path),
+		first: nanos(first), last: nanos(last), source: src}
+}
+
+// nanos and fromNanos convert event times to and from the compact form entries keep.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// findShape returns the display form of shape k, or nil.
+func (es *edgeState) findShape(k shape.Key) *shapeInfo {
+	for i := range es.info {
+		if es.info[i].key == k {
+			return &es.info[i]
+		}
+	}
+	return nil
+}
+
+// putShape records the display form of a shape entering the table, forgetting those the
+// table has evicted once the list outgrows it.
+func (es *edgeState) putShape(in shapeInfo) {
+	if es.findShape(in.key) != nil {
+		return
+	}
+	es.info = append(es.info, in)
+	if len(es.info) > 2*es.shapes.Len()+8 {
+		es.info = slices.DeleteFunc(es.info, func(x shapeInfo) bool { return es.shapes.Count(x.key) == 0 })
+	}
+}
+
+// dropShape forgets the display form of shape k.
+func (es *edgeState) dropShape(k shape.Key) {
+	es.info = slices.DeleteFunc(es.info, func(x shapeInfo) bool { return x.key == k })
 }
 
 func (e *destEntry) edgeState() *edgeState {
@@ -82,32 +132,21 @@ func (e *destEntry) edgeState() *edgeState {
 func (es *edgeState) table(cfg shape.TableConfig) *shape.Table {
 	if es.shapes == nil {
 		es.shapes, _ = shape.NewTable(cfg) // cfg was checked by Config.Check
-		es.info = make(map[shape.Key]*shapeInfo)
 	}
 	return es.shapes
 }
 
-// addShape records the display form of a shape entering the table, forgetting those the
-// table has evicted once the map outgrows it.
+// addShape records the display form of a request's shape entering the table.
 func (es *edgeState) addShape(sh *shape.Shaper, k shape.Key, req *shape.Request, f *Flow, src string) {
-	if _, ok := es.info[k]; ok {
-		return
-	}
-	s := sh.Shape(req)
-	es.info[k] = &shapeInfo{text: s.String(), method: s.Method, path: s.Path, first: f.Time, last: f.Time, source: src}
-	if len(es.info) > 2*es.shapes.Len()+8 {
-		for key := range es.info {
-			if es.shapes.Count(key) == 0 {
-				delete(es.info, key)
-			}
-		}
+	if es.findShape(k) == nil {
+		es.putShape(newShapeInfo(k, sh.Shape(req), f.Time, f.Time, src))
 	}
 }
 
 func (es *edgeState) touchShape(k shape.Key, t time.Time) *shapeInfo {
-	in := es.info[k]
-	if in != nil && t.After(in.last) {
-		in.last = t
+	in := es.findShape(k)
+	if in != nil && t.UnixNano() > in.last {
+		in.last = t.UnixNano()
 	}
 	return in
 }
@@ -281,7 +320,7 @@ func (s *service) record(all bool) ServiceRecord {
 }
 
 func (e *destEntry) record() DestinationRecord {
-	d := DestinationRecord{Destination: e.key.String(), Count: e.count, FirstSeen: e.first, LastSeen: e.last, Source: e.source}
+	d := DestinationRecord{Destination: e.key.String(), Count: e.count, FirstSeen: fromNanos(e.first), LastSeen: fromNanos(e.last), Source: e.source}
 	if e.via.host != "" {
 		d.Host = e.via.String()
 	}
@@ -298,14 +337,14 @@ func (e *destEntry) appendShapes(out []ShapeRecord) []ShapeRecord {
 		return out
 	}
 	dest := e.key.String()
-	for k, in := range e.edge.info {
-		c := e.edge.shapes.Count(k)
+	for _, in := range e.edge.info {
+		c := e.edge.shapes.Count(in.key)
 		if c == 0 {
 			continue // evicted from the table
 		}
 		out = append(out, ShapeRecord{
-			Destination: dest, Shape: in.text, Method: in.method, Path: in.path,
-			Count: int64(math.Round(c)), Weight: c, FirstSeen: in.first, LastSeen: in.last, Source: in.source,
+			Destination: dest, Shape: in.text.Value(), Method: in.method.Value(), Path: in.path.Value(),
+			Count: int64(math.Round(c)), Weight: c, FirstSeen: fromNanos(in.first), LastSeen: fromNanos(in.last), Source: in.source,
 		})
 	}
 	return out
@@ -452,7 +491,7 @@ func (m *Model) Restore(r ServiceRecord) error {
 			errs = append(errs, err)
 			continue
 		}
-		e := &destEntry{key: k, count: d.Count, first: d.FirstSeen, last: d.LastSeen, source: d.Source, hash: m.hashKey(k)}
+		e := &destEntry{key: k, count: d.Count, first: nanos(d.FirstSeen), last: nanos(d.LastSeen), source: d.Source, hash: m.hashKey(k)}
 		if d.Host != "" {
 			if e.via, err = parseDestKey(d.Host); err != nil {
 				errs = append(errs, fmt.Errorf("destination %s: host: %w", d.Destination, err))
@@ -523,7 +562,7 @@ func (m *Model) restoreShapes(s *service, recs []ShapeRecord) error {
 			if r.LastSeen.After(st.Clock) {
 				st.Clock = r.LastSeen
 			}
-			es.info[key] = &shapeInfo{text: sh.String(), method: sh.Method, path: sh.Path, first: r.FirstSeen, last: r.LastSeen, source: r.Source}
+			es.putShape(newShapeInfo(key, sh, r.FirstSeen, r.LastSeen, r.Source))
 		}
 		slices.SortFunc(st.Shapes, func(a, b shape.ShapeCount) int { return cmp.Compare(a.Key, b.Key) })
 		if err := t.Restore(st); err != nil {

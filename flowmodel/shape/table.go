@@ -99,12 +99,13 @@ type Score struct {
 // happened at the clock, so replaying the same events in the same order gives the same state.
 // A Table is not safe for concurrent use.
 //
-// Memory (measured, amd64): 176 bytes for an empty table, then about 50 bytes per shape (a
+// Memory (measured, amd64): 176 bytes for an empty table, 16 bytes per shape while it holds
+// at most smallTable shapes (found by a linear scan), then about 50 bytes per shape (a
 // 16-byte entry and its map slot): 4.6 KB at 100 shapes, 13.8 KB for a full default table of
 // 256. TestTableMemory checks the per-shape figure.
 type Table struct {
 	cfg     TableConfig
-	index   map[Key]int32
+	index   map[Key]int32 // nil while the table holds at most smallTable shapes
 	entries []entry
 
 	// Counts are stored multiplied by scale = 2^((clock-origin)/half-life), so that decaying
@@ -129,13 +130,46 @@ type entry struct {
 // maxScale bounds the scale before counts are rescaled (every 20 half-lives).
 const maxScale = 1 << 20
 
+// smallTable is the most shapes a table finds by scanning its entries; past it, it keeps a
+// map. Most destinations see a handful of shapes, and a map costs more than the entries.
+const smallTable = 8
+
+// find returns the index of shape k in entries.
+func (t *Table) find(k Key) (int32, bool) {
+	if t.index != nil {
+		i, ok := t.index[k]
+		return i, ok
+	}
+	for i := range t.entries {
+		if t.entries[i].key == k {
+			return int32(i), true
+		}
+	}
+	return 0, false
+}
+
+// setIndex records that shape k is at entries[i], building the map when the table outgrows
+// a scan.
+func (t *Table) setIndex(k Key, i int32) {
+	if t.index == nil {
+		if len(t.entries) <= smallTable {
+			return
+		}
+		t.index = make(map[Key]int32, len(t.entries))
+		for j, e := range t.entries {
+			t.index[e.key] = int32(j)
+		}
+	}
+	t.index[k] = i
+}
+
 // NewTable returns an empty table.
 func NewTable(cfg TableConfig) (*Table, error) {
 	cfg, err := cfg.Check()
 	if err != nil {
 		return nil, err
 	}
-	t := &Table{cfg: cfg, index: make(map[Key]int32), scale: 1}
+	t := &Table{cfg: cfg, scale: 1}
 	if cfg.HalfLife > 0 {
 		t.halfMS = float64(cfg.HalfLife.Milliseconds())
 	}
@@ -156,7 +190,7 @@ func (t *Table) Evicted() int64 { return t.evicted }
 
 // Count returns the decayed count of a shape (0 if not held).
 func (t *Table) Count(k Key) float64 {
-	if i, ok := t.index[k]; ok {
+	if i, ok := t.find(k); ok {
 		return t.entries[i].count / t.scale
 	}
 	return 0
@@ -211,7 +245,7 @@ func floorDiv(a, b int64) int64 {
 
 // Score returns what the table knows of shape k, without counting it.
 func (t *Table) Score(k Key) Score {
-	i, ok := t.index[k]
+	i, ok := t.find(k)
 	return t.score(i, ok)
 }
 
@@ -240,7 +274,7 @@ func (t *Table) score(i int32, known bool) Score {
 // replaces the one with the smallest count.
 func (t *Table) Observe(k Key, now time.Time) Score {
 	t.advance(now)
-	i, ok := t.index[k]
+	i, ok := t.find(k)
 	s := t.score(i, ok)
 	t.total += t.scale
 	if ok {
@@ -255,8 +289,8 @@ func (t *Table) Observe(k Key, now time.Time) Score {
 func (t *Table) insert(k Key, c float64) {
 	t.fresh += c
 	if len(t.entries) < t.cfg.MaxShapes {
-		t.index[k] = int32(len(t.entries))
 		t.entries = append(t.entries, entry{key: k, count: c})
+		t.setIndex(k, int32(len(t.entries)-1))
 		return
 	}
 	// Full: the least used shape makes room (the first one on ties, so that the result
@@ -267,25 +301,31 @@ func (t *Table) insert(k Key, c float64) {
 			m = i
 		}
 	}
-	delete(t.index, t.entries[m].key)
+	if t.index != nil {
+		delete(t.index, t.entries[m].key)
+	}
 	t.entries[m] = entry{key: k, count: c}
-	t.index[k] = int32(m)
+	t.setIndex(k, int32(m))
 	t.evicted++
 }
 
 // Forget removes shape k, if held. Its count stays in Total.
 func (t *Table) Forget(k Key) {
-	i, ok := t.index[k]
+	i, ok := t.find(k)
 	if !ok {
 		return
 	}
 	last := int32(len(t.entries) - 1)
 	if i != last {
 		t.entries[i] = t.entries[last]
-		t.index[t.entries[i].key] = i
+		if t.index != nil {
+			t.index[t.entries[i].key] = i
+		}
 	}
 	t.entries = t.entries[:last]
-	delete(t.index, k)
+	if t.index != nil {
+		delete(t.index, k)
+	}
 }
 
 // ShapeCount is one shape of a TableState.
@@ -337,7 +377,7 @@ func (t *Table) Restore(st TableState) error {
 	if len(shapes) > t.cfg.MaxShapes {
 		shapes = shapes[:t.cfg.MaxShapes]
 	}
-	t.index = make(map[Key]int32, len(shapes))
+	t.index = nil
 	t.entries = make([]entry, 0, len(shapes))
 	t.total, t.fresh, t.scale, t.evicted = st.Total, st.Fresh, 1, st.Evicted
 	t.start = !st.Clock.IsZero()
@@ -345,11 +385,11 @@ func (t *Table) Restore(st TableState) error {
 	t.sec = floorDiv(t.clock, 1000)
 	t.origin = t.sec * 1000
 	for _, s := range shapes {
-		if _, dup := t.index[s.Key]; dup {
+		if _, dup := t.find(s.Key); dup {
 			continue
 		}
-		t.index[s.Key] = int32(len(t.entries))
 		t.entries = append(t.entries, entry{key: s.Key, count: s.Count})
+		t.setIndex(s.Key, int32(len(t.entries)-1))
 	}
 	return nil
 }
