@@ -254,6 +254,18 @@ func (m *Model) Services() []ServiceRecord {
 	return out
 }
 
+// ServiceNames returns the names of every service, sorted.
+func (m *Model) ServiceNames() []string {
+	m.mu.RLock()
+	out := make([]string, 0, len(m.services))
+	for name := range m.services {
+		out = append(out, name)
+	}
+	m.mu.RUnlock()
+	slices.Sort(out)
+	return out
+}
+
 // Service returns the state of one service.
 func (m *Model) Service(name string) (ServiceRecord, bool) {
 	s := m.lookup(name, false)

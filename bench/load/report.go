@@ -388,8 +388,13 @@ func (r *Report) scale(b *strings.Builder) {
 	if s.Scan != nil {
 		w("- Scan: %d of %d requests answered with ImmediateResponse 403, %s failures, %.0f decisions/s, decision p99 %s: **%s**.\n",
 			s.ScanBlocked, s.ScanIPs, failures(s.Scan), s.Scan.Throughput(), fmtDur(s.Scan.Decision.Quantile(0.99)), passFail(s.AllBlocked, "every scan request blocked", "NOT every scan request blocked"))
-		w("- RSS growth during the scan: %s against a bound of %s: **%s**. The bound: meshguard keeps at most a fixed number of destinations per service (least recently used forgotten first) and must not remember what it blocks without limit, so a scan may cost at most that cap's worth of entries plus garbage-collector slack, not memory proportional to the addresses scanned (%d here).\n",
-			fmtBytes(s.Growth), fmtBytes(s.Bound), passFail(s.WithinBound, "within", "EXCEEDED"), s.ScanIPs)
+		live := "n/a"
+		if s.LiveGrowth != -1 {
+			live = fmtBytes(int64(s.LiveGrowth))
+		}
+		w("- Memory during the scan: meshguard retained %s more heap (live heap after a forced collection: %s before, %s after; bound ±%s), and its RSS grew by %s (bound %s: %s plus the collector's headroom, as much as the live heap with GOGC=100): **%s**. The bounds: meshguard keeps at most a fixed number of destinations per service (least recently used forgotten first) and must not remember what it blocks, so a scan of %d addresses may cost garbage, never retained memory proportional to the addresses.\n",
+			live, heap(s.LiveEnforced), heap(s.LiveScanned), fmtBytes(s.Bound), fmtBytes(s.Growth), fmtBytes(s.RSSBound), fmtBytes(s.Bound),
+			passFail(s.WithinBound, "within", "EXCEEDED"), s.ScanIPs)
 	}
 	w("\n")
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -33,14 +34,23 @@ type ScaleResult struct {
 	ScanPeak                         int64
 	// Go heap in use from /metrics (go_memstats_heap_inuse_bytes), -1 when not exported.
 	HeapStart, HeapLoaded, HeapScanned float64
-	ServicesListed                     int // from GET /v1/services, -1 when not parsable
-	Load, Known, Scan                  *PhaseResult
-	ModeSwitch                         time.Duration
-	KnownBlocked                       uint64 // known-destination requests blocked after enforce
-	ScanBlocked                        uint64 // scan requests answered with ImmediateResponse 403
-	AllBlocked                         bool
-	Growth                             int64 // max(ScanPeak, Scanned.RSS) - Enforced.RSS
-	WithinBound                        bool
+	// LiveEnforced and LiveScanned are the heap in use right after a garbage collection
+	// (forced through /debug/pprof/heap?gc=1): what meshguard retains, before and after the
+	// scan; -1 when unknown.
+	LiveEnforced, LiveScanned float64
+	ServicesListed            int // from GET /v1/services, -1 when not parsable
+	Load, Known, Scan         *PhaseResult
+	ModeSwitch                time.Duration
+	KnownBlocked              uint64 // known-destination requests blocked after enforce
+	ScanBlocked               uint64 // scan requests answered with ImmediateResponse 403
+	AllBlocked                bool
+	Growth                    int64 // max(ScanPeak, Scanned.RSS) - Enforced.RSS
+	// The bounds: the scan may make meshguard retain at most Bound more heap (LiveGrowth),
+	// and grow its RSS at most by Bound plus the collector's headroom (GOGC=100: as much
+	// garbage as live heap may accumulate before a collection).
+	LiveGrowth  float64
+	RSSBound    int64
+	WithinBound bool
 }
 
 // PerService returns RSS bytes per loaded service.
@@ -113,6 +123,7 @@ func RunScale(ctx context.Context, t ScaleTarget, cfg Config, progress io.Writer
 		res.KnownBlocked += n
 	}
 	res.Enforced = mustMem(t.PID)
+	res.LiveEnforced = liveHeap(ctx, t.Admin)
 	log.Info("scale: enforcing", "took", res.ModeSwitch, "known_blocked", res.KnownBlocked, "rss", fmtBytes(res.Enforced.RSS))
 
 	if res.Scan, err = phase("scale-scan", uint64(cfg.ScanIPs), func(k uint64, _ *rand.Rand) Req {
@@ -121,12 +132,44 @@ func RunScale(ctx context.Context, t ScaleTarget, cfg Config, progress io.Writer
 		return res, err
 	}
 	res.Scanned, res.HeapScanned = mustMem(t.PID), heap()
+	res.LiveScanned = liveHeap(ctx, t.Admin)
 	res.ScanPeak = res.Scan.RSSPeak
 	res.ScanBlocked = res.Scan.Immediate[403]
 	res.AllBlocked = res.ScanBlocked == uint64(cfg.ScanIPs) && res.Scan.FailureCount() == 0
 	res.Growth = max(res.ScanPeak, res.Scanned.RSS) - res.Enforced.RSS
-	res.WithinBound = res.Growth <= res.Bound
+	res.RSSBound = res.Bound
+	if res.LiveEnforced >= 0 {
+		res.RSSBound += int64(res.LiveEnforced)
+	}
+	res.LiveGrowth = -1
+	if res.LiveEnforced >= 0 && res.LiveScanned >= 0 {
+		res.LiveGrowth = res.LiveScanned - res.LiveEnforced
+	}
+	res.WithinBound = res.Growth <= res.RSSBound && res.LiveGrowth >= -float64(res.Bound) && res.LiveGrowth <= float64(res.Bound)
 	return res, nil
+}
+
+// liveHeap forces a garbage collection in meshguard (its /debug/pprof/heap?gc=1, with
+// --pprof) and returns the heap in use after it, or -1.
+func liveHeap(ctx context.Context, admin string) float64 {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, admin+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return -1
+	}
+	resp, err := adminClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return -1
+	}
+	v, ok, err := Metric(ctx, admin, "go_memstats_heap_inuse_bytes")
+	if err != nil || !ok {
+		return -1
+	}
+	return v
 }
 
 func mustMem(pid int) Mem {
@@ -140,7 +183,7 @@ func runScaleChild(ctx context.Context, cfg Config, bin, work string, progress i
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
 	}
-	spec, err := serverSpec(cfg, "meshguard", bin, work, dataDir, false)
+	spec, err := serverSpec(cfg, "meshguard", bin, work, dataDir, true) // --pprof: live heap after a forced GC
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@
 package admin
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,7 +22,7 @@ import (
 
 // Model is what the admin API needs of the flow model. flowmodel.Model satisfies it.
 type Model interface {
-	Services() []flowmodel.ServiceRecord
+	ServiceNames() []string
 	Service(name string) (flowmodel.ServiceRecord, bool)
 	SetMode(name string, c flowmodel.ModeChange) error
 	ModeCounts() map[flowmodel.Mode]int
@@ -103,8 +104,29 @@ type ServiceList struct {
 	Services []flowmodel.ServiceRecord `json:"services"`
 }
 
+// listServices writes every service, one record at a time: with thousands of services of
+// hundreds of destinations, the whole list is never held in memory.
 func (h *Handler) listServices(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, ServiceList{Services: h.model.Services()})
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriterSize(w, 32<<10)
+	enc := json.NewEncoder(bw)
+	bw.WriteString(`{"services":[`)
+	first := true
+	for _, name := range h.model.ServiceNames() {
+		rec, ok := h.model.Service(name)
+		if !ok {
+			continue // gone meanwhile
+		}
+		if !first {
+			bw.WriteByte(',')
+		}
+		first = false
+		if err := enc.Encode(rec); err != nil {
+			return // the client has gone
+		}
+	}
+	bw.WriteString("]}\n")
+	_ = bw.Flush() // the client has gone if this fails
 }
 
 func (h *Handler) getService(w http.ResponseWriter, r *http.Request) {
