@@ -101,7 +101,9 @@ func RunScale(ctx context.Context, t ScaleTarget, cfg Config, progress io.Writer
 	if res.Load, err = phase("scale-load", pairs, func(k uint64, _ *rand.Rand) Req { return mix.Pair(int(k)) }).Run(ctx); err != nil {
 		return nil, err
 	}
-	if n := res.Load.FailureCount(); n > 0 {
+	// A few timeouts while a million destinations are learned are reported (the report's
+	// loading line); more than 1% means the run measured nothing.
+	if n := res.Load.FailureCount(); n*100 > pairs {
 		return res, fmt.Errorf("loading: %d of %d exchanges failed, first: %s", n, pairs, res.Load.FirstFailure)
 	}
 	res.Loaded, res.HeapLoaded = mustMem(t.PID), heap()
