@@ -13,6 +13,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -97,8 +98,8 @@ func checkContract(t *testing.T, ms *memStream, perr error) {
 			}
 			return
 		}
-		if !answers(resp, req) {
-			t.Fatalf("request %d (%s) answered with %s", n-1, phaseName(req), respName(resp))
+		if !envoysim.Answers(resp, req) {
+			t.Fatalf("request %d (%s) answered with %s", n-1, envoysim.PhaseName(req), respName(resp))
 		}
 	}
 	if perr != nil {
@@ -109,35 +110,9 @@ func checkContract(t *testing.T, ms *memStream, perr error) {
 	}
 	for i, req := range ms.reqs {
 		if !answered[i] && req.GetRequest() != nil {
-			t.Fatalf("stream ended cleanly with request %d (%s) unanswered", i, phaseName(req))
+			t.Fatalf("stream ended cleanly with request %d (%s) unanswered", i, envoysim.PhaseName(req))
 		}
 	}
-}
-
-// answers reports whether resp is of the kind that answers req's phase.
-func answers(resp *extprocv3.ProcessingResponse, req *extprocv3.ProcessingRequest) bool {
-	switch req.GetRequest().(type) {
-	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return resp.GetRequestHeaders() != nil
-	case *extprocv3.ProcessingRequest_RequestBody:
-		return resp.GetRequestBody() != nil
-	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return resp.GetRequestTrailers() != nil
-	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return resp.GetResponseHeaders() != nil
-	case *extprocv3.ProcessingRequest_ResponseBody:
-		return resp.GetResponseBody() != nil
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return resp.GetResponseTrailers() != nil
-	}
-	return false
-}
-
-func phaseName(req *extprocv3.ProcessingRequest) string {
-	if req.GetRequest() == nil {
-		return "no phase"
-	}
-	return fmt.Sprintf("%T", req.GetRequest())
 }
 
 func respName(resp *extprocv3.ProcessingResponse) string {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -154,8 +155,8 @@ func RunExchange(ctx context.Context, client extprocv3.ExternalProcessorClient, 
 			}
 			break
 		}
-		if !answers(resp, msg) {
-			return out, &StreamError{Kind: failOutOfOrder, Phase: i, Err: fmt.Errorf("sent %s, got %s", phaseName(msg), respName(resp))}
+		if !envoysim.Answers(resp, msg) {
+			return out, &StreamError{Kind: failOutOfOrder, Phase: i, Err: fmt.Errorf("sent %s, got %s", envoysim.PhaseName(msg), respName(resp))}
 		}
 		out.Answered++
 	}
@@ -193,43 +194,6 @@ func classify(phase int, err error, timedOut bool) *StreamError {
 	default:
 		return &StreamError{Kind: failSend, Phase: phase, Err: err}
 	}
-}
-
-// answers reports whether resp is the response that matches req's phase.
-func answers(resp *extprocv3.ProcessingResponse, req *extprocv3.ProcessingRequest) bool {
-	switch req.GetRequest().(type) {
-	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return resp.GetRequestHeaders() != nil
-	case *extprocv3.ProcessingRequest_RequestBody:
-		return resp.GetRequestBody() != nil
-	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return resp.GetResponseHeaders() != nil
-	case *extprocv3.ProcessingRequest_ResponseBody:
-		return resp.GetResponseBody() != nil
-	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return resp.GetRequestTrailers() != nil
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return resp.GetResponseTrailers() != nil
-	}
-	return false
-}
-
-func phaseName(req *extprocv3.ProcessingRequest) string {
-	switch req.GetRequest().(type) {
-	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return "request_headers"
-	case *extprocv3.ProcessingRequest_RequestBody:
-		return "request_body"
-	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return "response_headers"
-	case *extprocv3.ProcessingRequest_ResponseBody:
-		return "response_body"
-	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return "request_trailers"
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return "response_trailers"
-	}
-	return "nothing"
 }
 
 func respName(resp *extprocv3.ProcessingResponse) string {

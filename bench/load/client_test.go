@@ -13,6 +13,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,7 +43,7 @@ func (s *loggingStream) RecvMsg(m any) error {
 			s.log.noAttrs++
 			s.log.mu.Unlock()
 		}
-		s.phases = append(s.phases, phaseName(req))
+		s.phases = append(s.phases, envoysim.PhaseName(req))
 	}
 	return err
 }

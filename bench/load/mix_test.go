@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 )
 
 func headerMap(h *extprocv3.HttpHeaders) map[string]string {
@@ -56,7 +57,7 @@ func TestBuildIsEnvoyShaped(t *testing.T) {
 			ex := m.Build(req, rand.New(rand.NewPCG(1, 1)))
 			var phases []string
 			for _, msg := range ex.Msgs {
-				phases = append(phases, phaseName(msg))
+				phases = append(phases, envoysim.PhaseName(msg))
 			}
 			if strings.Join(phases, ",") != strings.Join(tc.wantPhases, ",") {
 				t.Fatalf("phases %v, want %v", phases, tc.wantPhases)

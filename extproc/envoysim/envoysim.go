@@ -112,14 +112,14 @@ func Do(ctx context.Context, c extprocv3.ExternalProcessorClient, r Request, mes
 					err = rerr
 				}
 			}
-			return res, fmt.Errorf("send %s: %w", phase(m), err)
+			return res, fmt.Errorf("send %s: %w", PhaseName(m), err)
 		}
 		if r.ObservabilityMode {
 			continue
 		}
 		resp, err := recvTimeout(stream, messageTimeout)
 		if err != nil {
-			return res, fmt.Errorf("await %s response: %w", phase(m), err)
+			return res, fmt.Errorf("await %s response: %w", PhaseName(m), err)
 		}
 		res.Responses = append(res.Responses, resp)
 		if ir := resp.GetImmediateResponse(); ir != nil {
@@ -165,30 +165,50 @@ func recvTimeout(s extprocv3.ExternalProcessor_ProcessClient, d time.Duration) (
 	}
 }
 
-func phase(m *extprocv3.ProcessingRequest) string {
+// PhaseName names a request's phase as the ext_proc protocol does ("request_headers", ...).
+func PhaseName(m *extprocv3.ProcessingRequest) string {
 	switch m.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		return "request_headers"
 	case *extprocv3.ProcessingRequest_RequestBody:
 		return "request_body"
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return "request_trailers"
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		return "response_headers"
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return "response_body"
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return "response_trailers"
+	case nil:
+		return "no phase"
 	}
 	return fmt.Sprintf("%T", m.GetRequest())
 }
 
-func matches(m *extprocv3.ProcessingRequest, r *extprocv3.ProcessingResponse) error {
-	ok := false
+// Answers reports whether r is the kind of response that answers m's phase (an
+// ImmediateResponse answers any phase but is not of its kind).
+func Answers(r *extprocv3.ProcessingResponse, m *extprocv3.ProcessingRequest) bool {
 	switch m.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		ok = r.GetRequestHeaders() != nil
+		return r.GetRequestHeaders() != nil
 	case *extprocv3.ProcessingRequest_RequestBody:
-		ok = r.GetRequestBody() != nil
+		return r.GetRequestBody() != nil
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return r.GetRequestTrailers() != nil
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		ok = r.GetResponseHeaders() != nil
+		return r.GetResponseHeaders() != nil
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return r.GetResponseBody() != nil
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return r.GetResponseTrailers() != nil
 	}
-	if !ok {
-		return &ProtocolError{Msg: fmt.Sprintf("%s answered with %T", phase(m), r.GetResponse())}
+	return false
+}
+
+func matches(m *extprocv3.ProcessingRequest, r *extprocv3.ProcessingResponse) error {
+	if !Answers(r, m) {
+		return &ProtocolError{Msg: fmt.Sprintf("%s answered with %T", PhaseName(m), r.GetResponse())}
 	}
 	return nil
 }
