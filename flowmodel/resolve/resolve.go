@@ -330,11 +330,16 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (Answer, error) {
 	if ip.IsValid() {
 		return literal(ip), nil
 	}
+	// The cache is checked under the lock that a finishing lookup caches its answer under:
+	// a lookup that has just ended is not started again.
+	r.mu.Lock()
 	if e, found := r.cache.Get(key); found && e.ok && e.ans.Fresh(r.cfg.Now()) {
+		r.mu.Unlock()
 		r.hits.Add(1)
 		return e.ans, nil
 	}
-	c, err := r.start(key)
+	c, err := r.startLocked(key)
+	r.mu.Unlock()
 	if err != nil {
 		return Answer{}, err
 	}
@@ -350,6 +355,10 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (Answer, error) {
 func (r *Resolver) start(key string) (*call, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.startLocked(key)
+}
+
+func (r *Resolver) startLocked(key string) (*call, error) {
 	if r.closed {
 		return nil, ErrClosed
 	}
@@ -377,6 +386,12 @@ func (r *Resolver) run(key string, c *call) {
 	if c.err != nil {
 		r.failures.Add(1)
 		r.cfg.Logger.Debug("resolve: lookup failed", slog.String("name", key), slog.Any("error", c.err))
+	}
+	// The answer is cached and the call leaves the in-flight set at once: otherwise a
+	// caller that saw the new answer cached could, later, still join this call and get
+	// its answer after it has expired.
+	r.mu.Lock()
+	if c.err != nil {
 		e := &entry{retryAt: now.Add(r.cfg.FailureBackoff)}
 		if old, found := r.cache.Peek(key); found && old.ok {
 			e.ans, e.ok = old.ans, true // keep serving the old answer while it is not too stale
@@ -385,7 +400,6 @@ func (r *Resolver) run(key string, c *call) {
 	} else {
 		r.cache.Add(key, &entry{ans: c.ans, ok: true})
 	}
-	r.mu.Lock()
 	delete(r.calls, key)
 	r.mu.Unlock()
 	close(c.done)
