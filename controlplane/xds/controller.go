@@ -89,8 +89,12 @@ type Controller struct {
 
 	version                                   atomic.Uint64
 	builds, pushes, holds, nacks, buildErrors atomic.Uint64
-	skipMu                                    sync.Mutex
-	skips                                     map[string]uint64
+	// pushMu is held from setting a snapshot until it is counted, and by Stats: an Envoy
+	// can receive a snapshot before SetSnapshot returns, and whoever asks for the stats
+	// after that must see the push counted.
+	pushMu sync.Mutex
+	skipMu sync.Mutex
+	skips  map[string]uint64
 }
 
 // NewController checks cfg and returns a controller reading base. log may be nil.
@@ -176,12 +180,14 @@ func (c *Controller) Stats() Stats {
 	c.skipMu.Lock()
 	skips := maps.Clone(c.skips)
 	c.skipMu.Unlock()
-	v := c.version.Load()
-	if c.pushes.Load() == 0 {
+	c.pushMu.Lock()
+	v, pushes := c.version.Load(), c.pushes.Load()
+	c.pushMu.Unlock()
+	if pushes == 0 {
 		v = 0
 	}
 	return Stats{
-		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: c.pushes.Load(), Holds: c.holds.Load(),
+		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes, Holds: c.holds.Load(),
 		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips,
 	}
 }
@@ -313,6 +319,8 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 	if hadPrev && sameResources(prev, res) {
 		return
 	}
+	c.pushMu.Lock()
+	defer c.pushMu.Unlock()
 	version := strconv.FormatUint(c.version.Add(1), 10)
 	snap, err := cache.NewSnapshot(version, res.ByType())
 	if err == nil {
