@@ -29,6 +29,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/internal/interval"
 )
 
 // Config tunes a Detector. The zero value of a field means its default.
@@ -203,7 +205,7 @@ func (d *Detector) Observe(s *State, t time.Time) Result { return d.Add(s, t, 1)
 // Add counts n requests at t (an access-log batch, say) and returns the verdict on their
 // interval. A t before the current interval counts in the current interval.
 func (d *Detector) Add(s *State, t time.Time, n float64) Result {
-	iv := floorDiv(t.UnixMilli(), d.intervalMS)
+	iv := interval.FloorDiv(t.UnixMilli(), d.intervalMS)
 	switch {
 	case !s.seen:
 		s.seen, s.cur = true, iv
@@ -223,14 +225,6 @@ func (d *Detector) Accept(s *State) {
 	s.mean = s.fast
 	s.sq = s.fast*s.fast + s.fast // Poisson: variance = mean
 	s.cusum = 0
-}
-
-func floorDiv(a, b int64) int64 {
-	q := a / b
-	if a%b != 0 && (a < 0) != (b < 0) {
-		q--
-	}
-	return q
 }
 
 // baseline returns the expected count and the dispersion (variance over mean, at least 1).
@@ -288,7 +282,7 @@ func (d *Detector) skip(s *State, g int64) {
 		lambda, phi := d.baseline(s)
 		s.cusum = max(s.cusum-float64(g)*lambda*d.penalty/phi, 0)
 	}
-	s.fast *= pow(1-d.fastAlpha, g)
+	s.fast *= interval.Pow(1-d.fastAlpha, g)
 	m := min(g, d.idleN)
 	// While fewer than avgN intervals are merged the baseline is their plain average, so
 	// zeros scale it by n/(n+j); after that by (1-alpha) each.
@@ -300,21 +294,9 @@ func (d *Detector) skip(s *State, g int64) {
 		m -= j
 	}
 	if m > 0 {
-		f := pow(1-d.alpha, m)
+		f := interval.Pow(1-d.alpha, m)
 		s.mean *= f
 		s.sq *= f
 		s.n += m
 	}
-}
-
-// pow returns b**n, by multiplication for the short gaps of a busy key.
-func pow(b float64, n int64) float64 {
-	if n > 8 {
-		return math.Pow(b, float64(n))
-	}
-	v := 1.0
-	for range n {
-		v *= b
-	}
-	return v
 }

@@ -36,6 +36,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/internal/interval"
 )
 
 // Config tunes a Detector. The zero value of a field means its default.
@@ -215,7 +217,7 @@ type Result struct {
 // its interval. A negative size (unknown) is not counted. A t before the current interval
 // counts in the current interval.
 func (d *Detector) Observe(s *State, t time.Time, bytes int64) Result {
-	iv := floorDiv(t.UnixMilli(), d.intervalMS)
+	iv := interval.FloorDiv(t.UnixMilli(), d.intervalMS)
 	switch {
 	case !s.seen:
 		s.seen, s.cur, s.start = true, iv, iv
@@ -255,14 +257,6 @@ func (d *Detector) Typical(s *State) float64 {
 // Accept clears the CUSUM and the excess: an operator has judged the recent volume normal.
 func (d *Detector) Accept(s *State) {
 	s.cusum, s.excess = 0, 0
-}
-
-func floorDiv(a, b int64) int64 {
-	q := a / b
-	if a%b != 0 && (a < 0) != (b < 0) {
-		q--
-	}
-	return q
 }
 
 // logStats returns the baseline's mean and standard deviation of log2 request sizes, the
@@ -337,22 +331,10 @@ func (d *Detector) close(s *State, next int64) {
 	if anomalous {
 		steps--
 	}
-	f := pow(d.keep, steps)
+	f := interval.Pow(d.keep, steps)
 	s.w *= f
 	s.s1 *= f
 	s.l1 *= f
 	s.l2 *= f
 	s.cur, s.bytes, s.reqs, s.lsum = next, 0, 0, 0
-}
-
-// pow returns b**n, by multiplication for the short gaps of a busy key.
-func pow(b float64, n int64) float64 {
-	if n > 8 {
-		return math.Pow(b, float64(n))
-	}
-	v := 1.0
-	for range n {
-		v *= b
-	}
-	return v
 }
