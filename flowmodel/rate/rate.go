@@ -103,12 +103,7 @@ func (c Config) Check() (Config, error) {
 	deff(&c.Threshold, DefaultThreshold)
 	deff(&c.MinBaseline, DefaultMinBaseline)
 	deff(&c.MaxDispersion, DefaultMaxDispersion)
-	if c.Interval < time.Millisecond || c.Interval%time.Millisecond != 0 {
-		errs = append(errs, fmt.Errorf("rate interval must be a whole number of milliseconds, at least 1ms, got %s", c.Interval))
-	}
-	if c.HalfLife < c.Interval {
-		errs = append(errs, fmt.Errorf("rate half-life %s is shorter than the interval %s", c.HalfLife, c.Interval))
-	}
+	errs = append(errs, interval.Check("rate", c.Interval, c.HalfLife)...)
 	if c.Warmup < 0 {
 		errs = append(errs, fmt.Errorf("rate warmup must not be negative, got %s", c.Warmup))
 	}

@@ -120,12 +120,7 @@ func (c Config) Check() (Config, error) {
 	deff(&c.MinExcessBytes, DefaultMinExcessBytes)
 
 	var errs []error
-	if c.Interval < time.Millisecond || c.Interval%time.Millisecond != 0 {
-		errs = append(errs, fmt.Errorf("volume interval must be a whole number of milliseconds, at least 1ms, got %s", c.Interval))
-	}
-	if c.HalfLife < c.Interval {
-		errs = append(errs, fmt.Errorf("volume half-life %s is shorter than the interval %s", c.HalfLife, c.Interval))
-	}
+	errs = append(errs, interval.Check("volume", c.Interval, c.HalfLife)...)
 	if c.Warmup < 0 || c.MaxIdle < 0 {
 		errs = append(errs, fmt.Errorf("volume warmup and max idle must not be negative, got %s and %s", c.Warmup, c.MaxIdle))
 	}

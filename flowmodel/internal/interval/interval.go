@@ -1,9 +1,28 @@
-// Package interval holds the arithmetic the event-time detectors (flowmodel/rate,
-// flowmodel/volume) share: which interval an event falls in, and decay over a run of
-// intervals.
+// Package interval holds what the event-time detectors (flowmodel/rate, flowmodel/volume)
+// share: the rules for their interval and half-life, which interval an event falls in, and
+// decay over a run of intervals.
 package interval
 
-import "math"
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Check reports what is wrong with the interval and the baseline half-life of the detector
+// named what ("rate"). Events are counted in intervals of their Unix milliseconds, so the
+// interval must be a whole number of milliseconds; a baseline cannot forget faster than one
+// interval.
+func Check(what string, interval, halfLife time.Duration) []error {
+	var errs []error
+	if interval < time.Millisecond || interval%time.Millisecond != 0 {
+		errs = append(errs, fmt.Errorf("%s interval must be a whole number of milliseconds, at least 1ms, got %s", what, interval))
+	}
+	if halfLife < interval {
+		errs = append(errs, fmt.Errorf("%s half-life %s is shorter than the interval %s", what, halfLife, interval))
+	}
+	return errs
+}
 
 // FloorDiv returns a/b rounded towards minus infinity, so that an event before the epoch
 // falls in the interval that contains it, not the one after.
