@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/meshguard/meshguard/flowmodel/internal/sim"
 )
 
 func newDetector(t testing.TB, cfg Config) *Detector {
@@ -89,7 +91,7 @@ func TestDailyCycle(t *testing.T) {
 		}
 		for seed := range seeds {
 			rng := rand.New(rand.NewPCG(uint64(seed), 2))
-			alarms, _ := run(d, poisson(rng, t0, t0.Add(7*24*time.Hour), 1.5*perHour, daily(perHour)))
+			alarms, _ := run(d, poisson(rng, t0, t0.Add(7*24*time.Hour), 1.5*perHour, sim.Daily(perHour)))
 			if len(alarms) > 0 {
 				t.Errorf("%g an hour, seed %d: %d alarms, the first at %s", perHour, seed, len(alarms), alarms[0].Sub(t0))
 			}
@@ -114,16 +116,9 @@ func TestRamps(t *testing.T) {
 	}
 	alarms, _ := run(d, poisson(rng, t0, start.Add(2*time.Hour), 600, steep))
 	if len(alarms) == 0 || alarms[0].Before(start) || alarms[0].Sub(start) > 30*time.Minute {
-		t.Fatalf("steep ramp ×10 in 30 minutes: alarms %v, want the first within 30 minutes of %s", first(alarms), start)
+		t.Fatalf("steep ramp ×10 in 30 minutes: alarms %v, want the first within 30 minutes of %s", sim.First(alarms), start)
 	}
 	t.Logf("steep ramp flagged %s after it began", alarms[0].Sub(start).Round(time.Second))
-}
-
-func first(ts []time.Time) any {
-	if len(ts) == 0 {
-		return "none"
-	}
-	return ts[0]
 }
 
 // TestGap: a service that stops for three days and comes back at its old rate is not a

@@ -4,9 +4,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/internal/sim"
 )
 
-var t0 = time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+var t0 = sim.T0
 
 // request is one request of a simulated workload.
 type request struct {
@@ -14,31 +16,14 @@ type request struct {
 	bytes int64
 }
 
-// workload returns Poisson arrivals on [from, to) at rate(t) ≤ peak per hour (thinning),
-// each with a size drawn by size.
+// workload returns Poisson arrivals on [from, to) at rate(t) ≤ peak per hour, each with a
+// size drawn by size.
 func workload(rng *rand.Rand, from, to time.Time, peak float64, rate func(time.Time) float64, size func(*rand.Rand) int64) []request {
 	var out []request
-	t := from
-	for {
-		t = t.Add(time.Duration(rng.ExpFloat64() / peak * float64(time.Hour)))
-		if !t.Before(to) {
-			return out
-		}
-		if rng.Float64()*peak < rate(t) {
-			out = append(out, request{t, size(rng)})
-		}
+	for t := range sim.Poisson(rng, from, to, peak, rate) {
+		out = append(out, request{t, size(rng)})
 	}
-}
-
-func constant(perHour float64) func(time.Time) float64 {
-	return func(time.Time) float64 { return perHour }
-}
-
-// daily is a smooth daily cycle around mean with a ×3 ratio between peak and trough.
-func daily(mean float64) func(time.Time) float64 {
-	return func(t time.Time) float64 {
-		return mean * (1 + 0.5*math.Sin(2*math.Pi*t.Sub(t0).Hours()/24))
-	}
+	return out
 }
 
 // logNormal draws sizes whose log2 is normal around log2(median) with sd bits.

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/meshguard/meshguard/flowmodel/internal/sim"
 )
 
 func newDetector(t testing.TB, cfg Config) *Detector {
@@ -44,7 +46,7 @@ func TestStable(t *testing.T) {
 	} {
 		for seed := range 2 {
 			rng := rand.New(rand.NewPCG(uint64(seed), 1))
-			o := feed(d, workload(rng, t0, t0.Add(week), 1.5*w.perHour, daily(w.perHour), w.size))
+			o := feed(d, workload(rng, t0, t0.Add(week), 1.5*w.perHour, sim.Daily(w.perHour), w.size))
 			if len(o.spikes)+len(o.sustained) > 0 {
 				t.Errorf("%s, seed %d: %d spikes, %d sustained alarms", w.name, seed, len(o.spikes), len(o.sustained))
 			}
@@ -89,7 +91,7 @@ func TestLargeUpload(t *testing.T) {
 	// The same on a random workload.
 	rng := rand.New(rand.NewPCG(4, 2))
 	change := t0.Add(36 * time.Hour)
-	reqs := merge(workload(rng, t0, change.Add(time.Hour), 900, daily(600), logNormal(8<<10, 1)),
+	reqs := merge(workload(rng, t0, change.Add(time.Hour), 900, sim.Daily(600), logNormal(8<<10, 1)),
 		[]request{{change, 50 << 20}})
 	o := feed(d, reqs)
 	if len(o.spikes) != 1 || !o.spikes[0].Equal(change) || len(o.sustained) > 0 {
@@ -139,28 +141,21 @@ func TestSlowExfiltration(t *testing.T) {
 		within time.Duration
 	}{
 		{"sizes ×1.5", logNormal(8<<10, 1), func(rng *rand.Rand, from, to time.Time) []request {
-			return workload(rng, from, to, 900, daily(600), logNormal(12<<10, 1))
+			return workload(rng, from, to, 900, sim.Daily(600), logNormal(12<<10, 1))
 		}, 45 * time.Minute},
 		{"64 KiB a minute from a key with empty bodies", fixed(0), func(rng *rand.Rand, from, to time.Time) []request {
-			return merge(workload(rng, from, to, 900, daily(600), fixed(0)), steady(from, to, time.Minute, 64<<10))
+			return merge(workload(rng, from, to, 900, sim.Daily(600), fixed(0)), steady(from, to, time.Minute, 64<<10))
 		}, 20 * time.Minute},
 	} {
 		rng := rand.New(rand.NewPCG(1, 3))
 		change := t0.Add(36 * time.Hour)
-		o := feed(d, append(workload(rng, t0, change, 900, daily(600), tc.before), tc.after(rng, change, change.Add(2*time.Hour))...))
+		o := feed(d, append(workload(rng, t0, change, 900, sim.Daily(600), tc.before), tc.after(rng, change, change.Add(2*time.Hour))...))
 		if len(o.spikes) > 0 || len(o.sustained) == 0 || o.sustained[0].Before(change) || o.sustained[0].Sub(change) > tc.within {
-			t.Errorf("%s: %d spikes, sustained alarms from %v; want the first within %s of %s", tc.name, len(o.spikes), first(o.sustained), tc.within, change)
+			t.Errorf("%s: %d spikes, sustained alarms from %v; want the first within %s of %s", tc.name, len(o.spikes), sim.First(o.sustained), tc.within, change)
 			continue
 		}
 		t.Logf("%s: flagged %s after it began", tc.name, o.sustained[0].Sub(change).Round(time.Second))
 	}
-}
-
-func first(ts []time.Time) any {
-	if len(ts) == 0 {
-		return "none"
-	}
-	return ts[0]
 }
 
 // TestGap: three days without traffic, then the same traffic: no alarm. The baseline decays
@@ -170,8 +165,8 @@ func TestGap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(2, 4))
 	stop := t0.Add(36 * time.Hour)
 	resume := stop.Add(72 * time.Hour)
-	o := feed(d, append(workload(rng, t0, stop, 900, daily(600), logNormal(8<<10, 1)),
-		workload(rng, resume, resume.Add(24*time.Hour), 900, daily(600), logNormal(8<<10, 1))...))
+	o := feed(d, append(workload(rng, t0, stop, 900, sim.Daily(600), logNormal(8<<10, 1)),
+		workload(rng, resume, resume.Add(24*time.Hour), 900, sim.Daily(600), logNormal(8<<10, 1))...))
 	if len(o.spikes)+len(o.sustained) > 0 {
 		t.Errorf("after a gap: %d spikes, %d sustained alarms", len(o.spikes), len(o.sustained))
 	}
