@@ -295,25 +295,19 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 }
 
 // BenchmarkObserve: a request in the current interval, the common case.
-func BenchmarkObserve(b *testing.B) {
-	d := newDetector(b, Config{})
-	var s State
-	at := t0
-	b.ReportAllocs()
-	for b.Loop() {
-		at = at.Add(time.Millisecond)
-		d.Observe(&s, at)
-	}
-}
+func BenchmarkObserve(b *testing.B) { benchObserve(b, time.Millisecond) }
 
 // BenchmarkObserveNewInterval: every request opens a new interval after a short gap.
-func BenchmarkObserveNewInterval(b *testing.B) {
+func BenchmarkObserveNewInterval(b *testing.B) { benchObserve(b, 3*time.Minute) }
+
+// benchObserve observes a request every step.
+func benchObserve(b *testing.B, step time.Duration) {
 	d := newDetector(b, Config{})
 	var s State
 	at := t0
 	b.ReportAllocs()
 	for b.Loop() {
-		at = at.Add(3 * time.Minute)
+		at = at.Add(step)
 		d.Observe(&s, at)
 	}
 }
