@@ -250,9 +250,9 @@ func (d *Detector) result(s *State) Result {
 // close ends the current interval and the empty ones up to next.
 func (d *Detector) close(s *State, next int64) {
 	x := s.count
-	lambda, phi := d.baseline(s)
 	anomalous := false
 	if s.n >= d.warmN {
+		lambda, phi := d.baseline(s)
 		s.cusum = d.step(s.cusum, x, lambda, phi)
 		anomalous = s.cusum >= d.cfg.Threshold && x > lambda
 	}
