@@ -87,14 +87,14 @@ type Controller struct {
 	held     map[string]bool
 	reported map[string][]Skip
 
-	version                                   atomic.Uint64
-	builds, pushes, holds, nacks, buildErrors atomic.Uint64
+	builds, holds, nacks, buildErrors atomic.Uint64
 	// pushMu is held from setting a snapshot until it is counted, and by Stats: an Envoy
 	// can receive a snapshot before SetSnapshot returns, and whoever asks for the stats
 	// after that must see the push counted.
-	pushMu sync.Mutex
-	skipMu sync.Mutex
-	skips  map[string]uint64
+	pushMu          sync.Mutex
+	version, pushes uint64 // guarded by pushMu
+	skipMu          sync.Mutex
+	skips           map[string]uint64
 }
 
 // NewController checks cfg and returns a controller reading base. log may be nil.
@@ -129,7 +129,7 @@ func NewController(cfg Config, base Baselines, log *slog.Logger) (*Controller, e
 	if first == 0 {
 		first = uint64(time.Now().UnixNano())
 	}
-	c.version.Store(first - 1)
+	c.version = first - 1
 	c.cache = cache.NewSnapshotCache(true, nodeHash{c}, cacheLogger{log})
 	c.server = serverv3.NewServer(ctx, c.cache, c.callbacks())
 	return c, nil
@@ -181,7 +181,7 @@ func (c *Controller) Stats() Stats {
 	skips := maps.Clone(c.skips)
 	c.skipMu.Unlock()
 	c.pushMu.Lock()
-	v, pushes := c.version.Load(), c.pushes.Load()
+	v, pushes := c.version, c.pushes
 	c.pushMu.Unlock()
 	if pushes == 0 {
 		v = 0
@@ -321,7 +321,8 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 	}
 	c.pushMu.Lock()
 	defer c.pushMu.Unlock()
-	version := strconv.FormatUint(c.version.Add(1), 10)
+	c.version++
+	version := strconv.FormatUint(c.version, 10)
 	snap, err := cache.NewSnapshot(version, res.ByType())
 	if err == nil {
 		err = snap.Consistent()
@@ -336,7 +337,7 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 		return
 	}
 	c.pushed[key] = res
-	c.pushes.Add(1)
+	c.pushes++
 	c.log.Info("xds: snapshot pushed", "key", key, "version", version, "skipped", len(res.Skipped))
 }
 
