@@ -125,7 +125,6 @@ type Config struct {
 	FirstVersion uint64 `json:"-" yaml:"-"`
 
 	// Parsed forms, set by Check.
-	checked    bool
 	extProc    endpoint
 	accessLog  endpoint
 	listener   netip.AddrPort
@@ -240,11 +239,7 @@ func (c Config) Check() (Config, error) {
 			c.principals[svc] = append(c.principals[svc], p)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return c, err
-	}
-	c.checked = true
-	return c, nil
+	return c, errors.Join(errs...)
 }
 
 // parseEndpoint parses "ip:port", "host:port" or "unix:///path".

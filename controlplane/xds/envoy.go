@@ -56,7 +56,6 @@ const (
 	statHTTP    = "meshguard_http"
 	statTCP     = "meshguard_tcp"
 	statTLS     = "meshguard_tls"
-	statRBAC    = "meshguard_"
 	statShadow  = "meshguard_shadow_"
 	statExtProc = "meshguard"
 )
