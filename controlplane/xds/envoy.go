@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -164,7 +165,7 @@ func (b *builder) serverFirstChains(np nodePolicy) []*listenerv3.FilterChain {
 		}
 		stat := statTCP + "_server_first"
 		out = append(out, &listenerv3.FilterChain{
-			Name: "server_first_" + itoa(port),
+			Name: "server_first_" + strconv.FormatUint(uint64(port), 10),
 			FilterChainMatch: &listenerv3.FilterChainMatch{
 				DestinationPort: wrapperspb.UInt32(port),
 				PrefixRanges:    ranges,
@@ -173,20 +174,6 @@ func (b *builder) serverFirstChains(np nodePolicy) []*listenerv3.FilterChain {
 		})
 	}
 	return out
-}
-
-func itoa(n uint32) string {
-	if n == 0 {
-		return "0"
-	}
-	var buf [10]byte
-	i := len(buf)
-	for n > 0 {
-		i--
-		buf[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(buf[i:])
 }
 
 func (b *builder) listenerFilter(name string, m proto.Message, disabled *listenerv3.ListenerFilterChainMatchPredicate) *listenerv3.ListenerFilter {
