@@ -139,19 +139,11 @@ func (a allowSet) enforcePermissions(p path, sniCheck bool) []*rbacv3.Permission
 	}
 	var out []*rbacv3.Permission
 	for _, port := range slices.Sorted(maps.Keys(a.ips)) {
-		var ipRules []*rbacv3.Permission
-		for _, ip := range sortedAddrs(a.ips[port]) {
-			ipRules = append(ipRules, ipPermission(ip))
-		}
-		var and []*rbacv3.Permission
-		if port != 0 {
-			and = append(and, portPermission(port))
-		}
-		and = append(and, orPermission(ipRules))
+		rules := []*rbacv3.Permission{ipsPermission(a.ips[port])}
 		if sni != nil {
-			and = append(and, sni)
+			rules = append(rules, sni)
 		}
-		out = append(out, andPermission(and))
+		out = append(out, onPort(port, rules...))
 	}
 	return out
 }
@@ -161,19 +153,8 @@ func (a allowSet) enforcePermissions(p path, sniCheck bool) []*rbacv3.Permission
 // so on plain TCP only IPs allow.
 func (a allowSet) quarantinePermissions(p path) []*rbacv3.Permission {
 	var out []*rbacv3.Permission
-	add := func(port uint16, rules []*rbacv3.Permission) {
-		if port != 0 {
-			out = append(out, andPermission([]*rbacv3.Permission{portPermission(port), orPermission(rules)}))
-		} else {
-			out = append(out, orPermission(rules))
-		}
-	}
 	for _, port := range slices.Sorted(maps.Keys(a.ips)) {
-		var rules []*rbacv3.Permission
-		for _, ip := range sortedAddrs(a.ips[port]) {
-			rules = append(rules, ipPermission(ip))
-		}
-		add(port, rules)
+		out = append(out, onPort(port, ipsPermission(a.ips[port])))
 	}
 	if p == pathTLS {
 		for _, port := range slices.Sorted(maps.Keys(a.hosts)) {
@@ -181,10 +162,27 @@ func (a allowSet) quarantinePermissions(p path) []*rbacv3.Permission {
 			for _, h := range slices.Sorted(maps.Keys(a.hosts[port])) {
 				rules = append(rules, sniPermission(h))
 			}
-			add(port, rules)
+			out = append(out, onPort(port, orPermission(rules)))
 		}
 	}
 	return out
+}
+
+// onPort requires the rules on a destination port (0: any port).
+func onPort(port uint16, rules ...*rbacv3.Permission) *rbacv3.Permission {
+	if port != 0 {
+		rules = append([]*rbacv3.Permission{portPermission(port)}, rules...)
+	}
+	return andPermission(rules)
+}
+
+// ipsPermission matches any of the IPs, in address order.
+func ipsPermission(ips map[netip.Addr]struct{}) *rbacv3.Permission {
+	var rules []*rbacv3.Permission
+	for _, ip := range sortedAddrs(ips) {
+		rules = append(rules, ipPermission(ip))
+	}
+	return orPermission(rules)
 }
 
 func ipPermission(ip netip.Addr) *rbacv3.Permission {
