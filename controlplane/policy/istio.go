@@ -124,7 +124,7 @@ func serviceEntries(ns string, ws []*workload) []document {
 		}
 		ports := list()
 		var tcp bool
-		for _, port := range sortedPorts(e.ports) {
+		for _, port := range sortedKeys(e.ports) {
 			uses := e.ports[port]
 			slices.SortFunc(uses, func(a, b seUse) int { return cmp.Compare(a.service, b.service) })
 			if port == 0 {
@@ -175,15 +175,6 @@ func serviceEntries(ns string, ws []*workload) []document {
 			set("spec", spec)})
 	}
 	return docs
-}
-
-func sortedPorts[V any](m map[uint16]V) []uint16 {
-	ports := make([]uint16, 0, len(m))
-	for p := range m {
-		ports = append(ports, p)
-	}
-	slices.Sort(ports)
-	return ports
 }
 
 func serviceEntryName(host string) string {
