@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // The Cilium layout: one CiliumNetworkPolicy per workload, in its namespace, selecting its
@@ -99,14 +100,7 @@ func ciliumPolicy(w *workload, opts Options) document {
 		set("spec", spec)}
 }
 
-func isWildcard(host string) bool {
-	for i := 0; i < len(host); i++ {
-		if host[i] == '*' {
-			return true
-		}
-	}
-	return false
-}
+func isWildcard(host string) bool { return strings.Contains(host, "*") }
 
 func ciliumPort(port uint16, proto string) *node {
 	return mapping().set("port", str(strconv.Itoa(int(port)))).set("protocol", str(proto))

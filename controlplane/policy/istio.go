@@ -75,17 +75,16 @@ type seUse struct {
 // serviceEntries returns the ServiceEntries of one namespace, sorted by name.
 func serviceEntries(ns string, ws []*workload) []document {
 	type entry struct {
-		name     string
-		host     string
-		addr     netip.Addr // set for a bare address
-		ports    map[uint16][]seUse
-		wildcard bool
+		name  string
+		host  string
+		addr  netip.Addr // set for a bare address
+		ports map[uint16][]seUse
 	}
 	entries := map[string]*entry{}
 	get := func(name, host string, addr netip.Addr) *entry {
 		e := entries[name]
 		if e == nil {
-			e = &entry{name: name, host: host, addr: addr, ports: map[uint16][]seUse{}, wildcard: strings.Contains(host, "*")}
+			e = &entry{name: name, host: host, addr: addr, ports: map[uint16][]seUse{}}
 			entries[name] = e
 		}
 		return e
@@ -161,7 +160,7 @@ func serviceEntries(ns string, ws []*workload) []document {
 		switch {
 		case e.addr.IsValid():
 			spec.set("resolution", str("NONE"))
-		case e.wildcard:
+		case isWildcard(e.host):
 			comment = append(comment, "Wildcard host: resolution NONE (DNS cannot resolve a wildcard); traffic goes to the address the app dialled.")
 			spec.set("resolution", str("NONE"))
 		default:
