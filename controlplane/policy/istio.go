@@ -81,26 +81,23 @@ func serviceEntries(ns string, ws []*workload) []document {
 		ports map[uint16][]seUse
 	}
 	entries := map[string]*entry{}
-	get := func(name, host string, addr netip.Addr) *entry {
+	use := func(w *workload, host string, addr netip.Addr, ports []*portDest) {
+		name := serviceEntryName(host)
 		e := entries[name]
 		if e == nil {
 			e = &entry{name: name, host: host, addr: addr, ports: map[uint16][]seUse{}}
 			entries[name] = e
 		}
-		return e
+		for _, pd := range ports {
+			e.ports[pd.port] = append(e.ports[pd.port], seUse{w.service, pd})
+		}
 	}
 	for _, w := range ws {
 		for _, h := range w.external {
-			e := get(serviceEntryName(h.host), h.host, netip.Addr{})
-			for _, pd := range h.ports {
-				e.ports[pd.port] = append(e.ports[pd.port], seUse{w.service, pd})
-			}
+			use(w, h.host, netip.Addr{}, h.ports)
 		}
 		for _, a := range w.addrs {
-			e := get(serviceEntryName(addrHost(a.addr)), addrHost(a.addr), a.addr)
-			for _, pd := range a.ports {
-				e.ports[pd.port] = append(e.ports[pd.port], seUse{w.service, pd})
-			}
+			use(w, addrHost(a.addr), a.addr, a.ports)
 		}
 	}
 	var docs []document
@@ -200,21 +197,20 @@ func egressName(w *workload) string { return objectName("meshguard-egress", w.na
 func sidecar(w *workload, opts Options) document {
 	var unknownPort []string
 	hosts := list()
-	for _, h := range w.external {
-		if hasKnownPort(h.ports) {
-			hosts.add(str(w.namespace + "/" + h.host).note(portEvidence(h.host, h.ports)...))
+	// host is the ServiceEntry's host, dest the destination as the workload dialled it.
+	serviceEntry := func(host, dest string, ports []*portDest) {
+		if hasKnownPort(ports) {
+			hosts.add(str(w.namespace + "/" + host).note(portEvidence(dest, ports)...))
 		}
-		if h.ports[0].port == 0 {
-			unknownPort = append(unknownPort, fmt.Sprintf("Not exported: %s on an unknown port (%s): a ServiceEntry needs a port.", h.host, h.ports[0].ev))
+		if ports[0].port == 0 {
+			unknownPort = append(unknownPort, fmt.Sprintf("Not exported: %s on an unknown port (%s): a ServiceEntry needs a port.", dest, ports[0].ev))
 		}
 	}
+	for _, h := range w.external {
+		serviceEntry(h.host, h.host, h.ports)
+	}
 	for _, a := range w.addrs {
-		if hasKnownPort(a.ports) {
-			hosts.add(str(w.namespace + "/" + addrHost(a.addr)).note(portEvidence(a.addr.String(), a.ports)...))
-		}
-		if a.ports[0].port == 0 {
-			unknownPort = append(unknownPort, fmt.Sprintf("Not exported: %s on an unknown port (%s): a ServiceEntry needs a port.", a.addr, a.ports[0].ev))
-		}
+		serviceEntry(addrHost(a.addr), a.addr.String(), a.ports)
 	}
 	for _, c := range w.internal {
 		hosts.add(str(c.namespace + "/" + c.fqdn).note(portEvidence(c.host, c.ports)...))
