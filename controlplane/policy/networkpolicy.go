@@ -22,8 +22,15 @@ func networkPolicyDocuments(p exportPlan, opts Options) []document {
 	return docs
 }
 
-func nsSelector(ns string) *node {
-	return mapping().set("matchLabels", labelMap(map[string]string{"kubernetes.io/metadata.name": ns}))
+// npPods is a "to" list selecting the pods with labels in namespace ns.
+func npPods(ns string, labels map[string]string) *node {
+	return list(mapping().
+		set("namespaceSelector", mapping().set("matchLabels", labelMap(map[string]string{"kubernetes.io/metadata.name": ns}))).
+		set("podSelector", mapping().set("matchLabels", labelMap(labels))))
+}
+
+func npPort(proto string, port uint16) *node {
+	return mapping().set("protocol", str(proto)).set("port", num(int(port)))
 }
 
 func npPorts(ports []*portDest) (*node, bool) {
@@ -32,7 +39,7 @@ func npPorts(ports []*portDest) (*node, bool) {
 		if pd.port == 0 {
 			return nil, false // any port
 		}
-		l.add(mapping().set("protocol", str("TCP")).set("port", num(int(pd.port))))
+		l.add(npPort("TCP", pd.port))
 	}
 	return l, true
 }
@@ -41,23 +48,17 @@ func networkPolicy(w *workload, opts Options) document {
 	egress := list()
 	egress.add(mapping().
 		note("DNS to the cluster DNS pods.").
-		set("to", list(mapping().
-			set("namespaceSelector", nsSelector(opts.DNS.Namespace)).
-			set("podSelector", mapping().set("matchLabels", labelMap(opts.DNS.Labels))))).
-		set("ports", list(
-			mapping().set("protocol", str("UDP")).set("port", num(53)),
-			mapping().set("protocol", str("TCP")).set("port", num(53)))))
+		set("to", npPods(opts.DNS.Namespace, opts.DNS.Labels)).
+		set("ports", list(npPort("UDP", 53), npPort("TCP", 53))))
 
 	for _, p := range opts.MeshPeers {
 		ports := list()
 		for _, port := range p.Ports {
-			ports.add(mapping().set("protocol", str("TCP")).set("port", num(int(port))))
+			ports.add(npPort("TCP", port))
 		}
 		egress.add(mapping().
 			note(fmt.Sprintf("Mesh peer %s, which every workload must reach (its control plane).", p)).
-			set("to", list(mapping().
-				set("namespaceSelector", nsSelector(p.Namespace)).
-				set("podSelector", mapping().set("matchLabels", labelMap(p.Labels))))).
+			set("to", npPods(p.Namespace, p.Labels)).
 			set("ports", ports))
 	}
 
@@ -66,9 +67,7 @@ func networkPolicy(w *workload, opts Options) document {
 			note(fmt.Sprintf("In-cluster Service %s: assumes its pods carry %s: %s, and that its", c.fqdn, opts.WorkloadLabel, c.name),
 				"port is the pod's port (NetworkPolicy applies after the Service's port mapping).").
 			note(portEvidence(c.host, c.ports)...).
-			set("to", list(mapping().
-				set("namespaceSelector", nsSelector(c.namespace)).
-				set("podSelector", mapping().set("matchLabels", labelMap(map[string]string{opts.WorkloadLabel: c.name})))))
+			set("to", npPods(c.namespace, map[string]string{opts.WorkloadLabel: c.name}))
 		if ports, ok := npPorts(c.ports); ok {
 			rule.set("ports", ports)
 		}
@@ -104,9 +103,7 @@ func networkPolicy(w *workload, opts Options) document {
 			egress.add(mapping().
 				note("External hosts, which NetworkPolicy cannot name, through the egress gateway:").
 				note(lines...).
-				set("to", list(mapping().
-					set("namespaceSelector", nsSelector(opts.EgressGateway.Namespace)).
-					set("podSelector", mapping().set("matchLabels", labelMap(opts.EgressGateway.Labels))))))
+				set("to", npPods(opts.EgressGateway.Namespace, opts.EgressGateway.Labels)))
 		}
 	}
 
