@@ -33,29 +33,21 @@ func ciliumDocuments(p exportPlan, opts Options) []document {
 func ciliumPolicy(w *workload, opts Options) document {
 	egress := list()
 
-	dnsSel := mapping().set("k8s:io.kubernetes.pod.namespace", str(opts.DNS.Namespace))
-	for _, k := range sortedKeys(opts.DNS.Labels) {
-		dnsSel.set("k8s:"+k, str(opts.DNS.Labels[k]))
-	}
 	egress.add(mapping().
 		note("DNS through Cilium's DNS proxy, so that toFQDNs learns the addresses of the names below.").
-		set("toEndpoints", list(mapping().set("matchLabels", dnsSel))).
+		set("toEndpoints", ciliumPods(opts.DNS.Namespace, opts.DNS.Labels)).
 		set("toPorts", list(mapping().
 			set("ports", list(ciliumPort(53, "UDP"), ciliumPort(53, "TCP"))).
 			set("rules", mapping().set("dns", list(mapping().set("matchPattern", str("*"))))))))
 
 	for _, p := range opts.MeshPeers {
-		sel := mapping().set("k8s:io.kubernetes.pod.namespace", str(p.Namespace))
-		for _, k := range sortedKeys(p.Labels) {
-			sel.set("k8s:"+k, str(p.Labels[k]))
-		}
 		ports := list()
 		for _, port := range p.Ports {
 			ports.add(ciliumPort(port, "TCP"))
 		}
 		egress.add(mapping().
 			note(fmt.Sprintf("Mesh peer %s, which every workload must reach (its control plane).", p)).
-			set("toEndpoints", list(mapping().set("matchLabels", sel))).
+			set("toEndpoints", ciliumPods(p.Namespace, p.Labels)).
 			set("toPorts", list(mapping().set("ports", ports))))
 	}
 
@@ -77,12 +69,9 @@ func ciliumPolicy(w *workload, opts Options) document {
 		ciliumRules(egress, a.addr.String(), a.ports, "toCIDR", strs(hostPrefix(a.addr).String()), note)
 	}
 	for _, c := range w.internal {
-		sel := mapping().
-			set("k8s:io.kubernetes.pod.namespace", str(c.namespace)).
-			set("k8s:"+opts.WorkloadLabel, str(c.name))
 		note := []string{fmt.Sprintf("In-cluster Service %s: assumes its pods carry %s: %s, and that its", c.fqdn, opts.WorkloadLabel, c.name),
 			"port is the pod's port (policy applies after the Service's port mapping)."}
-		ciliumRules(egress, c.host, c.ports, "toEndpoints", list(mapping().set("matchLabels", sel)), note)
+		ciliumRules(egress, c.host, c.ports, "toEndpoints", ciliumPods(c.namespace, map[string]string{opts.WorkloadLabel: c.name}), note)
 	}
 
 	spec := mapping().
@@ -98,6 +87,15 @@ func ciliumPolicy(w *workload, opts Options) document {
 		set("kind", str("CiliumNetworkPolicy")).
 		set("metadata", objectMeta(egressName(w), w.namespace)).
 		set("spec", spec)}
+}
+
+// ciliumPods is a toEndpoints list selecting the pods with labels in namespace ns.
+func ciliumPods(ns string, labels map[string]string) *node {
+	sel := mapping().set("k8s:io.kubernetes.pod.namespace", str(ns))
+	for _, k := range sortedKeys(labels) {
+		sel.set("k8s:"+k, str(labels[k]))
+	}
+	return list(mapping().set("matchLabels", sel))
 }
 
 func isWildcard(host string) bool { return strings.Contains(host, "*") }
