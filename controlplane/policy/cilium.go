@@ -82,11 +82,7 @@ func ciliumPolicy(w *workload, opts Options) document {
 		"plaintext HTTP on the wire: remove them where a mesh encrypts pod traffic. Paths are regular",
 		"expressions over the whole path; an optional query string is allowed. Written for pods that",
 		"reach destinations directly: through an egress gateway, Cilium sees the gateway as the peer.")
-	return document{comment: comment, body: mapping().
-		set("apiVersion", str("cilium.io/v2")).
-		set("kind", str("CiliumNetworkPolicy")).
-		set("metadata", objectMeta(egressName(w), w.namespace)).
-		set("spec", spec)}
+	return document{comment: comment, body: object("cilium.io/v2", "CiliumNetworkPolicy", egressName(w), w.namespace, spec)}
 }
 
 // ciliumPods is a toEndpoints list selecting the pods with labels in namespace ns.

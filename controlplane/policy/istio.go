@@ -59,13 +59,6 @@ func istioDocuments(p exportPlan, opts Options) []document {
 	return docs
 }
 
-func objectMeta(name, namespace string) *node {
-	return mapping().
-		set("name", str(name)).
-		set("namespace", str(namespace)).
-		set("labels", labelMap(map[string]string{"app.kubernetes.io/managed-by": "meshguard"}))
-}
-
 // seUse is one workload's use of one port of a ServiceEntry.
 type seUse struct {
 	service string
@@ -164,11 +157,7 @@ func serviceEntries(ns string, ws []*workload) []document {
 			spec.set("resolution", str("DNS"))
 		}
 		spec.set("exportTo", strs("."))
-		docs = append(docs, document{comment: comment, body: mapping().
-			set("apiVersion", str("networking.istio.io/v1")).
-			set("kind", str("ServiceEntry")).
-			set("metadata", objectMeta(name, ns)).
-			set("spec", spec)})
+		docs = append(docs, document{comment: comment, body: object("networking.istio.io/v1", "ServiceEntry", name, ns, spec)})
 	}
 	return docs
 }
@@ -232,11 +221,7 @@ func sidecar(w *workload, opts Options) document {
 		set("workloadSelector", mapping().set("labels", labelMap(map[string]string{opts.WorkloadLabel: w.name}))).
 		set("egress", list(mapping().set("hosts", hosts))).
 		set("outboundTrafficPolicy", mapping().set("mode", str("REGISTRY_ONLY")))
-	return document{comment: comment, body: mapping().
-		set("apiVersion", str("networking.istio.io/v1")).
-		set("kind", str("Sidecar")).
-		set("metadata", objectMeta(egressName(w), w.namespace)).
-		set("spec", spec)}
+	return document{comment: comment, body: object("networking.istio.io/v1", "Sidecar", egressName(w), w.namespace, spec)}
 }
 
 func hasKnownPort(ports []*portDest) bool {
@@ -321,11 +306,7 @@ func authorizationPolicy(w *workload, opts Options) (document, bool) {
 		set("selector", mapping().set("matchLabels", labelMap(opts.EgressGateway.Labels))).
 		set("action", str("ALLOW")).
 		set("rules", rules)
-	return document{comment: comment, body: mapping().
-		set("apiVersion", str("security.istio.io/v1")).
-		set("kind", str("AuthorizationPolicy")).
-		set("metadata", objectMeta(objectName("meshguard-egress", w.namespace, w.name), opts.EgressGateway.Namespace)).
-		set("spec", spec)}, true
+	return document{comment: comment, body: object("security.istio.io/v1", "AuthorizationPolicy", objectName("meshguard-egress", w.namespace, w.name), opts.EgressGateway.Namespace, spec)}, true
 }
 
 // httpOperations returns the "to" list of an HTTP destination: one operation for the host,

@@ -111,9 +111,5 @@ func networkPolicy(w *workload, opts Options) document {
 		set("podSelector", mapping().set("matchLabels", labelMap(map[string]string{opts.WorkloadLabel: w.name}))).
 		set("policyTypes", strs("Egress")).
 		set("egress", egress)
-	return document{comment: comment, body: mapping().
-		set("apiVersion", str("networking.k8s.io/v1")).
-		set("kind", str("NetworkPolicy")).
-		set("metadata", objectMeta(egressName(w), w.namespace)).
-		set("spec", spec)}
+	return document{comment: comment, body: object("networking.k8s.io/v1", "NetworkPolicy", egressName(w), w.namespace, spec)}
 }

@@ -667,6 +667,19 @@ func clusterService(host, callerNS, domain string) (name, namespace string, ok b
 	return name, namespace, isDNSLabel(name) && isDNSLabel(namespace)
 }
 
+// object is a Kubernetes object: apiVersion, kind, metadata (name, namespace and the
+// managed-by label) and spec.
+func object(apiVersion, kind, name, namespace string, spec *node) *node {
+	return mapping().
+		set("apiVersion", str(apiVersion)).
+		set("kind", str(kind)).
+		set("metadata", mapping().
+			set("name", str(name)).
+			set("namespace", str(namespace)).
+			set("labels", labelMap(map[string]string{"app.kubernetes.io/managed-by": "meshguard"}))).
+		set("spec", spec)
+}
+
 // objectName returns a Kubernetes object name (a DNS subdomain: labels of at most 63
 // bytes, 253 in all) built from parts joined by '-', replacing what a name may not hold
 // and shortening what is too long. A name that had to change ends in a hash of the
