@@ -318,21 +318,17 @@ func TestOptionsCheck(t *testing.T) {
 	}
 }
 
-func TestParseSelector(t *testing.T) {
-	tests := []struct {
-		in, want, err string
-	}{
-		{"istio-system/istio=egressgateway", "istio-system/istio=egressgateway", ""},
-		{"kube-system/k8s-app=kube-dns,app.kubernetes.io/part-of=dns", "kube-system/app.kubernetes.io/part-of=dns,k8s-app=kube-dns", ""},
-		{"kube-system", "", "want namespace/key=value"},
-		{"/a=b", "", "want namespace/key=value"},
-		{"ns/a", "", `label "a": want key=value`},
-		{"ns/=b", "", `label "=b": want key=value`},
-		{"NS/a=b", "", `namespace "NS"`},
-	}
+// parseTest is a case of a parser: the input, and what the result prints as or the error
+// says.
+type parseTest struct{ in, want, err string }
+
+// testParse runs parse on each case: an error containing err, or else a result whose String
+// is want.
+func testParse[T fmt.Stringer](t *testing.T, parse func(string) (T, error), tests []parseTest) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseSelector(tt.in)
+			got, err := parse(tt.in)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("got %v, want error containing %q", err, tt.err)
@@ -344,6 +340,18 @@ func TestParseSelector(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestParseSelector(t *testing.T) {
+	testParse(t, ParseSelector, []parseTest{
+		{"istio-system/istio=egressgateway", "istio-system/istio=egressgateway", ""},
+		{"kube-system/k8s-app=kube-dns,app.kubernetes.io/part-of=dns", "kube-system/app.kubernetes.io/part-of=dns,k8s-app=kube-dns", ""},
+		{"kube-system", "", "want namespace/key=value"},
+		{"/a=b", "", "want namespace/key=value"},
+		{"ns/a", "", `label "a": want key=value`},
+		{"ns/=b", "", `label "=b": want key=value`},
+		{"NS/a=b", "", `namespace "NS"`},
+	})
 }
 
 func TestClusterService(t *testing.T) {
@@ -414,30 +422,14 @@ func TestObjectName(t *testing.T) {
 }
 
 func TestParsePeer(t *testing.T) {
-	tests := []struct {
-		in, want, err string
-	}{
+	testParse(t, ParsePeer, []parseTest{
 		{"istio-system/app=istiod:15012", "istio-system/app=istiod:15012", ""},
 		{"meshguard/app=meshguard,tier=guard:9001,9002", "meshguard/app=meshguard,tier=guard:9001,9002", ""},
 		{"istio-system/app=istiod", "", "want namespace/key=value"},
 		{"istio-system/app=istiod:0", "", "want 1-65535"},
 		{"istio-system/app=istiod:http", "", "want 1-65535"},
 		{"istio-system:15012", "", "want namespace/key=value"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParsePeer(tt.in)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("got %v, want error containing %q", err, tt.err)
-				}
-				return
-			}
-			if err != nil || got.String() != tt.want {
-				t.Fatalf("got %q, %v; want %q", got, err, tt.want)
-			}
-		})
-	}
+	})
 }
 
 // objects decodes an export and returns its objects by kind and name.
