@@ -163,7 +163,7 @@ func serviceEntries(ns string, ws []*workload) []document {
 }
 
 func serviceEntryName(host string) string {
-	return objectName("meshguard", strings.ReplaceAll(host, "*", "wildcard"))
+	return objectName("meshguard", host)
 }
 
 // addrHost is the made-up host name of a bare address's ServiceEntry, e.g.

@@ -682,11 +682,11 @@ func object(apiVersion, kind, name, namespace string, spec *node) *node {
 
 // objectName returns a Kubernetes object name (a DNS subdomain: labels of at most 63
 // bytes, 253 in all) built from parts joined by '-', replacing what a name may not hold
-// and shortening what is too long. A name that had to change ends in a hash of the
-// original, so that two different inputs never share a name.
+// and shortening what is too long; a wildcard '*' is spelt "wildcard". A name that had to
+// change ends in a hash of the original, so that two different inputs never share a name.
 func objectName(parts ...string) string {
 	orig := strings.Join(parts, "-")
-	mapped := []byte(orig)
+	mapped := []byte(strings.ReplaceAll(orig, "*", "wildcard"))
 	for i, c := range mapped {
 		switch {
 		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '.':

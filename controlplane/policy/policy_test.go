@@ -398,6 +398,7 @@ func TestObjectName(t *testing.T) {
 		{[]string{"meshguard", "a_b.example.com"}},
 		{[]string{"meshguard", "a-b.example.com"}},
 		{[]string{"meshguard", "wildcard.cdn.example.net"}},
+		{[]string{"meshguard", "*.cdn.example.net"}},
 		{[]string{"meshguard-egress", strings.Repeat("x", 300)}},
 		{[]string{"meshguard-egress", "Upper"}},
 		{[]string{"meshguard-egress", strings.Repeat(strings.Repeat("y", 63)+".", 5)}},
@@ -418,6 +419,10 @@ func TestObjectName(t *testing.T) {
 	}
 	if got := objectName("meshguard", "api.stripe.com"); got != "meshguard-api.stripe.com" {
 		t.Errorf("a valid name changed: %q", got)
+	}
+	// A wildcard host and the host spelt like its name must not share a ServiceEntry.
+	if a, b := serviceEntryName("*.cdn.example.net"), serviceEntryName("wildcard.cdn.example.net"); a == b {
+		t.Errorf("*.cdn.example.net and wildcard.cdn.example.net share the ServiceEntry name %q", a)
 	}
 }
 
