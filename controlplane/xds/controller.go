@@ -91,10 +91,12 @@ type Controller struct {
 	// pushMu is held from setting a snapshot until it is counted, and by Stats: an Envoy
 	// can receive a snapshot before SetSnapshot returns, and whoever asks for the stats
 	// after that must see the push counted.
-	pushMu          sync.Mutex
-	version, pushes uint64 // guarded by pushMu
-	skipMu          sync.Mutex
-	skips           map[string]uint64
+	pushMu sync.Mutex
+	// Guarded by pushMu: version is the last version given to a snapshot (never given
+	// twice, even when setting it failed); lastPushed the last one set, and pushes how many.
+	version, lastPushed, pushes uint64
+	skipMu                      sync.Mutex
+	skips                       map[string]uint64
 }
 
 // NewController checks cfg and returns a controller reading base. log may be nil.
@@ -181,11 +183,8 @@ func (c *Controller) Stats() Stats {
 	skips := maps.Clone(c.skips)
 	c.skipMu.Unlock()
 	c.pushMu.Lock()
-	v, pushes := c.version, c.pushes
+	v, pushes := c.lastPushed, c.pushes
 	c.pushMu.Unlock()
-	if pushes == 0 {
-		v = 0
-	}
 	return Stats{
 		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes, Holds: c.holds.Load(),
 		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips,
@@ -337,6 +336,7 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 		return
 	}
 	c.pushed[key] = res
+	c.lastPushed = c.version
 	c.pushes++
 	c.log.Info("xds: snapshot pushed", "key", key, "version", version, "skipped", len(res.Skipped))
 }
