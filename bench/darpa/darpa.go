@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
 
+	bencheval "github.com/meshguard/meshguard/bench/evaluate"
 	"github.com/meshguard/meshguard/bench/results"
 	"github.com/meshguard/meshguard/bench/roc"
 	"github.com/meshguard/meshguard/flowmodel/burst"
@@ -93,11 +93,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.write {
 		path := o.results
 		if path == "" {
-			root, err := repoRoot()
-			if err != nil {
+			if path, err = bencheval.ResultsPath(); err != nil {
 				return fmt.Errorf("--write: %w", err)
 			}
-			path = filepath.Join(root, "bench", "RESULTS.md")
 		}
 		if err := results.WriteSection(path, section, body); err != nil {
 			return fmt.Errorf("--write: %w", err)

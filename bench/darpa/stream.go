@@ -7,9 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"time"
+
+	bencheval "github.com/meshguard/meshguard/bench/evaluate"
 )
 
 // stream is the DARPA edge stream in memory: one entry per row, in file order.
@@ -157,37 +158,14 @@ func hashBytes(b []byte) uint64 {
 	return h
 }
 
-// dataPath is where the DARPA zip is looked for when --data is not given: under
-// $MESHGUARD_DATASETS, else ../shared/datasets from the repository root (the directory
-// holding go.mod, found upward from the working directory).
+// dataPath is where the DARPA zip is looked for when --data is not given: under the shared
+// datasets ($MESHGUARD_DATASETS, else ../shared/datasets from the repository root).
 func dataPath() (string, error) {
-	const rel = "darpa/darpa_original.zip"
-	if dir := os.Getenv("MESHGUARD_DATASETS"); dir != "" {
-		return filepath.Join(dir, rel), nil
-	}
-	root, err := repoRoot()
+	base, err := bencheval.DatasetsRoot()
 	if err != nil {
 		return "", fmt.Errorf("no --data and no MESHGUARD_DATASETS: %w", err)
 	}
-	return filepath.Join(root, "..", "shared", "datasets", rel), nil
-}
-
-// repoRoot is the nearest directory upward from the working directory that holds go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return filepath.Join(base, "darpa", "darpa_original.zip"), nil
 }
 
 // errNoData explains where the data was looked for and how to point elsewhere.

@@ -26,17 +26,26 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// DatasetDir returns where the public datasets are: $MESHGUARD_DATASETS when set, else
-// ../shared/datasets relative to the repository root (see DESIGN.md's datasets README), with
-// sub appended. It fails with a message saying where it looked when the folder is missing.
+// DatasetsRoot returns where the public datasets are: $MESHGUARD_DATASETS when set, else
+// ../shared/datasets relative to the repository root (see DESIGN.md's datasets README). It
+// does not check that the folder exists.
+func DatasetsRoot() (string, error) {
+	if base := os.Getenv("MESHGUARD_DATASETS"); base != "" {
+		return base, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "..", "shared", "datasets"), nil
+}
+
+// DatasetDir returns the folder sub of the datasets (DatasetsRoot). It fails with a message
+// saying where it looked when the folder is missing.
 func DatasetDir(sub string) (string, error) {
-	base := os.Getenv("MESHGUARD_DATASETS")
-	if base == "" {
-		root, err := RepoRoot()
-		if err != nil {
-			return "", fmt.Errorf("datasets: %w", err)
-		}
-		base = filepath.Join(root, "..", "shared", "datasets")
+	base, err := DatasetsRoot()
+	if err != nil {
+		return "", fmt.Errorf("datasets: %w", err)
 	}
 	dir := filepath.Join(base, sub)
 	if _, err := os.Stat(dir); err != nil {
