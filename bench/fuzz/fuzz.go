@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshguard/meshguard/bench/evaluate"
 	"github.com/meshguard/meshguard/bench/results"
 )
 
@@ -89,7 +90,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		errs = append(errs, fmt.Errorf("--run: %w", err))
 	}
 	if c.root == "" {
-		if c.root, err = moduleRoot(); err != nil {
+		if c.root, err = evaluate.RepoRoot(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -322,22 +323,4 @@ func report(cfg config, outs []Outcome) string {
 	}
 	b.WriteString("\n")
 	return b.String()
-}
-
-// moduleRoot walks up from the working directory to the directory holding go.mod.
-func moduleRoot() (string, error) {
-	d, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d, nil
-		}
-		parent := filepath.Dir(d)
-		if parent == d {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		d = parent
-	}
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshguard/meshguard/bench/evaluate"
 )
 
 // tinyModule writes a module with a fuzz target that passes and one that fails on any input
@@ -75,7 +77,7 @@ func TestDiscover(t *testing.T) {
 }
 
 func TestDiscoverFindsThisModulesTargets(t *testing.T) {
-	root, err := moduleRoot()
+	root, err := evaluate.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshguard/meshguard/bench/evaluate"
 	"github.com/meshguard/meshguard/bench/results"
 )
 
@@ -33,11 +34,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	cwd, err := os.Getwd()
-	if err != nil {
-		return err
-	}
-	root, err := moduleRoot(cwd)
+	root, err := evaluate.RepoRoot()
 	if err != nil {
 		return err
 	}

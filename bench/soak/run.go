@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	bencheval "github.com/meshguard/meshguard/bench/evaluate"
 	"github.com/meshguard/meshguard/bench/results"
 	"github.com/meshguard/meshguard/extproc/envoysim"
 )
@@ -72,11 +73,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Write {
 		path := cfg.Results
 		if path == "" {
-			root, err := moduleRoot()
-			if err != nil {
+			if path, err = bencheval.ResultsPath(); err != nil {
 				return err
 			}
-			path = filepath.Join(root, "bench", "RESULTS.md")
 		}
 		if err := results.WriteSection(path, "soak", md); err != nil {
 			return err

@@ -12,12 +12,13 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	bencheval "github.com/meshguard/meshguard/bench/evaluate"
 )
 
 // server is the meshguard process under test.
@@ -208,7 +209,7 @@ func rss(pid int) (int64, error) {
 
 // buildMeshguard builds ./cmd/meshguard of the module holding the working directory.
 func buildMeshguard(ctx context.Context, out string) error {
-	root, err := moduleRoot()
+	root, err := bencheval.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -218,24 +219,6 @@ func buildMeshguard(ctx context.Context, out string) error {
 		return fmt.Errorf("go build ./cmd/meshguard: %v\n%s", err, b)
 	}
 	return nil
-}
-
-// moduleRoot walks up from the working directory to the directory holding go.mod.
-func moduleRoot() (string, error) {
-	d, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d, nil
-		}
-		parent := filepath.Dir(d)
-		if parent == d {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		d = parent
-	}
 }
 
 // loadAverage is the machine's 1-minute load average, from /proc/loadavg.
