@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/bench/evaluate"
-	"github.com/meshguard/meshguard/bench/results"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
@@ -274,8 +273,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	learn := fs.String("learn", "8h,4h,12h", "learn windows, one table row each (the first is the headline)")
 	benign := fs.String("benign-host", benignHost, "the benign monitored host")
 	infected := fs.String("infected-host", kovterHost, "the infected monitored host")
-	write := fs.Bool("write", false, "write the stratosphere section of bench/RESULTS.md")
-	resultsPath := fs.String("results", "", "results file (default: bench/RESULTS.md of the repository)")
+	out := evaluate.NewResultsFlags(fs, "stratosphere")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -309,22 +307,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *learn != fs.Lookup("learn").DefValue {
 		cmd += " --learn " + *learn
 	}
-	body := section(cmd, cfg, st, len(events), excluded, res)
-	fmt.Fprint(stdout, body)
-	if !*write {
-		return nil
-	}
-	path := *resultsPath
-	if path == "" {
-		if path, err = evaluate.ResultsPath(); err != nil {
-			return err
-		}
-	}
-	if err := results.WriteSection(path, "stratosphere", body); err != nil {
-		return err
-	}
-	fmt.Fprintln(stderr, "wrote the stratosphere section of", path)
-	return nil
+	return out.Publish(stdout, stderr, section(cmd, cfg, st, len(events), excluded, res))
 }
 
 // section renders the markdown section of bench/RESULTS.md.

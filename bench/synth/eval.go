@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/bench/evaluate"
-	"github.com/meshguard/meshguard/bench/results"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
@@ -62,8 +61,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	eventsFile := fs.String("events", "", "evaluate this flow-event file instead of generating one (generated with the same --learn-days)")
 	verdictsFile := fs.String("verdicts", "", "measure these verdicts (one JSON line per event, e.g. from meshguard replay) instead of running the model")
 	saveVerdicts := fs.String("save-verdicts", "", "write the verdicts measured to this file")
-	write := fs.Bool("write", false, "write the synth section of bench/RESULTS.md")
-	resultsPath := fs.String("results", "", "results file (default: bench/RESULTS.md of the repository)")
+	out := evaluate.NewResultsFlags(fs, "synth")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -122,22 +120,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 	}
-	body := section(command(fs), *cfg, res, *verdictsFile != "")
-	fmt.Fprint(stdout, body)
-	if !*write {
-		return nil
-	}
-	path := *resultsPath
-	if path == "" {
-		if path, err = evaluate.ResultsPath(); err != nil {
-			return err
-		}
-	}
-	if err := results.WriteSection(path, "synth", body); err != nil {
-		return err
-	}
-	fmt.Fprintln(stderr, "wrote the synth section of", path)
-	return nil
+	return out.Publish(stdout, stderr, section(command(fs), *cfg, res, *verdictsFile != ""))
 }
 
 // command is the command line that reproduces the run, without output-only flags.
