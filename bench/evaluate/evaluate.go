@@ -10,10 +10,12 @@
 package evaluate
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/meshguard/meshguard/flowmodel"
 )
@@ -65,6 +67,37 @@ func Read(r io.Reader) ([]Event, error) {
 		}
 		out = append(out, Event{Flow: f, Label: l.Label, Attack: l.Attack, Line: er.Line()})
 	}
+}
+
+// WriteJSONL writes recs as JSON, one a line, without HTML escaping. Records that are flow
+// events with "label" and "attack" fields are written as Read reads them.
+func WriteJSONL[T any](w io.Writer, recs []T) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	enc.SetEscapeHTML(false)
+	for i := range recs {
+		if err := enc.Encode(&recs[i]); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// WriteJSONLFile writes recs with WriteJSONL to the file at path, or to stdout when path is
+// "-" (an --out flag's value).
+func WriteJSONLFile[T any](path string, stdout io.Writer, recs []T) error {
+	if path == "-" {
+		return WriteJSONL(stdout, recs)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := WriteJSONL(f, recs); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Run decides every event with d, in order, and returns the verdicts, one per event.

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -293,17 +290,4 @@ func count(s string) *int64 {
 		return nil
 	}
 	return &n
-}
-
-// writeJSONL writes one record a line.
-func writeJSONL(w io.Writer, recs []record) error {
-	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	for i := range recs {
-		if err := enc.Encode(&recs[i]); err != nil {
-			return err
-		}
-	}
-	return bw.Flush()
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshguard/meshguard/bench/evaluate"
 )
 
 // tsv joins fields with tabs and lines with newlines.
@@ -88,7 +90,7 @@ func TestConvert(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeJSONL(&buf, recs); err != nil {
+	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
 		t.Fatal(err)
 	}
 	want := strings.Join([]string{

@@ -291,7 +291,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	// Evaluate the JSONL, not the records: the same bytes `convert` writes and a replay reads.
 	var buf bytes.Buffer
-	if err := writeJSONL(&buf, recs); err != nil {
+	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
 		return err
 	}
 	events, err := evaluate.Read(&buf)

@@ -42,7 +42,7 @@ func TestEvalReal(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeJSONL(&buf, recs); err != nil {
+	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
 		t.Fatal(err)
 	}
 	events, err := evaluate.Read(&buf)

@@ -66,12 +66,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *out == "-" {
-		err = writeJSONL(stdout, recs)
-	} else {
-		err = writeFile(*out, recs)
-	}
-	if err != nil {
+	if err := evaluate.WriteJSONLFile(*out, stdout, recs); err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
 	for _, s := range st {
@@ -79,18 +74,6 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stderr, "wrote %d flow events\n", len(recs))
 	return nil
-}
-
-func writeFile(path string, recs []record) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := writeJSONL(f, recs); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // durations parses "4h,8h,12h".

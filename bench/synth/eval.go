@@ -93,7 +93,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		var buf bytes.Buffer
-		if err := writeJSONL(&buf, recs); err != nil {
+		if err := evaluate.WriteJSONL(&buf, recs); err != nil {
 			return err
 		}
 		data = buf.Bytes()

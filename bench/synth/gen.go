@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -358,17 +355,4 @@ func headerValue(k string, s *service, sh *shape) string {
 		return "gzip"
 	}
 	return "-"
-}
-
-// writeJSONL writes one record a line.
-func writeJSONL(w io.Writer, recs []record) error {
-	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	for i := range recs {
-		if err := enc.Encode(&recs[i]); err != nil {
-			return err
-		}
-	}
-	return bw.Flush()
 }

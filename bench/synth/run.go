@@ -6,7 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
+
+	"github.com/meshguard/meshguard/bench/evaluate"
 )
 
 const usage = `usage:
@@ -62,26 +63,9 @@ func runGen(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("gen: %w", err)
 	}
-	if *out == "-" {
-		err = writeJSONL(stdout, recs)
-	} else {
-		err = writeFile(*out, recs)
-	}
-	if err != nil {
+	if err := evaluate.WriteJSONLFile(*out, stdout, recs); err != nil {
 		return fmt.Errorf("gen: %w", err)
 	}
 	fmt.Fprintf(stderr, "wrote %d events (%d attack instances)\n", len(recs), len(attacks))
 	return nil
-}
-
-func writeFile(path string, recs []record) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := writeJSONL(f, recs); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

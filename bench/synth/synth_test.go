@@ -31,7 +31,7 @@ func genBytes(t *testing.T, c genConfig) []byte {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := writeJSONL(&buf, recs); err != nil {
+	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
