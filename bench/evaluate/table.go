@@ -91,3 +91,9 @@ func Duration(d time.Duration) string {
 		return fmt.Sprintf("%.1f h", d.Hours())
 	}
 }
+
+// ShortDuration writes 8h rather than 8h0m0s, for the learn windows in the sections' text.
+func ShortDuration(d time.Duration) string {
+	s := strings.TrimSuffix(d.String(), "0s")
+	return strings.TrimSuffix(s, "0m")
+}

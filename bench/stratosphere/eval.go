@@ -347,12 +347,5 @@ func section(cmd string, cfg evalConfig, st []stats, events, excluded int, res [
 }
 
 func (r evalResult) name() string {
-	return fmt.Sprintf("%s, learn %s", r.Baseline, shortDuration(r.Learn))
-}
-
-// shortDuration writes 8h rather than 8h0m0s.
-func shortDuration(d time.Duration) string {
-	s := d.String()
-	s = strings.TrimSuffix(s, "0s")
-	return strings.TrimSuffix(s, "0m")
+	return fmt.Sprintf("%s, learn %s", r.Baseline, evaluate.ShortDuration(r.Learn))
 }

@@ -171,9 +171,9 @@ func section(cmd string, c genConfig, res *evalRun, replayed bool) string {
 		model = "verdicts read from a file (`--verdicts`)"
 	}
 	fmt.Fprintf(&b, "\nModel: %s; each service learns for %d days from its first event (at the start of the suite), then monitors: `flowmodel.Config{LearnWindow: %s, LearnMinRequests: 1}`, which `meshguard replay --learn-window %s --learn-min-requests 1` reproduces. Each attack kind is measured against all scored benign events. False alerts per service-day: benign scored events alerted on, over the scored time summed over services; every alerted event counts, repeats included. Time to detect: from an instance's first event to its first alerted event.\n\n",
-		model, c.LearnDays, shortDuration(modelConfig(c).LearnWindow), shortDuration(modelConfig(c).LearnWindow))
+		model, c.LearnDays, evaluate.ShortDuration(modelConfig(c).LearnWindow), evaluate.ShortDuration(modelConfig(c).LearnWindow))
 	fmt.Fprintf(&b, "Replay: `go run ./cmd/meshguard replay --learn-window %s --learn-min-requests 1 FILE.jsonl > VERDICTS.jsonl`, then `go run ./bench/synth eval --events FILE.jsonl --verdicts VERDICTS.jsonl` measures the replayed verdicts; it prints the table below.\n\n",
-		shortDuration(modelConfig(c).LearnWindow))
+		evaluate.ShortDuration(modelConfig(c).LearnWindow))
 	rows := make([]evaluate.Row, 0, len(rep.Kinds))
 	for _, k := range rep.Kinds {
 		rows = append(rows, evaluate.Row{Name: "`" + k.Kind + "`", Report: rep, Kind: k})
@@ -222,10 +222,4 @@ func falseAlerts(res *evalRun) []destCount {
 		return cmp.Compare(a.service+a.dest, b.service+b.dest)
 	})
 	return out
-}
-
-// shortDuration writes 72h rather than 72h0m0s.
-func shortDuration(d time.Duration) string {
-	s := strings.TrimSuffix(d.String(), "0s")
-	return strings.TrimSuffix(s, "0m")
 }
