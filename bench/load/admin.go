@@ -77,18 +77,11 @@ func SetModes(ctx context.Context, base string, n int, name func(int) string, mo
 // ServiceCount returns how many services GET /v1/services lists, accepting either a JSON array
 // or an object with a "services" array; ok is false when the answer has neither shape.
 func ServiceCount(ctx context.Context, base string) (n int, ok bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/services", nil)
-	if err != nil {
-		return 0, false, err
-	}
-	resp, err := adminClient.Do(req)
+	resp, err := adminGet(ctx, base, "/v1/services")
 	if err != nil {
 		return 0, false, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, false, fmt.Errorf("GET /v1/services: %s", resp.Status)
-	}
 	var raw json.RawMessage
 	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
 		return 0, false, fmt.Errorf("GET /v1/services: %w", err)
@@ -109,18 +102,11 @@ func ServiceCount(ctx context.Context, base string) (n int, ok bool, err error) 
 // Metric returns the value of an unlabelled Prometheus metric from GET /metrics; ok is false
 // when it is not exported.
 func Metric(ctx context.Context, base, name string) (v float64, ok bool, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
-	if err != nil {
-		return 0, false, err
-	}
-	resp, err := adminClient.Do(req)
+	resp, err := adminGet(ctx, base, "/metrics")
 	if err != nil {
 		return 0, false, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, false, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -131,6 +117,24 @@ func Metric(ctx context.Context, base, name string) (v float64, ok bool, err err
 		}
 	}
 	return 0, false, sc.Err()
+}
+
+// adminGet sends GET base+path with the admin client and returns the response when it is
+// 200 OK; the caller closes its body.
+func adminGet(ctx context.Context, base, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := adminClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return resp, nil
 }
 
 // FetchProfile saves a CPU profile of `seconds` from a net/http/pprof endpoint at base.
