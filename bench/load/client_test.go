@@ -212,6 +212,16 @@ func drainThen(s grpc.BidiStreamingServer[extprocv3.ProcessingRequest, extprocv3
 	}
 }
 
+// continueOne reads one message and answers it as the null server does.
+func continueOne(s grpc.BidiStreamingServer[extprocv3.ProcessingRequest, extprocv3.ProcessingResponse]) error {
+	req, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	resp, _ := nullproc.Continue(req)
+	return s.Send(resp)
+}
+
 func TestRunExchangeAgainstMisbehavingServers(t *testing.T) {
 	// Generous: the first message also waits for the connection, and CI machines are busy.
 	const timeout = time.Second
@@ -239,12 +249,7 @@ func TestRunExchangeAgainstMisbehavingServers(t *testing.T) {
 		{
 			name: "immediate response at the response phase",
 			process: func(s grpc.BidiStreamingServer[extprocv3.ProcessingRequest, extprocv3.ProcessingResponse]) error {
-				req, err := s.Recv()
-				if err != nil {
-					return err
-				}
-				resp, _ := nullproc.Continue(req)
-				if err := s.Send(resp); err != nil {
+				if err := continueOne(s); err != nil {
 					return err
 				}
 				if _, err := s.Recv(); err != nil {
@@ -289,12 +294,7 @@ func TestRunExchangeAgainstMisbehavingServers(t *testing.T) {
 			name: "extra answer after the last phase",
 			process: func(s grpc.BidiStreamingServer[extprocv3.ProcessingRequest, extprocv3.ProcessingResponse]) error {
 				for range 2 {
-					req, err := s.Recv()
-					if err != nil {
-						return err
-					}
-					resp, _ := nullproc.Continue(req)
-					if err := s.Send(resp); err != nil {
+					if err := continueOne(s); err != nil {
 						return err
 					}
 				}
@@ -370,12 +370,7 @@ func TestOpenLoopChargesTheWait(t *testing.T) {
 		mu.Lock()
 		time.Sleep(20 * time.Millisecond)
 		mu.Unlock()
-		req, err := s.Recv()
-		if err != nil {
-			return err
-		}
-		resp, _ := nullproc.Continue(req)
-		if err := s.Send(resp); err != nil {
+		if err := continueOne(s); err != nil {
 			return err
 		}
 		return drainThen(s, nil)
