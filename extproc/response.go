@@ -27,11 +27,21 @@ type BlockBody struct {
 }
 
 func blockResponse(v flowmodel.Verdict, tid trace.TraceID) *extprocv3.ProcessingResponse {
-	body := BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}
+	return forbidden(BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}, tid, BlockDetails)
+}
+
+// budgetBlockResponse is the 403 sent when a decision overran its budget and the budget's
+// answer is block. Its body has no reason codes: none was established.
+func budgetBlockResponse(tid trace.TraceID) *extprocv3.ProcessingResponse {
+	return forbidden(BlockBody{Verdict: flowmodel.Block.String(), Reasons: []string{}, BudgetExceeded: true}, tid, BudgetDetails)
+}
+
+// forbidden is the ImmediateResponse 403 with body (its trace id set from tid) and details.
+func forbidden(body BlockBody, tid trace.TraceID, details string) *extprocv3.ProcessingResponse {
 	if tid.IsValid() {
 		body.TraceID = tid.String()
 	}
-	b, _ := json.Marshal(body) // cannot fail: strings only
+	b, _ := json.Marshal(body) // cannot fail: strings and a bool
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
 		ImmediateResponse: &extprocv3.ImmediateResponse{
 			Status: &typev3.HttpStatus{Code: typev3.StatusCode_Forbidden},
@@ -40,21 +50,7 @@ func blockResponse(v flowmodel.Verdict, tid trace.TraceID) *extprocv3.Processing
 				{Header: &corev3.HeaderValue{Key: "content-type", RawValue: []byte("application/json")}},
 			}},
 			Body:    b,
-			Details: BlockDetails,
+			Details: details,
 		},
 	}}
-}
-
-// budgetBlockResponse is the 403 sent when a decision overran its budget and the budget's
-// answer is block. Its body has no reason codes: none was established.
-func budgetBlockResponse(tid trace.TraceID) *extprocv3.ProcessingResponse {
-	resp := blockResponse(flowmodel.Verdict{Action: flowmodel.Block}, tid)
-	ir := resp.GetImmediateResponse()
-	body := BlockBody{Verdict: flowmodel.Block.String(), Reasons: []string{}, BudgetExceeded: true}
-	if tid.IsValid() {
-		body.TraceID = tid.String()
-	}
-	ir.Body, _ = json.Marshal(body) // cannot fail: strings and a bool
-	ir.Details = BudgetDetails
-	return resp
 }
