@@ -201,6 +201,16 @@ func (h headers) get(name string) string {
 	return ""
 }
 
+// contentLength returns the content-length header, when it is a valid non-negative number.
+func (h headers) contentLength() (int64, bool) {
+	cl := h.get("content-length")
+	if cl == "" {
+		return 0, false // no header: no ParseInt, whose error would allocate
+	}
+	n, err := strconv.ParseInt(cl, 10, 64)
+	return n, err == nil && n >= 0
+}
+
 // destination builds the flow's destination from destination.address (the original
 // destination in a sidecar), :authority and the TLS SNI. ok is false when neither an IP nor
 // a host could be found.

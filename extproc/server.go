@@ -426,10 +426,8 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	f.Method = h.get(":method")
 	f.Path = h.get(":path")
 	f.ContentType = h.get("content-type")
-	if cl := h.get("content-length"); cl != "" {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
-			f.RequestBytes = n
-		}
+	if n, ok := h.contentLength(); ok {
+		f.RequestBytes = n
 	}
 	if len(h) > 0 {
 		f.HeaderKeys = make([]string, 0, len(h))
@@ -496,10 +494,8 @@ func (s *Server) responseFacts(st *stream, h headers) {
 	if ap, err := netip.ParseAddrPort(st.attrs.str(AttrUpstreamAddress)); err == nil {
 		f.Upstream = ap
 	}
-	if cl := h.get("content-length"); cl != "" {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
-			f.ResponseBytes = n
-		}
+	if n, ok := h.contentLength(); ok {
+		f.ResponseBytes = n
 	}
 	st.observe = true
 }
