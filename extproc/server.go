@@ -469,8 +469,8 @@ func (s *Server) settle(st *stream, v flowmodel.Verdict) *extprocv3.ProcessingRe
 	}
 	st.verdict = v
 	s.metrics.decided(v)
-	s.startSpan(st.ctx, st)
-	s.logDecision(st, st.idSource)
+	s.startSpan(st)
+	s.logDecision(st)
 	if v.Action != flowmodel.Block {
 		return nil
 	}
@@ -500,7 +500,7 @@ func (s *Server) responseFacts(st *stream, h headers) {
 	st.observe = true
 }
 
-func (s *Server) logDecision(st *stream, idSource IdentitySource) {
+func (s *Server) logDecision(st *stream) {
 	v := st.verdict
 	level := slog.LevelInfo
 	switch v.Action {
@@ -525,7 +525,7 @@ func (s *Server) logDecision(st *stream, idSource IdentitySource) {
 	f := &st.flow
 	attrs := []slog.Attr{
 		slog.String("service", f.Service),
-		slog.String("identity_source", string(idSource)),
+		slog.String("identity_source", string(st.idSource)),
 		slog.String("mode", modeName(v.Mode)),
 		slog.String("verdict", v.Action.String()),
 		slog.Float64("score", v.Score),

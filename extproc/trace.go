@@ -75,8 +75,8 @@ func parentContext(ctx context.Context, md metadata.MD, h headers) context.Conte
 	return traceContext.Extract(ctx, headerCarrier(h))
 }
 
-func (s *Server) startSpan(ctx context.Context, st *stream) {
-	pctx := parentContext(ctx, st.md, st.reqHeaders)
+func (s *Server) startSpan(st *stream) {
+	pctx := parentContext(st.ctx, st.md, st.reqHeaders)
 	v, f := st.verdict, &st.flow
 	attrs := make([]attribute.KeyValue, 0, 11)
 	attrs = append(attrs,
