@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,18 +17,19 @@ import (
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
+const feedbackUsage = `Usage: meshguard %s [flags] SERVICE DESTINATION [SHAPE]
+
+%ss a destination (host:port, ip:port or [v6]:port) of a service, or a request shape on it
+(the shape as alerts and GET /v1/services show it, quoted as one argument). An approval
+teaches the model at once; a rejection removes it from the baseline for good.
+
+Flags:
+`
+
 // runFeedback is "meshguard approve|reject SERVICE DESTINATION [SHAPE]": it asks a running
 // meshguard's admin API to approve or reject, recording who.
 func runFeedback(ctx context.Context, action string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(action, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: meshguard %s [flags] SERVICE DESTINATION [SHAPE]\n\n", action)
-		fmt.Fprintf(stderr, "%ss a destination (host:port, ip:port or [v6]:port) of a service, or a request shape on it\n", strings.ToUpper(action[:1])+action[1:])
-		fmt.Fprintf(stderr, "(the shape as alerts and GET /v1/services show it, quoted as one argument). An approval\n")
-		fmt.Fprintf(stderr, "teaches the model at once; a rejection removes it from the baseline for good.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet(action, fmt.Sprintf(feedbackUsage, action, strings.ToUpper(action[:1])+action[1:]), stderr)
 	adminURL := fs.String("admin", "http://127.0.0.1:9002", "admin API of the running meshguard")
 	by := fs.String("by", os.Getenv("USER"), "who decides (recorded with the time)")
 	if err := fs.Parse(args); err != nil {

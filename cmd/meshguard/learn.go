@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,9 +29,7 @@ Flags:
 `
 
 func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("learn", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, learnUsage); fs.PrintDefaults() }
+	fs := newFlagSet("learn", learnUsage, stderr)
 	pcap := fs.String("pcap", "", "packet capture to learn from (pcap or pcapng)")
 	events := fs.String("events", "", "flow events (JSONL) to learn from; - for stdin")
 	service := fs.String("service", "", "with --pcap: the service every flow belongs to")

@@ -122,12 +122,7 @@ func printPolicyFlags(w io.Writer) {
 
 // parsePolicy parses the flags of "policy export" and reports every problem at once.
 func parsePolicy(args []string, stderr io.Writer) (policyConfig, error) {
-	fs := flag.NewFlagSet("policy export", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, policyUsage)
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("policy export", policyUsage, stderr)
 	var (
 		cfg                  policyConfig
 		format, dns, gateway string

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -25,13 +24,17 @@ type replayLine struct {
 	Reasons []string `json:"reasons"`
 }
 
+const replayUsage = `Usage: meshguard replay [flags] [FILE|-]
+
+Reads flow events (JSONL) from FILE or stdin, decides each on event time, and writes one
+JSON verdict per event: seq is the event's line number in the input. Bad lines are reported
+on stderr and skipped.
+
+Flags:
+`
+
 func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: meshguard replay [flags] [FILE|-]\n\nReads flow events (JSONL) from FILE or stdin, decides each on event time, and writes one\nJSON verdict per event: seq is the event's line number in the input. Bad lines are reported\non stderr and skipped.\n\nFlags:")
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("replay", replayUsage, stderr)
 	var mf modelFlags
 	mf.register(fs)
 	if err := fs.Parse(args); err != nil {
