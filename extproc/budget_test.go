@@ -99,8 +99,8 @@ func openDecidingStream(t *testing.T, c extprocv3.ExternalProcessorClient, req e
 		t.Fatal(err)
 	}
 	if err := s.Send(&extprocv3.ProcessingRequest{
-		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(req.Headers)}},
-		Attributes: attrsOf(req.Attributes).asStructs(),
+		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.Headers)}},
+		Attributes: envoysim.Attributes(req.Attributes),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestBudgetAllowAnswersInTimeAndServesTheRestOfTheStream(t *testing.T) {
 	}
 	// The decider is still stuck, yet the response phase is answered.
 	if err := s.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf([]envoysim.Header{{Key: ":status", Value: "200"}})}}}); err != nil {
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap([]envoysim.Header{{Key: ":status", Value: "200"}})}}}); err != nil {
 		t.Fatal(err)
 	}
 	if resp, err := s.Recv(); err != nil || resp.GetResponseHeaders() == nil {

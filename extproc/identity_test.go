@@ -5,18 +5,14 @@ import (
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 	"github.com/meshguard/meshguard/flowmodel"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
 func attrsOf(kv map[string]string) *attrs {
-	s := &structpb.Struct{Fields: map[string]*structpb.Value{}}
-	for k, v := range kv {
-		s.Fields[k] = structpb.NewStringValue(v)
-	}
 	a := &attrs{}
-	a.merge(map[string]*structpb.Struct{AttributesKey: s})
+	a.merge(envoysim.Attributes(kv))
 	return a
 }
 

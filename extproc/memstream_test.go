@@ -5,10 +5,7 @@ import (
 	"io"
 	"sync"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/meshguard/meshguard/extproc/envoysim"
 	"google.golang.org/grpc"
 )
 
@@ -50,12 +47,4 @@ func (m *memStream) Send(r *extprocv3.ProcessingResponse) error {
 // reset readies the stream for another run over the same requests.
 func (m *memStream) reset() {
 	m.next, m.sent, m.recvd = 0, m.sent[:0], m.recvd[:0]
-}
-
-func headerMapOf(hs []envoysim.Header) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{}
-	for _, h := range hs {
-		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: h.Key, RawValue: []byte(h.Value)})
-	}
-	return m
 }

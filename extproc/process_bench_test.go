@@ -8,6 +8,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -44,12 +45,12 @@ func exchange() []*extprocv3.ProcessingRequest {
 	r := sidecarRequest("api.example.com")
 	return []*extprocv3.ProcessingRequest{
 		{
-			Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(r.Headers), EndOfStream: true}},
-			Attributes: attrsOf(r.Attributes).asStructs(),
+			Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(r.Headers), EndOfStream: true}},
+			Attributes: envoysim.Attributes(r.Attributes),
 		},
 		{
-			Request:    &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(r.ResponseHeaders), EndOfStream: true}},
-			Attributes: attrsOf(r.ResponseAttributes).asStructs(),
+			Request:    &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(r.ResponseHeaders), EndOfStream: true}},
+			Attributes: envoysim.Attributes(r.ResponseAttributes),
 		},
 	}
 }

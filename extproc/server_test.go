@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // fakeDecider records flows and answers with verdict(f).
@@ -321,8 +320,8 @@ func TestResponsePhaseDecidesWhenRequestPhasesAreSkipped(t *testing.T) {
 	c := startServer(t, d, Config{})
 	resps, err := rawStream(t, c, &extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{}},
-		Attributes: attrsOf(map[string]string{AttrNodeNamespace: "a", AttrNodeWorkload: "b",
-			AttrRequestedServer: "evil.example", AttrDestination: "198.51.100.1:443"}).asStructs(),
+		Attributes: envoysim.Attributes(map[string]string{AttrNodeNamespace: "a", AttrNodeWorkload: "b",
+			AttrRequestedServer: "evil.example", AttrDestination: "198.51.100.1:443"}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -330,10 +329,6 @@ func TestResponsePhaseDecidesWhenRequestPhasesAreSkipped(t *testing.T) {
 	if len(resps) != 1 || resps[0].GetImmediateResponse().GetStatus().GetCode() != 403 {
 		t.Fatalf("responses %v", resps)
 	}
-}
-
-func (a *attrs) asStructs() map[string]*structpb.Struct {
-	return map[string]*structpb.Struct{AttributesKey: {Fields: a.fields}}
 }
 
 func TestDecisionLogsAreRateLimited(t *testing.T) {

@@ -248,8 +248,8 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 	req := checkout.request("203.0.113.10", 443, "api.stripe.com", "GET", "/", "")
 	first := &extprocv3.ProcessingRequest{
-		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMap(req.Headers), EndOfStream: true}},
-		Attributes: attributesOf(req.Attributes),
+		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.Headers), EndOfStream: true}},
+		Attributes: envoysim.Attributes(req.Attributes),
 	}
 	if err := stream.Send(first); err != nil {
 		t.Fatal(err)
@@ -278,7 +278,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	// The in-flight stream finishes after the lameduck, during GracefulStop.
 	time.Sleep(1200 * time.Millisecond)
 	if err := stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMap(req.ResponseHeaders), EndOfStream: true}}}); err != nil {
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.ResponseHeaders), EndOfStream: true}}}); err != nil {
 		t.Fatalf("in-flight stream cut: %v", err)
 	}
 	if r, err := stream.Recv(); err != nil || r.GetResponseHeaders() == nil {

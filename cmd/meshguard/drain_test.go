@@ -13,6 +13,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/envoysim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -36,8 +37,8 @@ func holdExchange(ctx context.Context, c extprocv3.ExternalProcessorClient, hold
 		return fmt.Errorf("open: %w", err)
 	}
 	if err := s.Send(&extprocv3.ProcessingRequest{
-		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMap(req.Headers), EndOfStream: true}},
-		Attributes: attributesOf(req.Attributes),
+		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.Headers), EndOfStream: true}},
+		Attributes: envoysim.Attributes(req.Attributes),
 	}); err != nil {
 		return fmt.Errorf("send request headers: %w", err)
 	}
@@ -50,7 +51,7 @@ func holdExchange(ctx context.Context, c extprocv3.ExternalProcessorClient, hold
 		return ctx.Err()
 	}
 	if err := s.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMap(req.ResponseHeaders), EndOfStream: true}}}); err != nil {
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.ResponseHeaders), EndOfStream: true}}}); err != nil {
 		return fmt.Errorf("send response headers: %w", err)
 	}
 	if r, err := s.Recv(); err != nil || r.GetResponseHeaders() == nil {

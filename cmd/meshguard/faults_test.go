@@ -177,8 +177,8 @@ func TestMaxStreamsFlag(t *testing.T) {
 	ts := startTestServer(t, t.TempDir(), "--max-streams", "2")
 	req := checkout.request("203.0.113.10", 443, "api.stripe.com", "GET", "/", "")
 	first := &extprocv3.ProcessingRequest{
-		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMap(req.Headers)}},
-		Attributes: attributesOf(req.Attributes),
+		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.Headers)}},
+		Attributes: envoysim.Attributes(req.Attributes),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -13,14 +13,12 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/meshguard/meshguard/controlplane/admin"
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/extproc/envoysim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // testServer is an in-process meshguard with a client, as Envoy and an operator see it.
@@ -146,20 +144,4 @@ func contains(s string, subs ...string) error {
 		}
 	}
 	return nil
-}
-
-func headerMap(hs []envoysim.Header) *corev3.HeaderMap {
-	m := &corev3.HeaderMap{}
-	for _, h := range hs {
-		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: h.Key, RawValue: []byte(h.Value)})
-	}
-	return m
-}
-
-func attributesOf(a map[string]string) map[string]*structpb.Struct {
-	s := &structpb.Struct{Fields: map[string]*structpb.Value{}}
-	for k, v := range a {
-		s.Fields[k] = structpb.NewStringValue(v)
-	}
-	return map[string]*structpb.Struct{extproc.AttributesKey: s}
 }

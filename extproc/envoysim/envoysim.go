@@ -79,10 +79,10 @@ func Do(ctx context.Context, c extprocv3.ExternalProcessorClient, r Request, mes
 	var msgs []*extprocv3.ProcessingRequest
 	first := &extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
-			Headers:     headerMap(r.Headers),
+			Headers:     HeaderMap(r.Headers),
 			EndOfStream: r.Body == nil,
 		}},
-		Attributes:        attributes(r.Attributes),
+		Attributes:        Attributes(r.Attributes),
 		ObservabilityMode: r.ObservabilityMode,
 		ProtocolConfig:    r.ProtocolConfig,
 	}
@@ -96,9 +96,9 @@ func Do(ctx context.Context, c extprocv3.ExternalProcessorClient, r Request, mes
 	if r.ResponseHeaders != nil {
 		msgs = append(msgs, &extprocv3.ProcessingRequest{
 			Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
-				Headers: headerMap(r.ResponseHeaders), EndOfStream: true,
+				Headers: HeaderMap(r.ResponseHeaders), EndOfStream: true,
 			}},
-			Attributes:        attributes(r.ResponseAttributes),
+			Attributes:        Attributes(r.ResponseAttributes),
 			ObservabilityMode: r.ObservabilityMode,
 		})
 	}
@@ -213,7 +213,8 @@ func matches(m *extprocv3.ProcessingRequest, r *extprocv3.ProcessingResponse) er
 	return nil
 }
 
-func headerMap(hs []Header) *corev3.HeaderMap {
+// HeaderMap is hs as Envoy sends headers (raw_value).
+func HeaderMap(hs []Header) *corev3.HeaderMap {
 	m := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(hs))}
 	for _, h := range hs {
 		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: h.Key, RawValue: []byte(h.Value)})
@@ -221,7 +222,9 @@ func headerMap(hs []Header) *corev3.HeaderMap {
 	return m
 }
 
-func attributes(a map[string]string) map[string]*structpb.Struct {
+// Attributes is a as Envoy sends request or response attributes, under AttributesKey; nil
+// when a is empty.
+func Attributes(a map[string]string) map[string]*structpb.Struct {
 	if len(a) == 0 {
 		return nil
 	}
