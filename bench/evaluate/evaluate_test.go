@@ -225,6 +225,11 @@ func TestShortDuration(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		8 * time.Hour:  "8h",
 		72 * time.Hour: "72h",
+		// Trailing zeros only go with a zero unit: these lost digits once.
+		30 * time.Minute:                "30m",
+		90 * time.Minute:                "1h30m",
+		10 * time.Second:                "10s",
+		20*time.Minute + 10*time.Second: "20m10s",
 	} {
 		if got := ShortDuration(d); got != want {
 			t.Errorf("ShortDuration(%v) = %q, want %q", d, got, want)

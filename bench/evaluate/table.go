@@ -94,6 +94,12 @@ func Duration(d time.Duration) string {
 
 // ShortDuration writes 8h rather than 8h0m0s, for the learn windows in the sections' text.
 func ShortDuration(d time.Duration) string {
-	s := strings.TrimSuffix(d.String(), "0s")
-	return strings.TrimSuffix(s, "0m")
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
