@@ -161,8 +161,7 @@ func TestBlockIsAnImmediate403InTheCallersTrace(t *testing.T) {
 	if body.Verdict != "block" || !slices.Equal(body.Reasons, []string{"new_destination"}) || body.TraceID != "4bf92f3577b34da6a3ce929d0e0e4736" {
 		t.Fatalf("body %+v", body)
 	}
-	tp.ForceFlush(context.Background())
-	spans := rec.Ended()
+	spans := endedSpans(rec, 1)
 	if len(spans) != 1 {
 		t.Fatalf("%d spans, want 1 (blocks are sampled even under an unsampled parent)", len(spans))
 	}
@@ -184,6 +183,17 @@ func TestBlockIsAnImmediate403InTheCallersTrace(t *testing.T) {
 			t.Errorf("span attribute %s = %q, want %q", k, got[k], v)
 		}
 	}
+}
+
+// endedSpans returns the spans rec has seen end, once there are at least want of them or
+// after 5s. The server ends a decision's span after sending its answer, so an answer that
+// ends the stream (an ImmediateResponse) can reach the test before the span has ended.
+func endedSpans(rec *tracetest.SpanRecorder, want int) []sdktrace.ReadOnlySpan {
+	deadline := time.Now().Add(5 * time.Second)
+	for len(rec.Ended()) < want && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	return rec.Ended()
 }
 
 func TestAllowedSpansFollowTheParent(t *testing.T) {
