@@ -18,9 +18,8 @@ import (
 // filter puts the request and response attributes it was asked for.
 const AttributesKey = "envoy.filters.http.ext_proc"
 
-// ServiceMetadataKey is the gRPC metadata key (set with GrpcService.initial_metadata) that
-// names the calling service outright.
-const ServiceMetadataKey = "x-meshguard-service"
+// ServiceMetadataKey is the gRPC metadata key that names the calling service outright.
+const ServiceMetadataKey = nodeid.ServiceMetadataKey
 
 // Attribute names (CEL expressions, as listed in request_attributes; Envoy keys the values by
 // the expression text).

@@ -37,7 +37,7 @@ import (
 )
 
 // ServiceMetadataKey is the gRPC metadata key that names the service of a whole stream.
-const ServiceMetadataKey = "x-meshguard-service"
+const ServiceMetadataKey = nodeid.ServiceMetadataKey
 
 // FlowSource is the Source of every flow this package makes.
 const FlowSource = "access_log"

@@ -24,6 +24,11 @@ const (
 	MetaRole = "MESHGUARD_ROLE"
 )
 
+// ServiceMetadataKey is the gRPC metadata key (set with GrpcService.initial_metadata) that
+// names the service of a whole ext_proc or access-log stream outright: identity source 1
+// of DESIGN.md.
+const ServiceMetadataKey = "x-meshguard-service"
+
 // Role is the part an Envoy plays.
 type Role uint8
 

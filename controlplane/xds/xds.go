@@ -80,7 +80,7 @@ const (
 	AccessLogName = "meshguard"
 	// ServiceMetadataKey carries a sidecar's service on the ext_proc and access-log streams
 	// (identity source 1 of DESIGN.md).
-	ServiceMetadataKey = "x-meshguard-service"
+	ServiceMetadataKey = nodeid.ServiceMetadataKey
 )
 
 // Skip reasons: why a service is not enforced at L4 as its mode says.
