@@ -202,20 +202,7 @@ func keys(d Destination) (ipKey, hostKey destKey, hasIP, hasHost bool) {
 // learn records both the IP and the host of f's destination and trains the detectors.
 // Call with s.mu held.
 func (m *Model) learn(s *service, f *Flow) {
-	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
-	src := sourceOr(f.Source, "flow")
-	var edge, ipE *destEntry
-	if hasIP {
-		ipE = m.record(s, ipKey, f.Time, src)
-		edge = ipE
-	}
-	if hasHost {
-		edge = m.record(s, hostKey, f.Time, src)
-		if hasIP {
-			m.addPrefix(edge, f.Destination.IP)
-			ipE.via = hostKey
-		}
-	}
+	edge := m.recordDest(s, f, sourceOr(f.Source, "flow"))
 	if s.learnStart.IsZero() {
 		s.learnStart = f.Time
 	}
@@ -230,6 +217,26 @@ func (m *Model) learn(s *service, f *Flow) {
 // threshold (or half the learn window, if shorter): at first every shape is new and the rate
 // and volume detectors are warming up.
 const calibrationWarmup = time.Hour
+
+// recordDest records both the IP and the host of f's destination, the IP as reached under
+// the host, and returns the entry of f's edge: the host's if f has one, else the IP's. Call
+// with s.mu held.
+func (m *Model) recordDest(s *service, f *Flow, src string) (edge *destEntry) {
+	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
+	var ipE *destEntry
+	if hasIP {
+		ipE = m.record(s, ipKey, f.Time, src)
+		edge = ipE
+	}
+	if hasHost {
+		edge = m.record(s, hostKey, f.Time, src)
+		if hasIP {
+			m.addPrefix(edge, f.Destination.IP)
+			ipE.via = hostKey
+		}
+	}
+	return edge
+}
 
 // record counts a use of k, adding it to the baseline if new. Call with s.mu held.
 func (m *Model) record(s *service, k destKey, t time.Time, src string) *destEntry {
@@ -359,7 +366,7 @@ func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
 	if !known {
 		hard = hard.With(ReasonNewDestination)
 		if s.mode == ModeMonitor {
-			m.probeDestination(s, f, ipKey, hostKey, hasIP, hasHost)
+			m.probeDestination(s, f, ipKey, hostKey, hasIP)
 		}
 		return 1, hard
 	}
@@ -517,25 +524,13 @@ func newShapeScore(r shape.Score) float64 { return alarmLevel + alarmLevel*r.Nov
 
 // probeDestination counts a new destination's probation (monitor mode) and adds it to the
 // baseline when it has served its time.
-func (m *Model) probeDestination(s *service, f *Flow, ipKey, hostKey destKey, hasIP, hasHost bool) {
+func (m *Model) probeDestination(s *service, f *Flow, ipKey, hostKey destKey, hasIP bool) {
 	k := hostKey
 	if hasIP {
 		k = ipKey
 	}
-	if !m.probe(s, probeKey{dest: k}, f.Time) {
-		return
-	}
-	var host *destEntry
-	var ipE *destEntry
-	if hasIP {
-		ipE = m.record(s, ipKey, f.Time, "probation")
-	}
-	if hasHost {
-		host = m.record(s, hostKey, f.Time, "probation")
-		if hasIP {
-			m.addPrefix(host, f.Destination.IP)
-			ipE.via = hostKey
-		}
+	if m.probe(s, probeKey{dest: k}, f.Time) {
+		m.recordDest(s, f, "probation")
 	}
 }
 
