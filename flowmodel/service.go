@@ -524,10 +524,7 @@ func (m *Model) Restore(r ServiceRecord) error {
 	}
 	// Entries evicted while restoring more than MaxDestinations are deleted at the next save.
 	if len(s.removed) > 0 {
-		s.queued = true
-		m.dirtyMu.Lock()
-		m.dirty = append(m.dirty, s)
-		m.dirtyMu.Unlock()
+		m.markDirty(s)
 	}
 	m.mu.Lock()
 	m.services[r.Name] = s
