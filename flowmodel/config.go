@@ -95,9 +95,6 @@ const (
 // DefaultBlockReasons block in enforce mode unless Config.BlockReasons says otherwise.
 var DefaultBlockReasons = Reasons(0).With(ReasonNewDestination).With(ReasonHostIPMismatch)
 
-// softReasons are given by scored detectors, under the alert budget.
-var softReasons = Reasons(0).With(ReasonNewShape).With(ReasonRareShape).With(ReasonRateSpike).With(ReasonBurst).With(ReasonVolumeSpike)
-
 // Check applies defaults and reports every problem in c.
 func (c Config) Check() (Config, error) {
 	var errs []error
