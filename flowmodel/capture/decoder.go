@@ -236,6 +236,12 @@ func (d *Decoder) clock(ts time.Time) {
 // that stopped decoding, if any. The decoder must not be used afterwards.
 func (d *Decoder) Close() error {
 	d.guardTCP(func() { d.asm.FlushAll() })
+	d.finishAll()
+	return d.err
+}
+
+// finishAll finishes every open connection, oldest first.
+func (d *Decoder) finishAll() {
 	open := make([]*tcpConn, 0, len(d.conns))
 	for _, c := range d.conns {
 		open = append(open, c)
@@ -244,7 +250,6 @@ func (d *Decoder) Close() error {
 	for _, c := range open {
 		d.finish(c)
 	}
-	return d.err
 }
 
 // sweep flushes TCP streams idle for StreamIdle.
@@ -274,14 +279,7 @@ func (d *Decoder) guardTCP(f func()) {
 			d.cfg.Logger.Warn("TCP reassembly failed; dropping its streams", slog.Any("panic", v), slog.Int("streams", len(d.conns)))
 			d.cur = nil
 			d.resetTCP()
-			open := make([]*tcpConn, 0, len(d.conns))
-			for _, c := range d.conns {
-				open = append(open, c)
-			}
-			sortConns(open)
-			for _, c := range open {
-				d.finish(c)
-			}
+			d.finishAll()
 		}
 	}()
 	f()
