@@ -204,10 +204,7 @@ func (p *httpParser) chunkFraming(b []byte) []byte {
 			if p.line > 0 {
 				break // a trailer field: read on to the empty line
 			}
-			r := p.pending
-			r.BodyBytes = p.chunked
-			p.pending = nil
-			p.onRequest(r)
+			p.emitPending(p.chunked)
 			p.state = p.after
 			return b[i+1:]
 		}
@@ -263,11 +260,7 @@ func (p *httpParser) gap(n int) {
 func (p *httpParser) end() {
 	switch {
 	case p.pending != nil:
-		// The request was seen; only its body size is unknown.
-		r := p.pending
-		r.BodyBytes = -1
-		p.pending = nil
-		p.onRequest(r)
+		p.emitPending(-1) // the request was seen; only its body size is unknown
 	case p.state == httpHeaders && len(p.buf) > 0:
 		p.onSkip(SkipHTTPIncomplete, "stream ends inside a request header")
 	}
@@ -276,13 +269,18 @@ func (p *httpParser) end() {
 
 func (p *httpParser) fail(reason, detail string) {
 	if p.pending != nil {
-		r := p.pending
-		r.BodyBytes = -1
-		p.pending = nil
-		p.onRequest(r)
+		p.emitPending(-1)
 	}
 	p.onSkip(reason, detail)
 	p.state, p.buf = httpDone, nil
+}
+
+// emitPending emits the pending chunked request with a body of bodyBytes (-1: unknown).
+func (p *httpParser) emitPending(bodyBytes int64) {
+	r := p.pending
+	r.BodyBytes = bodyBytes
+	p.pending = nil
+	p.onRequest(r)
 }
 
 // headerKeys returns the lower-case, sorted, distinct field names of a header block as sent
