@@ -109,34 +109,28 @@ func (c Config) Check() (Config, error) {
 	if c.Service == nil {
 		errs = append(errs, errors.New("capture: a service is required (a fixed name or by source IP)"))
 	}
-	positive := func(name string, v *int, def int) {
-		switch {
-		case *v == 0:
-			*v = def
-		case *v < 0:
-			errs = append(errs, fmt.Errorf("capture: %s must be positive, got %d", name, *v))
-		}
-	}
-	positive("max streams", &c.MaxStreams, DefaultMaxStreams)
-	positive("max buffered pages", &c.MaxBufferedPages, DefaultMaxBufferedPages)
-	positive("max header bytes", &c.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	positive("max UDP flows", &c.MaxUDPFlows, DefaultMaxUDPFlows)
-	positive("max DNS bindings", &c.MaxDNSBindings, DefaultMaxDNSBindings)
-	positive("progress interval", &c.ProgressEvery, DefaultProgressEvery)
-	duration := func(name string, v *time.Duration, def time.Duration) {
-		switch {
-		case *v == 0:
-			*v = def
-		case *v < 0:
-			errs = append(errs, fmt.Errorf("capture: %s must be positive, got %v", name, *v))
-		}
-	}
-	duration("stream idle time", &c.StreamIdle, DefaultStreamIdle)
-	duration("UDP idle time", &c.UDPIdle, DefaultUDPIdle)
+	positive(&errs, "max streams", &c.MaxStreams, DefaultMaxStreams)
+	positive(&errs, "max buffered pages", &c.MaxBufferedPages, DefaultMaxBufferedPages)
+	positive(&errs, "max header bytes", &c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	positive(&errs, "max UDP flows", &c.MaxUDPFlows, DefaultMaxUDPFlows)
+	positive(&errs, "max DNS bindings", &c.MaxDNSBindings, DefaultMaxDNSBindings)
+	positive(&errs, "progress interval", &c.ProgressEvery, DefaultProgressEvery)
+	positive(&errs, "stream idle time", &c.StreamIdle, DefaultStreamIdle)
+	positive(&errs, "UDP idle time", &c.UDPIdle, DefaultUDPIdle)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, errors.Join(errs...)
+}
+
+// positive sets a zero *v to def and adds an error to errs for a negative one.
+func positive[T int | time.Duration](errs *[]error, name string, v *T, def T) {
+	switch {
+	case *v == 0:
+		*v = def
+	case *v < 0:
+		*errs = append(*errs, fmt.Errorf("capture: %s must be positive, got %v", name, *v))
+	}
 }
 
 // Progress reports how far decoding has come.
