@@ -141,35 +141,17 @@ func (c Config) Check() (Config, error) {
 	if c.NDots <= 0 {
 		c.NDots = 1
 	}
-	duration := func(name string, v *time.Duration, def time.Duration) {
-		switch {
-		case *v == 0:
-			*v = def
-		case *v < 0:
-			errs = append(errs, fmt.Errorf("resolve: %s must be positive, got %v", name, *v))
-		}
-	}
-	duration("timeout", &c.Timeout, DefaultTimeout)
-	duration("min TTL", &c.MinTTL, DefaultMinTTL)
-	duration("max TTL", &c.MaxTTL, DefaultMaxTTL)
-	duration("negative TTL", &c.NegativeTTL, DefaultNegativeTTL)
-	duration("max stale", &c.MaxStale, DefaultMaxStale)
-	duration("failure backoff", &c.FailureBackoff, DefaultFailureBackoff)
+	positive(&errs, "timeout", &c.Timeout, DefaultTimeout)
+	positive(&errs, "min TTL", &c.MinTTL, DefaultMinTTL)
+	positive(&errs, "max TTL", &c.MaxTTL, DefaultMaxTTL)
+	positive(&errs, "negative TTL", &c.NegativeTTL, DefaultNegativeTTL)
+	positive(&errs, "max stale", &c.MaxStale, DefaultMaxStale)
+	positive(&errs, "failure backoff", &c.FailureBackoff, DefaultFailureBackoff)
 	if c.MinTTL > c.MaxTTL {
 		errs = append(errs, fmt.Errorf("resolve: min TTL %v exceeds max TTL %v", c.MinTTL, c.MaxTTL))
 	}
-	switch {
-	case c.MaxEntries == 0:
-		c.MaxEntries = DefaultMaxEntries
-	case c.MaxEntries < 0:
-		errs = append(errs, fmt.Errorf("resolve: max entries must be positive, got %d", c.MaxEntries))
-	}
-	switch {
-	case c.MaxInflight == 0:
-		c.MaxInflight = DefaultMaxInflight
-	case c.MaxInflight < 0:
-		errs = append(errs, fmt.Errorf("resolve: max in-flight lookups must be positive, got %d", c.MaxInflight))
-	}
+	positive(&errs, "max entries", &c.MaxEntries, DefaultMaxEntries)
+	positive(&errs, "max in-flight lookups", &c.MaxInflight, DefaultMaxInflight)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -177,6 +159,16 @@ func (c Config) Check() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, errors.Join(errs...)
+}
+
+// positive sets a zero *v to def and adds an error to errs for a negative one.
+func positive[T int | time.Duration](errs *[]error, name string, v *T, def T) {
+	switch {
+	case *v == 0:
+		*v = def
+	case *v < 0:
+		*errs = append(*errs, fmt.Errorf("resolve: %s must be positive, got %v", name, *v))
+	}
 }
 
 // Errors of Resolve.
