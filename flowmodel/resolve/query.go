@@ -45,6 +45,12 @@ type result struct {
 	hasTTL   bool // for a negative result: the server gave an SOA
 }
 
+// tighter reports whether negative result x bounds its caching more tightly than y: x has
+// an SOA TTL and y has none, or a longer one.
+func (x result) tighter(y result) bool {
+	return x.hasTTL && (!y.hasTTL || x.ttl < y.ttl)
+}
+
 // query looks key up: each candidate name in turn until one has addresses.
 func (r *Resolver) query(ctx context.Context, key string) (Answer, error) {
 	var neg *result
@@ -56,7 +62,7 @@ func (r *Resolver) query(ctx context.Context, key string) (Answer, error) {
 		if !res.negative {
 			return Answer{Name: key, Addrs: res.addrs, Expires: r.cfg.Now().Add(r.clamp(res.ttl))}, nil
 		}
-		if neg == nil || (res.hasTTL && (!neg.hasTTL || res.ttl < neg.ttl)) {
+		if neg == nil || res.tighter(*neg) {
 			neg = &res
 		}
 	}
@@ -97,11 +103,10 @@ func (r *Resolver) queryName(ctx context.Context, name string) (result, error) {
 		return a.res, nil
 	}
 	if a.res.negative && b.res.negative {
-		res := a.res
-		if b.res.hasTTL && (!res.hasTTL || b.res.ttl < res.ttl) {
-			res = b.res
+		if b.res.tighter(a.res) {
+			return b.res, nil
 		}
-		return res, nil
+		return a.res, nil
 	}
 	res := result{ttl: ^uint32(0)}
 	for _, x := range []result{a.res, b.res} {
