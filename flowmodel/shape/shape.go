@@ -228,17 +228,9 @@ func Parse(text string) (Shape, error) {
 
 // canonical returns s with every field canonicalised (a no-op for a Shaper's output).
 func (s Shape) canonical() Shape {
-	out := Shape{Size: s.Size}
 	o := sink{build: true}
-	method(&o, s.Method)
-	out.Method = string(o.b)
-	o.b = o.b[:0]
 	path, _ := splitPath(s.Path)
-	templatePath(&o, path)
-	out.Path = string(o.b)
-	o.b = o.b[:0]
-	mediaType(&o, s.ContentType)
-	out.ContentType = string(o.b)
+	out := newShape(&o, s.Method, path, s.ContentType, s.Size)
 	for _, k := range s.QueryKeys {
 		o.b = o.b[:0]
 		segment(&o, k, &escList)
@@ -253,11 +245,32 @@ func (s Shape) canonical() Shape {
 			out.HeaderKeys = append(out.HeaderKeys, string(o.b))
 		}
 	}
-	slices.Sort(out.QueryKeys)
-	out.QueryKeys = slices.Compact(out.QueryKeys)
-	slices.Sort(out.HeaderKeys)
-	out.HeaderKeys = slices.Compact(out.HeaderKeys)
+	out.sortKeys()
 	return out
+}
+
+// newShape returns the shape of size whose method, path template (of path, a path without
+// query) and media type are the canonical forms of the raw values, built in o. Shaper.Shape
+// and canonical share it, so that canonical is a no-op for a Shaper's output.
+func newShape(o *sink, m, path, contentType string, size SizeClass) Shape {
+	out := Shape{Size: size}
+	method(o, m)
+	out.Method = string(o.b)
+	o.b = o.b[:0]
+	templatePath(o, path)
+	out.Path = string(o.b)
+	o.b = o.b[:0]
+	mediaType(o, contentType)
+	out.ContentType = string(o.b)
+	return out
+}
+
+// sortKeys sorts the query and header keys and drops duplicates.
+func (s *Shape) sortKeys() {
+	slices.Sort(s.QueryKeys)
+	s.QueryKeys = slices.Compact(s.QueryKeys)
+	slices.Sort(s.HeaderKeys)
+	s.HeaderKeys = slices.Compact(s.HeaderKeys)
 }
 
 func clip(s string) string {

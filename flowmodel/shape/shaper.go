@@ -116,17 +116,9 @@ func (s *Shaper) KeyOf(sh Shape) Key {
 
 // Shape returns the shape of r.
 func (s *Shaper) Shape(r *Request) Shape {
-	out := Shape{Size: SizeOf(r.BodyBytes)}
 	o := sink{build: true, b: make([]byte, 0, len(r.Path)+len(r.Method)+len(r.ContentType))}
-	method(&o, r.Method)
-	out.Method = string(o.b)
-	o.b = o.b[:0]
 	path, query := splitPath(r.Path)
-	templatePath(&o, path)
-	out.Path = string(o.b)
-	o.b = o.b[:0]
-	mediaType(&o, r.ContentType)
-	out.ContentType = string(o.b)
+	out := newShape(&o, r.Method, path, r.ContentType, SizeOf(r.BodyBytes))
 	for query != "" {
 		var k string
 		if k, query = nextQueryKey(query); k == "" {
@@ -144,10 +136,7 @@ func (s *Shaper) Shape(r *Request) Shape {
 		o.escaped(k, true)
 		out.HeaderKeys = append(out.HeaderKeys, string(o.b))
 	}
-	slices.Sort(out.QueryKeys)
-	out.QueryKeys = slices.Compact(out.QueryKeys)
-	slices.Sort(out.HeaderKeys)
-	out.HeaderKeys = slices.Compact(out.HeaderKeys)
+	out.sortKeys()
 	return out
 }
 
