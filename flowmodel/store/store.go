@@ -216,64 +216,72 @@ func (b *Bolt) Save(records []flowmodel.ServiceRecord) error {
 			if r.Name == "" {
 				return errors.New("save: empty service name")
 			}
-			sb, err := root.CreateBucketIfNotExists([]byte(r.Name))
-			if err != nil {
+			if err := saveService(root, r); err != nil {
 				return fmt.Errorf("service %q: %w", r.Name, err)
-			}
-			st := r
-			st.Destinations, st.Shapes, st.Removed = nil, nil, nil
-			state, err := json.Marshal(serviceState{ServiceRecord: st})
-			if err != nil {
-				return fmt.Errorf("service %q: %w", r.Name, err)
-			}
-			if err := sb.Put(keyState, state); err != nil {
-				return fmt.Errorf("service %q: %w", r.Name, err)
-			}
-			db, err := sb.CreateBucketIfNotExists(bucketDestinations)
-			if err != nil {
-				return fmt.Errorf("service %q: %w", r.Name, err)
-			}
-			shb, err := sb.CreateBucketIfNotExists(bucketShapes)
-			if err != nil {
-				return fmt.Errorf("service %q: %w", r.Name, err)
-			}
-			for _, k := range r.Removed {
-				if err := db.Delete([]byte(k)); err != nil {
-					return fmt.Errorf("service %q: delete %q: %w", r.Name, k, err)
-				}
-				if err := deletePrefix(shb, shapePrefix(k)); err != nil {
-					return fmt.Errorf("service %q: %w", r.Name, err)
-				}
-			}
-			for _, d := range r.Destinations {
-				key := d.Destination
-				d.Destination = ""
-				v, err := json.Marshal(d)
-				if err != nil {
-					return fmt.Errorf("service %q: %w", r.Name, err)
-				}
-				if err := db.Put([]byte(key), v); err != nil {
-					return fmt.Errorf("service %q: put %q: %w", r.Name, key, err)
-				}
-				// A saved destination carries all its shapes: replace what was stored.
-				if err := deletePrefix(shb, shapePrefix(key)); err != nil {
-					return fmt.Errorf("service %q: %w", r.Name, err)
-				}
-			}
-			for _, sh := range r.Shapes {
-				k := shapeKey(sh.Destination, sh.Shape)
-				sh.Destination, sh.Shape = "", ""
-				v, err := json.Marshal(sh)
-				if err != nil {
-					return fmt.Errorf("service %q: %w", r.Name, err)
-				}
-				if err := shb.Put(k, v); err != nil {
-					return fmt.Errorf("service %q: put shape: %w", r.Name, err)
-				}
 			}
 		}
 		return nil
 	})
+}
+
+// saveService writes one record into its service's bucket in root.
+func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
+	sb, err := root.CreateBucketIfNotExists([]byte(r.Name))
+	if err != nil {
+		return err
+	}
+	st := r
+	st.Destinations, st.Shapes, st.Removed = nil, nil, nil
+	state, err := json.Marshal(serviceState{ServiceRecord: st})
+	if err != nil {
+		return err
+	}
+	if err := sb.Put(keyState, state); err != nil {
+		return err
+	}
+	db, err := sb.CreateBucketIfNotExists(bucketDestinations)
+	if err != nil {
+		return err
+	}
+	shb, err := sb.CreateBucketIfNotExists(bucketShapes)
+	if err != nil {
+		return err
+	}
+	for _, k := range r.Removed {
+		if err := db.Delete([]byte(k)); err != nil {
+			return fmt.Errorf("delete %q: %w", k, err)
+		}
+		if err := deletePrefix(shb, shapePrefix(k)); err != nil {
+			return err
+		}
+	}
+	for _, d := range r.Destinations {
+		key := d.Destination
+		d.Destination = ""
+		v, err := json.Marshal(d)
+		if err != nil {
+			return err
+		}
+		if err := db.Put([]byte(key), v); err != nil {
+			return fmt.Errorf("put %q: %w", key, err)
+		}
+		// A saved destination carries all its shapes: replace what was stored.
+		if err := deletePrefix(shb, shapePrefix(key)); err != nil {
+			return err
+		}
+	}
+	for _, sh := range r.Shapes {
+		k := shapeKey(sh.Destination, sh.Shape)
+		sh.Destination, sh.Shape = "", ""
+		v, err := json.Marshal(sh)
+		if err != nil {
+			return err
+		}
+		if err := shb.Put(k, v); err != nil {
+			return fmt.Errorf("put shape: %w", err)
+		}
+	}
+	return nil
 }
 
 // deletePrefix deletes every key of b that starts with prefix.
