@@ -28,7 +28,7 @@ const maxFeedback = 64
 // it enters the baseline now, whatever its probation. An approved shape's destination is
 // approved with it.
 func (m *Model) Approve(service string, fb Feedback) error {
-	k, sh, err := m.parseFeedback(service, fb)
+	pk, sh, err := m.parseFeedback(service, fb)
 	if err != nil {
 		return err
 	}
@@ -42,24 +42,20 @@ func (m *Model) Approve(service string, fb Feedback) error {
 	if at.IsZero() {
 		at = s.last
 	}
-	delete(s.rejected, probeKey{dest: k})
-	e := m.record(s, k, at, "approval")
-	if s.probation != nil {
-		s.probation.Remove(probeKey{dest: k})
-	}
+	dest := probeKey{dest: pk.dest}
+	delete(s.rejected, dest)
+	e := m.record(s, pk.dest, at, "approval")
+	s.endProbation(dest)
 	if sh != nil {
-		key := m.shaper.KeyOf(*sh)
-		delete(s.rejected, probeKey{dest: k, shape: key})
-		if s.probation != nil {
-			s.probation.Remove(probeKey{dest: k, shape: key})
-		}
+		delete(s.rejected, pk)
+		s.endProbation(pk)
 		es := e.edgeState()
 		t := es.table(m.cfg.Shapes)
-		t.Observe(key, at)
-		if in := es.findShape(key); in != nil {
+		t.Observe(pk.shape, at)
+		if in := es.findShape(pk.shape); in != nil {
 			in.source = "approval"
 		} else {
-			es.putShape(newShapeInfo(key, *sh, at, at, "approval"))
+			es.putShape(newShapeInfo(pk.shape, *sh, at, at, "approval"))
 		}
 	}
 	m.addFeedback(s, "approve", fb)
@@ -69,7 +65,7 @@ func (m *Model) Approve(service string, fb Feedback) error {
 // Reject teaches the model that a destination, or a shape on a destination, is not
 // expected: it leaves the baseline and can come back only by approval, never by probation.
 func (m *Model) Reject(service string, fb Feedback) error {
-	k, sh, err := m.parseFeedback(service, fb)
+	pk, sh, err := m.parseFeedback(service, fb)
 	if err != nil {
 		return err
 	}
@@ -85,35 +81,29 @@ func (m *Model) Reject(service string, fb Feedback) error {
 	if len(s.rejected) >= maxProbation {
 		return fmt.Errorf("service %q has %d rejections already; approve or clear some first", service, len(s.rejected))
 	}
+	s.rejected[pk] = struct{}{}
+	s.endProbation(pk)
 	if sh == nil {
-		s.rejected[probeKey{dest: k}] = struct{}{}
-		if s.probation != nil {
-			s.probation.Remove(probeKey{dest: k})
-		}
-		s.dests.Remove(k) // recorded in s.removed by the eviction callback
-	} else {
-		key := m.shaper.KeyOf(*sh)
-		s.rejected[probeKey{dest: k, shape: key}] = struct{}{}
-		if s.probation != nil {
-			s.probation.Remove(probeKey{dest: k, shape: key})
-		}
-		if e, ok := s.dests.Peek(k); ok && e.edge != nil && e.edge.shapes != nil {
-			e.edge.shapes.Forget(key)
-			e.edge.dropShape(key)
-			markEntry(s, e)
-		}
+		s.dests.Remove(pk.dest) // recorded in s.removed by the eviction callback
+	} else if e, ok := s.dests.Peek(pk.dest); ok && e.edge != nil && e.edge.shapes != nil {
+		e.edge.shapes.Forget(pk.shape)
+		e.edge.dropShape(pk.shape)
+		markEntry(s, e)
 	}
 	m.addFeedback(s, "reject", fb)
 	return nil
 }
 
-func (m *Model) parseFeedback(service string, fb Feedback) (destKey, *shape.Shape, error) {
+// parseFeedback returns what feedback is about: its destination, or its shape on its
+// destination (with the parsed shape, nil for a destination).
+func (m *Model) parseFeedback(service string, fb Feedback) (probeKey, *shape.Shape, error) {
 	var errs []error
 	if service == "" {
 		errs = append(errs, errors.New("empty service name"))
 	}
-	k, err := parseDestKey(fb.Destination)
-	if err != nil {
+	var pk probeKey
+	var err error
+	if pk.dest, err = parseDestKey(fb.Destination); err != nil {
 		errs = append(errs, err)
 	}
 	var sh *shape.Shape
@@ -121,10 +111,19 @@ func (m *Model) parseFeedback(service string, fb Feedback) (destKey, *shape.Shap
 		parsed, err := shape.Parse(strings.TrimSpace(fb.Shape))
 		if err != nil {
 			errs = append(errs, err)
+		} else {
+			pk.shape = m.shaper.KeyOf(parsed)
 		}
 		sh = &parsed
 	}
-	return k, sh, errors.Join(errs...)
+	return pk, sh, errors.Join(errs...)
+}
+
+// endProbation takes k off probation, if it is on it.
+func (s *service) endProbation(k probeKey) {
+	if s.probation != nil {
+		s.probation.Remove(k)
+	}
 }
 
 func (m *Model) addFeedback(s *service, action string, fb Feedback) {
@@ -140,13 +139,9 @@ func (m *Model) addFeedback(s *service, action string, fb Feedback) {
 // records of a restored service.
 func (m *Model) replayRejections(s *service) {
 	for _, fb := range s.feedback {
-		k, sh, err := m.parseFeedback(s.name, Feedback{Destination: fb.Destination, Shape: fb.Shape})
+		pk, _, err := m.parseFeedback(s.name, Feedback{Destination: fb.Destination, Shape: fb.Shape})
 		if err != nil {
 			continue
-		}
-		pk := probeKey{dest: k}
-		if sh != nil {
-			pk.shape = m.shaper.KeyOf(*sh)
 		}
 		switch fb.Action {
 		case "reject":
