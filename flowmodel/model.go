@@ -348,13 +348,15 @@ func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
 	case hasIP && hostE != nil:
 		// A known host at an IP not in the baseline: fine inside the prefixes it was learned
 		// at, or where DNS says the name lives; a name sent elsewhere is a mismatch.
-		switch {
-		case m.inPrefixes(hostE, f.Destination.IP):
+		if m.inPrefixes(hostE, f.Destination.IP) {
 			known = true
-		case m.mismatch(f.Destination):
+			break
+		}
+		switch answered, at := m.lookupHost(f.Destination); {
+		case at:
+			known = true
+		case answered && !m.cfg.Disabled.Has(ReasonHostIPMismatch):
 			hard = hard.With(ReasonHostIPMismatch)
-		case m.resolves(f.Destination):
-			known = true
 		}
 	case !hasIP && hostE != nil:
 		known = true
@@ -397,20 +399,21 @@ func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, hard Reasons) (
 
 // mismatch reports whether the resolver knows that d's host does not resolve to d's IP.
 func (m *Model) mismatch(d Destination) bool {
-	if m.cfg.Resolver == nil || m.cfg.Disabled.Has(ReasonHostIPMismatch) || !d.IP.IsValid() || d.Host == "" {
+	if m.cfg.Disabled.Has(ReasonHostIPMismatch) {
 		return false
 	}
-	addrs, ok := m.cfg.Resolver.Lookup(d.Host)
-	return ok && !containsAddr(addrs, d.IP)
+	answered, at := m.lookupHost(d)
+	return answered && !at
 }
 
-// resolves reports whether the resolver knows that d's host resolves to d's IP.
-func (m *Model) resolves(d Destination) bool {
+// lookupHost asks the resolver about d's host: answered is set when it has an answer, at
+// when d's IP is among its addresses. Both are false without a resolver, an IP or a host.
+func (m *Model) lookupHost(d Destination) (answered, at bool) {
 	if m.cfg.Resolver == nil || !d.IP.IsValid() || d.Host == "" {
-		return false
+		return false, false
 	}
 	addrs, ok := m.cfg.Resolver.Lookup(d.Host)
-	return ok && containsAddr(addrs, d.IP)
+	return ok, ok && containsAddr(addrs, d.IP)
 }
 
 func containsAddr(addrs []netip.Addr, ip netip.Addr) bool {
