@@ -32,9 +32,9 @@ func (m *Model) Approve(service string, fb Feedback) error {
 	if err != nil {
 		return err
 	}
-	s := m.lookup(service, true)
-	if s == nil {
-		return fmt.Errorf("cannot track service %q: %d services already tracked", service, m.cfg.MaxServices)
+	s, err := m.track(service)
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -163,9 +163,9 @@ func (m *Model) Learn(f *Flow) error {
 	if f.Service == "" || !f.Destination.Valid() {
 		return errors.New("learn: a flow needs a service and a destination")
 	}
-	s := m.lookup(f.Service, true)
-	if s == nil {
-		return fmt.Errorf("cannot track service %q: %d services already tracked", f.Service, m.cfg.MaxServices)
+	s, err := m.track(f.Service)
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -90,6 +90,15 @@ func (m *Model) lookup(name string, create bool) *service {
 	return s
 }
 
+// track returns the named service, creating it if it is unknown. It fails when MaxServices
+// are tracked already.
+func (m *Model) track(name string) (*service, error) {
+	if s := m.lookup(name, true); s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("cannot track service %q: %d services already tracked", name, m.cfg.MaxServices)
+}
+
 // markDirty queues s for the next save. Call with s.mu held.
 func (m *Model) markDirty(s *service) {
 	if s.queued {
@@ -645,9 +654,9 @@ func (m *Model) SetMode(name string, c ModeChange) error {
 			return err
 		}
 	}
-	s := m.lookup(name, true)
-	if s == nil {
-		return fmt.Errorf("cannot track service %q: %d services already tracked", name, m.cfg.MaxServices)
+	s, err := m.track(name)
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
