@@ -322,8 +322,9 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (Answer, error) {
 	if ip.IsValid() {
 		return literal(ip), nil
 	}
-	// The cache is checked under the lock that a finishing lookup caches its answer under:
-	// a lookup that has just ended is not started again.
+	// The cache is checked under the lock that a finishing lookup caches its answer and
+	// leaves r.calls under: a lookup still in r.calls has not cached yet, so a caller that
+	// found no fresh answer never joins the lookup whose answer it has just found stale.
 	r.mu.Lock()
 	if e, found := r.cache.Get(key); found && e.ok && e.ans.Fresh(r.cfg.Now()) {
 		r.mu.Unlock()
