@@ -104,7 +104,7 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 		}
 		cleanups = append(cleanups, r.Close)
 		s.resolver = r
-		cfg.model.Resolver = hostResolver{r}
+		cfg.model.Resolver = hostResolver{r, time.Now} // resolve's clock too
 	}
 	if s.model, err = flowmodel.New(cfg.model); err != nil {
 		return nil, err
@@ -305,12 +305,16 @@ func (s *server) stop(ctx context.Context) error {
 }
 
 // hostResolver answers the model from resolve's cache: a fresh positive answer is evidence,
-// anything else (none yet, expired, the name does not exist) is not.
-type hostResolver struct{ r *resolve.Resolver }
+// anything else (none yet, expired, the name does not exist) is not. resolve.Lookup also
+// returns a stale answer while it refreshes it; now, the resolver's clock, tells them apart.
+type hostResolver struct {
+	r   *resolve.Resolver
+	now func() time.Time
+}
 
 func (h hostResolver) Lookup(host string) ([]netip.Addr, bool) {
 	a, ok := h.r.Lookup(host)
-	if !ok || a.Negative || len(a.Addrs) == 0 {
+	if !ok || a.Negative || len(a.Addrs) == 0 || !a.Fresh(h.now()) {
 		return nil, false
 	}
 	return a.Addrs, true
