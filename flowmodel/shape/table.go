@@ -7,6 +7,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/internal/interval"
 )
 
 // TableConfig tunes a Table. The zero value of a field means its default.
@@ -202,7 +204,7 @@ func (t *Table) advance(now time.Time) {
 	ms := now.UnixMilli()
 	if !t.start {
 		t.start, t.clock = true, ms
-		t.sec = floorDiv(ms, 1000)
+		t.sec = interval.FloorDiv(ms, 1000)
 		t.origin = t.sec * 1000
 		return
 	}
@@ -213,7 +215,7 @@ func (t *Table) advance(now time.Time) {
 	if t.halfMS == 0 {
 		return
 	}
-	sec := floorDiv(ms, 1000)
+	sec := interval.FloorDiv(ms, 1000)
 	if sec == t.sec {
 		return
 	}
@@ -233,14 +235,6 @@ func (t *Table) rescale(origin int64) {
 	t.total *= f
 	t.fresh *= f
 	t.scale, t.origin = 1, origin
-}
-
-func floorDiv(a, b int64) int64 {
-	q := a / b
-	if a%b != 0 && (a < 0) != (b < 0) {
-		q--
-	}
-	return q
 }
 
 // Score returns what the table knows of shape k, without counting it.
@@ -382,7 +376,7 @@ func (t *Table) Restore(st TableState) error {
 	t.total, t.fresh, t.scale, t.evicted = st.Total, st.Fresh, 1, st.Evicted
 	t.start = !st.Clock.IsZero()
 	t.clock = st.Clock.UnixMilli()
-	t.sec = floorDiv(t.clock, 1000)
+	t.sec = interval.FloorDiv(t.clock, 1000)
 	t.origin = t.sec * 1000
 	for _, s := range shapes {
 		if _, dup := t.find(s.Key); dup {

@@ -1,6 +1,7 @@
-// Package interval holds what the event-time detectors (flowmodel/rate, flowmodel/volume)
-// share: the rules for their interval and half-life, which interval an event falls in, and
-// decay over a run of intervals.
+// Package interval holds what the event-time detectors (flowmodel/rate, flowmodel/volume,
+// and flowmodel/shape's table for which interval an event falls in) share: the rules for
+// their interval and half-life, which interval an event falls in, and decay over a run of
+// intervals.
 package interval
 
 import (
