@@ -102,6 +102,16 @@ const (
 	ReasonVolumeSpike
 	ReasonQuarantined
 	ReasonInvalidRequest
+	// ReasonUnknownDestination: no destination could be established (blocked in enforce and
+	// quarantine, alerted in monitor, never learned).
+	ReasonUnknownDestination
+	// ReasonIdentityMismatch: two identity sources of one stream name different services.
+	ReasonIdentityMismatch
+	// ReasonOversizedShape: a request carried more than the model keeps of it (path segments,
+	// header names, shape text); the excess was summarised, never stored raw.
+	ReasonOversizedShape
+	// ReasonParameterValue: a query or body parameter value broke its learned value model.
+	ReasonParameterValue
 	numReasons
 )
 
@@ -115,6 +125,11 @@ var reasonNames = [numReasons]string{
 	ReasonVolumeSpike:    "volume_spike",
 	ReasonQuarantined:    "quarantined",
 	ReasonInvalidRequest: "invalid_request",
+
+	ReasonUnknownDestination: "unknown_destination",
+	ReasonIdentityMismatch:   "identity_mismatch",
+	ReasonOversizedShape:     "oversized_shape",
+	ReasonParameterValue:     "parameter_value",
 }
 
 func (r Reason) String() string {
