@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/meshguard/meshguard/controlplane/nodeid"
+	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshguard/meshguard/controlplane/nodeid"
+	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 

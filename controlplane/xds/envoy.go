@@ -30,7 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/meshguard/meshguard/controlplane/nodeid"
+	"github.com/meshguard/meshguard/extproc/nodeid"
 )
 
 // Envoy extension names not in go-control-plane's wellknown.

@@ -12,7 +12,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/meshguard/meshguard/controlplane/nodeid"
+	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 

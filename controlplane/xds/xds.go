@@ -65,7 +65,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
-	"github.com/meshguard/meshguard/controlplane/nodeid"
+	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
