@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	bencheval "github.com/meshguard/meshguard/bench/evaluate"
 )
 
 func TestParseMinute(t *testing.T) {
@@ -214,12 +216,7 @@ func TestDARPASlice(t *testing.T) {
 		maxFirstAUC = 0.6
 	)
 	path, err := dataPath()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(path); err != nil {
-		t.Fatal(errNoData(path, err))
-	}
+	path = bencheval.NeedDataset(t, path, err)
 	s, err := loadZip(path, rows)
 	if err != nil {
 		t.Fatal(err)

@@ -62,3 +62,32 @@ func ResultsPath() (string, error) {
 	}
 	return filepath.Join(root, "bench", "RESULTS.md"), nil
 }
+
+// RequireDatasetsEnv, set to 1, turns a missing dataset from a skipped test into a failed one.
+// CI sets it (.ci/run), so every evaluation runs there; a fresh clone without ../shared skips.
+const RequireDatasetsEnv = "MESHGUARD_REQUIRE_DATASETS"
+
+// TB is the part of testing.TB that NeedDataset uses; testing.T and testing.B satisfy it.
+type TB interface {
+	Helper()
+	Skipf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// NeedDataset returns path (a dataset file or folder) when it exists. When it does not, the
+// test is skipped with a message naming MESHGUARD_DATASETS, or failed when
+// MESHGUARD_REQUIRE_DATASETS=1.
+func NeedDataset(t TB, path string, err error) string {
+	t.Helper()
+	if err == nil {
+		_, err = os.Stat(path)
+	}
+	if err == nil {
+		return path
+	}
+	if os.Getenv(RequireDatasetsEnv) == "1" {
+		t.Fatalf("dataset needed (%s=1): %v", RequireDatasetsEnv, err)
+	}
+	t.Skipf("dataset not found, skipping (set MESHGUARD_DATASETS to the datasets folder, or %s=1 to fail instead): %v", RequireDatasetsEnv, err)
+	return ""
+}

@@ -18,10 +18,7 @@ import (
 func realData(t *testing.T) string {
 	t.Helper()
 	dir, err := dataDir("")
-	if err != nil {
-		t.Fatalf("the Stratosphere dataset is needed: %v", err)
-	}
-	return dir
+	return evaluate.NeedDataset(t, dir, err)
 }
 
 func TestDataDirMissing(t *testing.T) {
