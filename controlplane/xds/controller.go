@@ -72,6 +72,10 @@ type Stats struct {
 // Config.FirstVersion (by default the wall clock in nanoseconds), so they keep rising across
 // restarts. A snapshot is set only when a node's resources change.
 //
+// With WithAuthenticator, every ADS request's node is authorised against the stream's client
+// certificate before the snapshot it maps to is read; since snapshots are keyed by the
+// node's service (or "gateway"), a node is served only what its own identity may see.
+//
 // Methods are safe for concurrent use; Run must be called once.
 type Controller struct {
 	gen    *Generator
@@ -284,23 +288,27 @@ func (c *Controller) authorize(m map[int64]*adsStream, id int64, node *corev3.No
 		return nil
 	}
 	c.streamMu.Lock()
-	st := m[id]
+	st, ok := m[id]
+	var cur adsStream
+	if ok {
+		cur = *st
+	}
 	c.streamMu.Unlock()
-	if st == nil {
+	if !ok {
 		return status.Error(codes.Internal, "unknown stream")
 	}
-	if st.err != nil {
-		return st.err
+	if cur.err != nil {
+		return cur.err
 	}
 	if node == nil {
-		node = st.node
+		node = cur.node
 	}
-	if st.node != nil && proto.Equal(node, st.node) {
+	if cur.node != nil && proto.Equal(node, cur.node) {
 		return nil
 	}
-	if _, err := c.auth.Authorize(st.peer, node, ""); err != nil {
+	if _, err := c.auth.Authorize(cur.peer, node, ""); err != nil {
 		c.refused.Add(1)
-		c.log.Warn("xds: node refused", "node", node.GetId(), "peer", st.peer.SPIFFEID, "error", err)
+		c.log.Warn("xds: node refused", "node", node.GetId(), "peer", cur.peer.SPIFFEID, "error", err)
 		return err
 	}
 	c.streamMu.Lock()
