@@ -655,3 +655,68 @@ func TestConfigCheckListen(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSTurnsOnAccessLogTLS: with TLS on the control plane, the Envoys it configures reach
+// its access-log service over TLS (else their logs would be refused).
+func TestTLSTurnsOnAccessLogTLS(t *testing.T) {
+	c, err := Config{TLS: TLS{CertFile: "c", KeyFile: "k", ClientCAFile: "ca"}}.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.XDS.UpstreamTLS.AccessLog || c.XDS.UpstreamTLS.CertificateSecret != xds.DefaultCertificateSecret {
+		t.Errorf("upstream TLS = %+v", c.XDS.UpstreamTLS)
+	}
+	if c, _ := (Config{}).Check(); c.XDS.UpstreamTLS.AccessLog {
+		t.Error("access-log TLS without TLS")
+	}
+}
+
+// TestTLSReload: the listener's files are reloaded while it serves (here a client CA
+// rotation): a client of the new CA gets in without a restart, as with extproc/certs.
+func TestTLSReload(t *testing.T) {
+	model, _ := flowmodel.New(flowmodel.Config{})
+	oldCA, newCA := certtest.NewCA(t, "old CA"), certtest.NewCA(t, "new CA")
+	files := certtest.NewFiles(t.TempDir())
+	server := oldCA.Server(t, "meshguard")
+	files.Write(t, server, oldCA)
+	cp, err := New(Config{
+		XDS: xds.Config{PollInterval: time.Hour},
+		TLS: TLS{CertFile: files.Cert, KeyFile: files.Key, ClientCAFile: files.ClientCA, ReloadInterval: 20 * time.Millisecond},
+	}, model, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := cp.NewGRPCServer()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(ctx) }()
+	go cp.Serve(g, lis)
+	t.Cleanup(func() { cancel(); <-done; g.Stop() })
+
+	own := sidecar(t, "shop", "checkout")
+	client := newCA.ClientURI(t, "checkout", spiffe("shop", "checkout"))
+	dial := func() *grpc.ClientConn {
+		return dialWith(t, lis.Addr().String(), credentials.NewTLS(&tls.Config{
+			RootCAs: oldCA.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS(t)},
+		}))
+	}
+	if _, err := adsListener(t, dial(), own); err == nil {
+		t.Fatal("a client of a CA not yet trusted got in")
+	}
+	files.Write(t, server, newCA)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := adsListener(t, dial(), own)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new client CA was not in use within 10s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the reload, not synchronising on it
+	}
+}

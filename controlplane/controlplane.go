@@ -60,7 +60,9 @@ type Config struct {
 	// Listen is the address of the xDS and access-log gRPC server: host:port or
 	// unix:///absolute/path (option xds-listen). Default DefaultListen.
 	Listen string `json:"listen,omitempty" yaml:"listen,omitempty"`
-	// TLS serves every listener over TLS, mutual with a client CA.
+	// TLS serves every listener over TLS, mutual with a client CA. It also turns on
+	// XDS.UpstreamTLS.AccessLog, so that the Envoys this server configures send their access
+	// logs over mutual TLS (with their SDS workload certificate).
 	TLS TLS `json:"tls,omitzero" yaml:"tls,omitempty"`
 	// InsecureListen allows a listener beyond loopback and unix sockets without mutual TLS
 	// (option insecure-listen). It is logged as a warning.
@@ -98,6 +100,10 @@ func (t TLS) Mutual() bool { return t.CertFile != "" && t.ClientCAFile != "" }
 func (c Config) Check() (Config, error) {
 	var errs []error
 	var err error
+	if c.TLS.Enabled() && !c.XDS.DisableAccessLog {
+		// The access-log service is on this server: Envoy must reach it over TLS too.
+		c.XDS.UpstreamTLS.AccessLog = true
+	}
 	if c.XDS, err = c.XDS.Check(); err != nil {
 		errs = append(errs, fmt.Errorf("xds: %w", err))
 	}
