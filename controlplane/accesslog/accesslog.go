@@ -9,12 +9,30 @@
 // gateway; else, per entry, the SPIFFE URI SAN of the downstream peer certificate (NS/SA);
 // else the downstream IP.
 //
+// # Who may log for whom
+//
+// With Config.Authenticator in mutual-TLS mode, the stream's client certificate must back the
+// node of its first message and its x-meshguard-service (see package nodeauth): a stream
+// claiming another identity ends with PermissionDenied before any entry is read, and every
+// entry of a sidecar's stream belongs to the sidecar's own service, whatever the entries say
+// (later identifiers are ignored). Only an authenticated gateway's entries name their
+// services one by one.
+//
+// # Time
+//
+// Entry start times come from the client. A time more than Config.MaxClockSkew ahead of the
+// server's clock, or before the Unix epoch, is replaced by the server's clock and counted
+// (Stats.Clamped), so that no entry can date a flow into the future (through probation, or
+// past what the store can encode).
+//
 // TCP entries are decided (Learner.Decide: learned in learn mode, judged otherwise), since
 // ext_proc never saw them; HTTP entries are only observed (Learner.Observe: the upstream
 // address), since ext_proc already decided them, unless Config.DecideHTTP is set.
 package accesslog
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +50,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/meshguard/meshguard/controlplane/nodeauth"
 	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 )
@@ -92,7 +111,24 @@ type Config struct {
 	// OnRecord, if set, is called for every flow, on the stream's goroutine: it must not
 	// block.
 	OnRecord func(Record)
+	// Authenticator, when set, authenticates each stream's connection and authorises the
+	// node it names (see the package doc). nil believes every stream.
+	Authenticator *nodeauth.Authenticator
+	// MaxClockSkew is how far ahead of the server's clock an entry's start time may be
+	// before it is clamped. Default DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
+	// Now is the server's clock. Default time.Now.
+	Now func() time.Time
 }
+
+// DefaultMaxClockSkew is the default Config.MaxClockSkew.
+const DefaultMaxClockSkew = 5 * time.Minute
+
+// Clamp reasons: why an entry's time was replaced by the server's clock.
+const (
+	ClampFuture      = "future"
+	ClampBeforeEpoch = "before_epoch"
+)
 
 // Drop reasons: why an entry taught nothing.
 const (
@@ -109,6 +145,12 @@ type Stats struct {
 	Entries map[Kind]uint64
 	Flows   uint64
 	Dropped map[string]uint64
+	// Clamped counts entry times replaced by the server's clock, by reason (ClampFuture,
+	// ClampBeforeEpoch); those entries are still learned.
+	Clamped map[string]uint64
+	// Refused counts streams ended because their client could not speak as the node it
+	// named, or lacked the TLS the server requires.
+	Refused uint64
 }
 
 // Receiver is an AccessLogService server. It is safe for concurrent use.
@@ -119,9 +161,9 @@ type Receiver struct {
 	cfg     Config
 	log     *slog.Logger
 
-	streams, flows, httpEntries, tcpEntries atomic.Uint64
-	mu                                      sync.Mutex
-	dropped                                 map[string]uint64
+	streams, flows, httpEntries, tcpEntries, refused atomic.Uint64
+	mu                                               sync.Mutex
+	dropped, clamped                                 map[string]uint64
 }
 
 // NewReceiver returns a receiver that feeds l. log may be nil.
@@ -132,7 +174,16 @@ func NewReceiver(l Learner, cfg Config, log *slog.Logger) (*Receiver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Receiver{learner: l, cfg: cfg, log: log, dropped: map[string]uint64{}}, nil
+	if cfg.MaxClockSkew < 0 {
+		return nil, fmt.Errorf("access log receiver: negative max clock skew %s", cfg.MaxClockSkew)
+	}
+	if cfg.MaxClockSkew == 0 {
+		cfg.MaxClockSkew = DefaultMaxClockSkew
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Receiver{learner: l, cfg: cfg, log: log, dropped: map[string]uint64{}, clamped: map[string]uint64{}}, nil
 }
 
 // Register registers the AccessLogService on s.
@@ -141,13 +192,15 @@ func (r *Receiver) Register(s *grpc.Server) { alsv3.RegisterAccessLogServiceServ
 // Stats returns the receiver's counters.
 func (r *Receiver) Stats() Stats {
 	r.mu.Lock()
-	dropped := maps.Clone(r.dropped)
+	dropped, clamped := maps.Clone(r.dropped), maps.Clone(r.clamped)
 	r.mu.Unlock()
 	return Stats{
 		Streams: r.streams.Load(),
 		Entries: map[Kind]uint64{KindHTTP: r.httpEntries.Load(), KindTCP: r.tcpEntries.Load()},
 		Flows:   r.flows.Load(),
 		Dropped: dropped,
+		Clamped: clamped,
+		Refused: r.refused.Load(),
 	}
 }
 
@@ -157,15 +210,49 @@ func (r *Receiver) drop(reason string) {
 	r.mu.Unlock()
 }
 
+// clampTime replaces an entry time outside [Unix epoch, now+MaxClockSkew] by now.
+func (r *Receiver) clampTime(f *flowmodel.Flow) {
+	now := r.cfg.Now()
+	var reason string
+	switch {
+	case f.Time.After(now.Add(r.cfg.MaxClockSkew)):
+		reason = ClampFuture
+	case f.Time.Before(time.Unix(0, 0)):
+		reason = ClampBeforeEpoch
+	default:
+		return
+	}
+	r.mu.Lock()
+	r.clamped[reason]++
+	r.mu.Unlock()
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.log.Debug("access log: entry time clamped to the server clock", "service", f.Service, "time", f.Time, "reason", reason)
+	}
+	f.Time = now
+}
+
+// refuse counts and logs a refused stream and returns err.
+func (r *Receiver) refuse(err error, node *corev3.Node, p nodeauth.Peer) error {
+	r.refused.Add(1)
+	r.log.Warn("access log stream refused", "node", node.GetId(), "peer", p.SPIFFEID, "error", err)
+	return err
+}
+
 // StreamAccessLogs implements alsv3.AccessLogServiceServer.
 func (r *Receiver) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLogsServer) error {
 	r.streams.Add(1)
-	src := Source{}
+	auth := r.cfg.Authenticator
+	p, err := auth.Peer(stream.Context())
+	if err != nil {
+		return r.refuse(err, nil, p)
+	}
+	var claimed string
 	if md, ok := metadata.FromIncomingContext(stream.Context()); ok {
 		if v := md.Get(ServiceMetadataKey); len(v) > 0 {
-			src.Service = strings.TrimSpace(v[0])
+			claimed = strings.TrimSpace(v[0])
 		}
 	}
+	src := Source{Service: claimed}
 	first := true
 	for {
 		msg, err := stream.Recv()
@@ -177,10 +264,17 @@ func (r *Receiver) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessLo
 		}
 		if first {
 			first = false
-			if src.Service == "" {
-				src = StreamSource(msg.GetIdentifier().GetNode())
+			node := msg.GetIdentifier().GetNode()
+			if auth.Mutual() {
+				id, err := auth.Authorize(p, node, claimed)
+				if err != nil {
+					return r.refuse(err, node, p)
+				}
+				src = Source{Service: cmp.Or(claimed, id.Service), Gateway: claimed == "" && id.Role == nodeid.RoleGateway}
+			} else if src.Service == "" {
+				src = StreamSource(node)
 			}
-			r.log.Debug("access log stream", "node", msg.GetIdentifier().GetNode().GetId(), "service", src.Service, "gateway", src.Gateway)
+			r.log.Debug("access log stream", "node", node.GetId(), "service", src.Service, "gateway", src.Gateway, "peer", p.SPIFFEID)
 		}
 		switch logs := msg.GetLogEntries().(type) {
 		case *alsv3.StreamAccessLogsMessage_HttpLogs:
@@ -204,6 +298,7 @@ func (r *Receiver) handle(f *flowmodel.Flow, rec Record, reason string, decide b
 		r.drop(reason)
 		return
 	}
+	r.clampTime(f)
 	rec.Flow = f
 	if decide {
 		rec.Decided = true

@@ -115,6 +115,10 @@ type Config struct {
 	// recognised by that without configuration.
 	GatewaySources map[string][]string `json:"gateway_sources,omitempty" yaml:"gateway_sources,omitempty"`
 
+	// UpstreamTLS makes Envoy reach meshguard's ext_proc and access-log servers over mutual
+	// TLS. Off by default.
+	UpstreamTLS UpstreamTLS `json:"upstream_tls,omitzero" yaml:"upstream_tls,omitempty"`
+
 	// PollInterval is how often the controller reads the baselines. Default 2s.
 	PollInterval time.Duration `json:"poll_interval,omitempty" yaml:"poll_interval,omitempty"`
 	// MaxNodeKeys caps the snapshots held (one per sidecar service, one for gateways).
@@ -218,6 +222,9 @@ func (c Config) Check() (Config, error) {
 	}
 	if c.TrustDomain != "" && strings.ContainsAny(c.TrustDomain, "/: ") {
 		errs = append(errs, fmt.Errorf("trust domain %q: must be a bare domain", c.TrustDomain))
+	}
+	if c.UpstreamTLS, err = c.UpstreamTLS.check(); err != nil {
+		errs = append(errs, err)
 	}
 	var modeErr error
 	c.ProcessingMode, c.mode, modeErr = c.ProcessingMode.parse()

@@ -17,8 +17,11 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshguard/meshguard/controlplane/nodeauth"
 	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 )
@@ -58,6 +61,9 @@ type Stats struct {
 	Builds, Pushes, Holds, Nacks, BuildErrors uint64
 	// Skips counts, by reason, services newly found not enforced at L4 as asked.
 	Skips map[string]uint64
+	// Refused counts ADS streams ended because their client could not speak as the node it
+	// named (see WithAuthenticator).
+	Refused uint64
 }
 
 // Controller keeps one snapshot per node key in go-control-plane's snapshot cache, rebuilt
@@ -65,6 +71,10 @@ type Stats struct {
 // key connects. Versions are decimal, strictly increasing across all keys, and start at
 // Config.FirstVersion (by default the wall clock in nanoseconds), so they keep rising across
 // restarts. A snapshot is set only when a node's resources change.
+//
+// With WithAuthenticator, every ADS request's node is authorised against the stream's client
+// certificate before the snapshot it maps to is read; since snapshots are keyed by the
+// node's service (or "gateway"), a node is served only what its own identity may see.
 //
 // Methods are safe for concurrent use; Run must be called once.
 type Controller struct {
@@ -79,6 +89,14 @@ type Controller struct {
 
 	mu    sync.Mutex
 	nodes map[string]nodeid.Identity
+
+	// auth authorises every node claim on ADS; nil trusts them all.
+	auth *nodeauth.Authenticator
+	// streams holds, per open ADS stream (SotW and delta apart: their IDs are counted
+	// separately), the peer and the node it was last authorised as.
+	streamMu    sync.Mutex
+	sotw, delta map[int64]*adsStream
+	refused     atomic.Uint64
 
 	// Owned by Run.
 	seed     maphash.Seed
@@ -99,8 +117,19 @@ type Controller struct {
 	skips                       map[string]uint64
 }
 
+// Option changes how a Controller is built.
+type Option func(*Controller)
+
+// WithAuthenticator makes the controller authorise every node an ADS stream names (on
+// every request, not only the first: a stream cannot switch to another node) against the
+// stream's client certificate. A refused stream ends with PermissionDenied (Unauthenticated
+// when its connection lacks the TLS a asks for) and is counted in Stats.Refused.
+func WithAuthenticator(a *nodeauth.Authenticator) Option {
+	return func(c *Controller) { c.auth = a }
+}
+
 // NewController checks cfg and returns a controller reading base. log may be nil.
-func NewController(cfg Config, base Baselines, log *slog.Logger) (*Controller, error) {
+func NewController(cfg Config, base Baselines, log *slog.Logger, opts ...Option) (*Controller, error) {
 	gen, err := NewGenerator(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("xds config: %w", err)
@@ -126,6 +155,11 @@ func NewController(cfg Config, base Baselines, log *slog.Logger) (*Controller, e
 		held:     map[string]bool{},
 		reported: map[string][]Skip{},
 		skips:    map[string]uint64{},
+		sotw:     map[int64]*adsStream{},
+		delta:    map[int64]*adsStream{},
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	first := gen.cfg.FirstVersion
 	if first == 0 {
@@ -187,7 +221,7 @@ func (c *Controller) Stats() Stats {
 	c.pushMu.Unlock()
 	return Stats{
 		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes, Holds: c.holds.Load(),
-		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips,
+		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips, Refused: c.refused.Load(),
 	}
 }
 
@@ -224,19 +258,101 @@ type nodeHash struct{ c *Controller }
 
 func (h nodeHash) ID(n *corev3.Node) string { return h.c.nodeKey(n) }
 
+// adsStream is what the controller knows of one open ADS stream.
+type adsStream struct {
+	peer nodeauth.Peer
+	// err, when set, refuses every request (the connection failed authentication).
+	err error
+	// node is the node the stream was last authorised as; nil before its first request.
+	node *corev3.Node
+}
+
+// openStream records the peer of a new stream. Authentication failures are recorded and
+// returned at the stream's first request, so that go-control-plane ends the stream with them.
+func (c *Controller) openStream(ctx context.Context, m map[int64]*adsStream, id int64) error {
+	p, err := c.auth.Peer(ctx)
+	c.streamMu.Lock()
+	m[id] = &adsStream{peer: p, err: err}
+	c.streamMu.Unlock()
+	if err != nil {
+		c.refused.Add(1)
+		c.log.Warn("xds: stream refused", "error", err)
+	}
+	return err
+}
+
+// authorize checks the node of a request against its stream's peer. node may be nil on
+// requests after the first (Envoy sets it only once): the stream's node is then kept.
+func (c *Controller) authorize(m map[int64]*adsStream, id int64, node *corev3.Node) error {
+	if c.auth == nil {
+		return nil
+	}
+	c.streamMu.Lock()
+	st, ok := m[id]
+	var cur adsStream
+	if ok {
+		cur = *st
+	}
+	c.streamMu.Unlock()
+	if !ok {
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	if cur.err != nil {
+		return cur.err
+	}
+	if node == nil {
+		node = cur.node
+	}
+	if cur.node != nil && proto.Equal(node, cur.node) {
+		return nil
+	}
+	if _, err := c.auth.Authorize(cur.peer, node, ""); err != nil {
+		c.refused.Add(1)
+		c.log.Warn("xds: node refused", "node", node.GetId(), "peer", cur.peer.SPIFFEID, "error", err)
+		return err
+	}
+	c.streamMu.Lock()
+	st.node = node
+	c.streamMu.Unlock()
+	return nil
+}
+
+func (c *Controller) closeStream(m map[int64]*adsStream, id int64) {
+	c.streamMu.Lock()
+	delete(m, id)
+	c.streamMu.Unlock()
+}
+
 func (c *Controller) callbacks() serverv3.Callbacks {
 	nack := func(node *corev3.Node, typeURL, version, msg string) {
 		c.nacks.Add(1)
 		c.log.Warn("xds: envoy rejected configuration", "node", node.GetId(), "type", typeURL, "version", version, "error", msg)
 	}
 	return serverv3.CallbackFuncs{
-		StreamRequestFunc: func(_ int64, req *discoverygrpc.DiscoveryRequest) error {
+		// go-control-plane calls the request callbacks before it reads the snapshot the
+		// request's node maps to (for SotW with the stream's node filled in; for delta
+		// before, hence the fallback to the stream's node in authorize).
+		StreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			return c.openStream(ctx, c.sotw, id)
+		},
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
+			return c.openStream(ctx, c.delta, id)
+		},
+		StreamClosedFunc:      func(id int64, _ *corev3.Node) { c.closeStream(c.sotw, id) },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { c.closeStream(c.delta, id) },
+		StreamRequestFunc: func(id int64, req *discoverygrpc.DiscoveryRequest) error {
+			if err := c.authorize(c.sotw, id, req.GetNode()); err != nil {
+				return err
+			}
 			if d := req.GetErrorDetail(); d != nil {
 				nack(req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), d.GetMessage())
 			}
 			return nil
 		},
-		StreamDeltaRequestFunc: func(_ int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
+		StreamDeltaRequestFunc: func(id int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
+			if err := c.authorize(c.delta, id, req.GetNode()); err != nil {
+				return err
+			}
 			if d := req.GetErrorDetail(); d != nil {
 				nack(req.GetNode(), req.GetTypeUrl(), "", d.GetMessage())
 			}

@@ -325,16 +325,17 @@ func (b *builder) clusters() []*clusterv3.Cluster {
 			LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
 			ConnectTimeout:       durationpb.New(b.cfg.UpstreamConnectTimeout),
 		},
-		b.grpcCluster(ClusterExtProc, b.cfg.extProc),
+		b.grpcCluster(ClusterExtProc, b.cfg.extProc, b.cfg.UpstreamTLS.ExtProc),
 	}
 	if !b.cfg.DisableAccessLog {
-		out = append(out, b.grpcCluster(ClusterAccessLog, b.cfg.accessLog))
+		out = append(out, b.grpcCluster(ClusterAccessLog, b.cfg.accessLog, b.cfg.UpstreamTLS.AccessLog))
 	}
 	return out
 }
 
-// grpcCluster reaches a meshguard gRPC server over HTTP/2.
-func (b *builder) grpcCluster(name string, ep endpoint) *clusterv3.Cluster {
+// grpcCluster reaches a meshguard gRPC server over HTTP/2, over TLS when tls is set (see
+// UpstreamTLS).
+func (b *builder) grpcCluster(name string, ep endpoint, tls bool) *clusterv3.Cluster {
 	typ := clusterv3.Cluster_STATIC
 	var addr *corev3.Address
 	switch {
@@ -355,8 +356,13 @@ func (b *builder) grpcCluster(name string, ep endpoint) *clusterv3.Cluster {
 			},
 		},
 	}
+	var ts *corev3.TransportSocket
+	if tls {
+		ts = b.transportSocket()
+	}
 	return &clusterv3.Cluster{
 		Name:                 name,
+		TransportSocket:      ts,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: typ},
 		ConnectTimeout:       durationpb.New(localConnectTimeout),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{

@@ -24,6 +24,11 @@
 //
 // # Nodes and snapshots
 //
+// Who a node is comes from its claims (node id and metadata); with mutual TLS the controller
+// believes a claim only when the stream's client certificate backs it (package
+// controlplane/nodeauth, Controller WithAuthenticator), so a node can read only its own
+// service's snapshot, and only a gateway account the gateway snapshot.
+//
 // A sidecar node (see nodeid.Identify) gets the snapshot of its service: the RBAC has one
 // policy whose principal is any (all traffic of the sidecar is the service's), and the ext_proc
 // and access-log streams carry the service in the x-meshguard-service gRPC metadata. All

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -77,7 +78,22 @@ func (ca *CA) Client(t testing.TB, name string) *Leaf {
 	return ca.issue(t, name, x509.ExtKeyUsageClientAuth)
 }
 
-func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage) *Leaf {
+// ClientURI issues a client certificate with common name name and the given URI SANs,
+// such as a SPIFFE ID "spiffe://cluster.local/ns/NS/sa/SA".
+func (ca *CA) ClientURI(t testing.TB, name string, uris ...string) *Leaf {
+	t.Helper()
+	var us []*url.URL
+	for _, s := range uris {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	return ca.issue(t, name, x509.ExtKeyUsageClientAuth, us...)
+}
+
+func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage, uris ...*url.URL) *Leaf {
 	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
@@ -85,6 +101,7 @@ func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage) *Leaf {
 		ExtKeyUsage: []x509.ExtKeyUsage{usage},
 		DNSNames:    []string{"localhost"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		URIs:        uris,
 	}
 	cert, der := create(t, name, tmpl, ca.Cert, key, ca.key)
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
