@@ -160,8 +160,35 @@ func TestEnvoyBootstrap(t *testing.T) {
 		t.Fatalf("static clusters %v, want only meshguard_xds used by ADS", clusters)
 	}
 	checkHTTP2(t, clusters[0])
-	if _, port := endpointOf(t, clusters[0]); port != 18000 {
-		t.Errorf("xDS cluster port %d, want meshguard's --xds-listen port 18000", port)
+
+	// meshguard's config beside it: every control-plane path is a unix socket, and the
+	// bootstrap reaches xds-listen.
+	data, err = os.ReadFile("envoy/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig(string(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := "unix://"+pipeOf(t, clusters[0]), cfg.str("xds-listen"); got != want {
+		t.Errorf("xDS cluster sends to %s, meshguard's xds-listen is %s", got, want)
+	}
+	for option, want := range map[string]string{"xds-ext-proc-address": cfg.str("listen"), "xds-access-log-address": cfg.str("xds-listen")} {
+		if got := cfg.str(option); got != want {
+			t.Errorf("%s %q, want what meshguard listens on, %q", option, got, want)
+		}
+	}
+	for _, option := range []string{"listen", "xds-listen", "admin-listen"} {
+		if _, _, socket, err := splitListen(cfg.str(option)); err != nil || socket == "" {
+			t.Errorf("%s %q is not a unix socket: on a host, loopback is open to the workloads (%v)", option, cfg.str(option), err)
+		}
+	}
+	if host, _, _, err := splitListen(cfg.str("health-listen")); err != nil || !isLoopback(host) {
+		t.Errorf("health-listen %q, want loopback", cfg.str("health-listen"))
+	}
+	if b.GetAdmin().GetAddress().GetPipe() == nil {
+		t.Error("Envoy's admin interface is not on a unix socket: every local process could drain or stop Envoy")
 	}
 
 	md := b.GetNode().GetMetadata().GetFields()
