@@ -35,15 +35,6 @@ func appVersion(t *testing.T) string {
 	return c.AppVersion
 }
 
-// flagValue returns the value after flag in args.
-func flagValue(args []string, flag string) (string, bool) {
-	i := slices.Index(args, flag)
-	if i < 0 || i+1 >= len(args) {
-		return "", false
-	}
-	return args[i+1], true
-}
-
 // podWant is what a meshguard pod must look like in one layout.
 type podWant struct {
 	listen      string // listen option
