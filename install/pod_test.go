@@ -86,16 +86,24 @@ func checkMeshguardPod(t *testing.T, spec *corev1.PodSpec, cfg meshguardConfig, 
 	} else if host != "" && !isLoopback(host) && !remote {
 		t.Errorf("admin-listen %q is not loopback and admin-allow-remote is not set", admin)
 	}
-	// A TCP listener beyond loopback needs TLS or an explicit insecure-listen.
-	for _, l := range []struct{ addr, tls string }{
-		{cfg.str("listen"), "tls-cert"}, {cfg.str("xds-listen"), "xds-tls-cert"}, {cfg.str("admin-listen"), "admin-tls-cert"},
+	// A TCP listener beyond loopback needs TLS (mutual TLS for xDS, as controlplane
+	// demands) or an explicit insecure-listen.
+	for _, l := range []struct {
+		addr string
+		tls  []string
+	}{
+		{cfg.str("listen"), []string{"tls-cert", "tls-key"}},
+		{cfg.str("xds-listen"), []string{"xds-tls-cert", "xds-tls-key", "xds-tls-client-ca"}},
+		{cfg.str("admin-listen"), []string{"admin-tls-cert", "admin-tls-key"}},
 	} {
 		host, _, _, err := splitListen(l.addr)
-		if l.addr == "" || l.addr == "off" || err != nil || host == "" || isLoopback(host) {
+		if l.addr == "" || l.addr == "off" || err != nil || host == "" || isLoopback(host) || cfg.flag("insecure-listen") {
 			continue
 		}
-		if cfg.str(l.tls) == "" && !cfg.flag("insecure-listen") {
-			t.Errorf("%s is not loopback, has no %s and no insecure-listen: meshguard refuses to start", l.addr, l.tls)
+		for _, option := range l.tls {
+			if cfg.str(option) == "" {
+				t.Errorf("%s is not loopback, has no %s and no insecure-listen: meshguard refuses to start", l.addr, option)
+			}
 		}
 	}
 
