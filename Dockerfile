@@ -3,10 +3,12 @@
 # meshguard image: a static Go binary on distroless, running as the nonroot user.
 #
 #   docker build -t ghcr.io/meshguard/meshguard:0.1.0 .
-#   docker run --rm -p 9001:9001 ghcr.io/meshguard/meshguard:0.1.0
+#   docker run --rm -v $PWD/config.yaml:/etc/meshguard/config.yaml:ro ghcr.io/meshguard/meshguard:0.1.0
 #
-# The image's default command serves ext_proc on 0.0.0.0:9001 with its data in
-# /var/lib/meshguard; mount a volume there to keep baselines across restarts.
+# The image's default command reads /etc/meshguard/config.yaml (install/image/config.yaml:
+# data in /var/lib/meshguard, meshguard's loopback listeners); every install layout mounts
+# its own config over /etc/meshguard. Mount a volume at /var/lib/meshguard to keep
+# baselines across restarts.
 
 ARG GO_VERSION=1.26
 
@@ -28,9 +30,10 @@ RUN mkdir -p /out/data
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/meshguard /meshguard
 COPY --from=build --chown=65532:65532 /out/data /var/lib/meshguard
+COPY install/image/config.yaml /etc/meshguard/config.yaml
 USER 65532:65532
-# 9001 ext_proc + grpc.health.v1, 9002 admin (loopback unless --admin-allow-remote),
-# 18000 xDS + access-log service (with --xds-listen).
-EXPOSE 9001 9002 18000
+# The ports the install layouts use: 9001 ext_proc + grpc.health.v1, 18000 xDS +
+# access-log service, 9003 health-listen (/healthz, /readyz, /metrics).
+EXPOSE 9001 9003 18000
 ENTRYPOINT ["/meshguard"]
-CMD ["serve", "--listen", "0.0.0.0:9001", "--data-dir", "/var/lib/meshguard"]
+CMD ["serve", "--config", "/etc/meshguard/config.yaml"]

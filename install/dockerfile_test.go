@@ -115,7 +115,7 @@ func TestDockerfile(t *testing.T) {
 	}
 	var user string
 	var entrypoint, cmd []string
-	var copiedBinary bool
+	var copiedBinary, copiedConfig bool
 	for _, n := range final.nodes {
 		switch strings.ToLower(n.Value) {
 		case "run":
@@ -137,6 +137,9 @@ func TestDockerfile(t *testing.T) {
 			if slices.Contains(n.Flags, "--from="+build.name) && slices.Equal(w, []string{"/out/meshguard", "/meshguard"}) {
 				copiedBinary = true
 			}
+			if len(n.Flags) == 0 && slices.Equal(w, []string{"install/image/config.yaml", configFile}) {
+				copiedConfig = true
+			}
 		}
 	}
 	if !regexp.MustCompile(`^[0-9]+:[0-9]+$`).MatchString(user) || user != "65532:65532" {
@@ -148,11 +151,22 @@ func TestDockerfile(t *testing.T) {
 	if !slices.Equal(entrypoint, []string{"/meshguard"}) {
 		t.Errorf("ENTRYPOINT %q, want [/meshguard]", entrypoint)
 	}
-	if len(cmd) == 0 || cmd[0] != "serve" {
-		t.Errorf("CMD %q, want serve ...", cmd)
+	if want := []string{"serve", "--config", configFile}; !slices.Equal(cmd, want) {
+		t.Errorf("CMD %q, want %q", cmd, want)
 	}
-	if got, _ := flagValue(cmd, "--data-dir"); got != dataDir {
-		t.Errorf("CMD --data-dir %q, want %q", got, dataDir)
+	if !copiedConfig {
+		t.Errorf("runtime stage does not COPY install/image/config.yaml %s", configFile)
+	}
+	data, err := os.ReadFile("image/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig(string(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.str("data-dir"); got != dataDir {
+		t.Errorf("image config data-dir %q, want %q (the directory the image creates for 65532)", got, dataDir)
 	}
 }
 

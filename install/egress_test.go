@@ -75,7 +75,12 @@ func TestIstioEgressGateway(t *testing.T) {
 		}
 		ports[name] = port
 	}
-	checkMeshguardPod(t, &dep.Spec.Template.Spec, podWant{
+	cfg := checkConfigFile(t, &dep.Spec.Template.Spec, only[*corev1.ConfigMap](meshguard))
+	if !cfg.flag("resolve-hosts") {
+		t.Error("resolve-hosts is off: the gateway sends no destination.address, so the Host header alone would name the destination")
+	}
+	checkServedAddresses(t, cfg, svc)
+	checkMeshguardPod(t, &dep.Spec.Template.Spec, cfg, podWant{
 		listen: listenAddr("0.0.0.0", ports[extprocCluster]),
 		xds:    listenAddr("0.0.0.0", ports[alsCluster]),
 		probes: true,
@@ -101,9 +106,10 @@ func TestIstioEgressGateway(t *testing.T) {
 	if !subset(np.Spec.PodSelector.MatchLabels, dep.Spec.Template.Labels) {
 		t.Errorf("NetworkPolicy selects %v, not the meshguard pods", np.Spec.PodSelector.MatchLabels)
 	}
-	if len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 || np.Spec.Ingress[0].From[0].PodSelector == nil ||
-		!maps.Equal(np.Spec.Ingress[0].From[0].PodSelector.MatchLabels, gwSelector) {
-		t.Errorf("NetworkPolicy ingress %v, want only from pods %v", np.Spec.Ingress, gwSelector)
+	checkNetworkPolicy(t, np, dep.Spec.Template.Labels, cfg)
+	if len(np.Spec.Ingress) == 0 || len(np.Spec.Ingress[0].From) != 1 || np.Spec.Ingress[0].From[0].PodSelector == nil ||
+		!maps.Equal(np.Spec.Ingress[0].From[0].PodSelector.MatchLabels, gwSelector) || np.Spec.Ingress[0].From[0].NamespaceSelector != nil {
+		t.Errorf("NetworkPolicy ingress %v, want ext_proc and access logs only from pods %v", np.Spec.Ingress, gwSelector)
 	}
 	for _, o := range meshguard {
 		if ns := o.obj.(interface{ GetNamespace() string }).GetNamespace(); ns != "istio-system" {

@@ -1,7 +1,9 @@
 package install
 
 import (
+	"encoding/json"
 	"maps"
+	"os"
 	"path"
 	"slices"
 	"strings"
@@ -76,40 +78,53 @@ type helmCase struct {
 	values    string
 	wantKinds []string
 	pod       podWant
-	check     func(t *testing.T, objs []object)
+	check     func(t *testing.T, objs []object, cfg meshguardConfig)
 }
+
+// helmService is the DNS name of the chart's Service in the test release.
+const helmService = "mg-meshguard.meshguard.svc.cluster.local"
 
 func TestHelmChart(t *testing.T) {
 	c := loadChart(t)
 	if !chartutil.IsCompatibleRange(c.Metadata.KubeVersion, "v1.27.0") || chartutil.IsCompatibleRange(c.Metadata.KubeVersion, "v1.26.9") {
 		t.Errorf("kubeVersion %q: gRPC probes need 1.27 and work from it", c.Metadata.KubeVersion)
 	}
+	central := podWant{listen: "0.0.0.0:9001", xds: "0.0.0.0:18000", probes: true}
 	tests := []helmCase{
 		{
 			name:      "defaults",
 			values:    "",
-			wantKinds: []string{"apps/v1/Deployment", "v1/ConfigMap", "v1/Service", "v1/ServiceAccount"},
-			pod:       podWant{listen: "0.0.0.0:9001", xds: "0.0.0.0:18000", probes: true},
-			check: func(t *testing.T, objs []object) {
+			wantKinds: []string{"apps/v1/Deployment", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/ConfigMap", "v1/Service", "v1/ServiceAccount"},
+			pod:       central,
+			check: func(t *testing.T, objs []object, cfg meshguardConfig) {
 				dep := one[*appsv1.Deployment](t, objs)
 				if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 1 {
 					t.Errorf("replicas %v, want 1", dep.Spec.Replicas)
 				}
-				if v := dep.Spec.Template.Spec.Volumes[0]; v.EmptyDir == nil {
-					t.Errorf("data volume %v, want an emptyDir without persistence", v)
-				}
 				if dep.Spec.Template.Labels["sidecar.istio.io/inject"] != "false" {
 					t.Error("meshguard pod is not excluded from sidecar injection")
 				}
-				servicePorts(t, objs, 9001, 18000)
+				servicePorts(t, objs, 9001, 18000, 9003)
+				if !cfg.flag("insecure-listen") || cfg.str("tls-cert") != "" {
+					t.Error("without tls.secretName the chart must say insecure-listen: true")
+				}
+				// No from: only the mesh's namespace.
+				np := one[*networkingv1.NetworkPolicy](t, objs)
+				if from := np.Spec.Ingress[0].From; len(from) != 1 || from[0].NamespaceSelector == nil ||
+					from[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "istio-system" || from[0].PodSelector != nil {
+					t.Errorf("NetworkPolicy without from admits %v, want only namespace istio-system", from)
+				}
+				if env := containerOTel(t, meshguardContainer(t, &dep.Spec.Template.Spec), only[*corev1.ConfigMap](objs)); env[envEndpoint] != "" || env[envProtocol] != "" {
+					t.Errorf("OTel environment %v without otel.exporterEndpoint", env)
+				}
 			},
 		},
 		{
 			name:      "daemonset",
 			values:    "kind: DaemonSet\n",
-			wantKinds: []string{"apps/v1/DaemonSet", "v1/ConfigMap", "v1/Service", "v1/ServiceAccount"},
-			pod:       podWant{listen: "0.0.0.0:9001", xds: "0.0.0.0:18000", probes: true},
-			check: func(t *testing.T, objs []object) {
+			wantKinds: []string{"apps/v1/DaemonSet", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/ConfigMap", "v1/Service", "v1/ServiceAccount"},
+			pod:       central,
+			check: func(t *testing.T, objs []object, _ meshguardConfig) {
 				svc := one[*corev1.Service](t, objs)
 				got := "unset"
 				if p := svc.Spec.InternalTrafficPolicy; p != nil {
@@ -121,77 +136,117 @@ func TestHelmChart(t *testing.T) {
 			},
 		},
 		{
-			name: "persistent deployment with remote admin and network policy",
+			name: "persistent deployment with remote admin, options and network peers",
 			values: `persistence:
   enabled: true
   storageClassName: fast
-admin:
-  allowRemote: true
+config:
+  admin-listen: 0.0.0.0:9002
+  admin-allow-remote: true
+  default-mode: monitor
+  learn-window: 168h
+  learn-min-requests: 100
+  after-learning: enforce
+  log-level: debug
+  max-message-bytes: 1048576
 networkPolicy:
-  enabled: true
   from:
   - podSelector:
       matchLabels:
         istio: egressgateway
-meshguard:
-  defaultMode: monitor
-  learnWindow: 168h
-  learnMinRequests: 100
-  afterLearning: enforce
-  extraArgs: ["--log-level", "debug"]
 otel:
   exporterEndpoint: http://otel-collector.observability:4317
   extraEnv:
     OTEL_TRACES_SAMPLER: parentbased_always_on
 `,
-			wantKinds: []string{"apps/v1/Deployment", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/PersistentVolumeClaim", "v1/Service", "v1/ServiceAccount"},
+			wantKinds: []string{"apps/v1/Deployment", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/ConfigMap", "v1/PersistentVolumeClaim", "v1/Service", "v1/ServiceAccount"},
 			pod:       podWant{listen: "0.0.0.0:9001", xds: "0.0.0.0:18000", probes: true, adminRemote: true},
-			check: func(t *testing.T, objs []object) {
+			check: func(t *testing.T, objs []object, cfg meshguardConfig) {
 				dep := one[*appsv1.Deployment](t, objs)
 				pvc := one[*corev1.PersistentVolumeClaim](t, objs)
 				if dep.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
 					t.Errorf("strategy %s, want Recreate with a ReadWriteOnce claim", dep.Spec.Strategy.Type)
 				}
-				if v := dep.Spec.Template.Spec.Volumes[0]; v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != pvc.Name {
-					t.Errorf("data volume %v, want claim %s", v, pvc.Name)
+				if !slices.ContainsFunc(dep.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
+					return v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == pvc.Name
+				}) {
+					t.Errorf("Deployment does not mount claim %s", pvc.Name)
 				}
 				if pvc.Spec.StorageClassName == nil || *pvc.Spec.StorageClassName != "fast" {
 					t.Errorf("storageClassName %v, want fast", pvc.Spec.StorageClassName)
 				}
-				args := meshguardContainer(t, &dep.Spec.Template.Spec).Args
-				for flag, want := range map[string]string{
-					"--admin-listen": "0.0.0.0:9002", "--default-mode": "monitor", "--learn-window": "168h",
-					"--learn-min-requests": "100", "--after-learning": "enforce", "--log-level": "debug",
+				// The Helm value name is the option name, and the value arrives as it was given.
+				for option, want := range map[string]any{
+					"admin-listen": "0.0.0.0:9002", "default-mode": "monitor", "learn-window": "168h",
+					"learn-min-requests": float64(100), "after-learning": "enforce", "log-level": "debug",
+					"max-message-bytes": float64(1048576), "listen": "0.0.0.0:9001",
 				} {
-					if got, _ := flagValue(args, flag); got != want {
-						t.Errorf("%s %q, want %q", flag, got, want)
+					if got := cfg[option]; got != want {
+						t.Errorf("%s %v (%T), want %v", option, got, got, want)
 					}
 				}
-				servicePorts(t, objs, 9001, 18000, 9002)
+				servicePorts(t, objs, 9001, 18000, 9002, 9003)
 				np := one[*networkingv1.NetworkPolicy](t, objs)
-				if !subset(np.Spec.PodSelector.MatchLabels, dep.Spec.Template.Labels) {
-					t.Errorf("NetworkPolicy selects %v, not the meshguard pods", np.Spec.PodSelector.MatchLabels)
+				if len(np.Spec.Ingress[0].From) != 1 || np.Spec.Ingress[0].From[0].PodSelector.MatchLabels["istio"] != "egressgateway" || len(np.Spec.Ingress[0].Ports) != 3 {
+					t.Errorf("NetworkPolicy ingress %v, want the given peer on ext_proc, xDS and admin", np.Spec.Ingress[0])
 				}
-				if len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 || len(np.Spec.Ingress[0].Ports) != 3 {
-					t.Errorf("NetworkPolicy ingress %v, want the given peer on 3 ports", np.Spec.Ingress)
-				}
-				cm := one[*corev1.ConfigMap](t, objs)
-				if cm.Data["OTEL_EXPORTER_OTLP_ENDPOINT"] != "http://otel-collector.observability:4317" || cm.Data["OTEL_TRACES_SAMPLER"] != "parentbased_always_on" {
-					t.Errorf("OTel ConfigMap %v", cm.Data)
+				env := containerOTel(t, meshguardContainer(t, &dep.Spec.Template.Spec), only[*corev1.ConfigMap](objs))
+				if env[envEndpoint] != "http://otel-collector.observability:4317" || env[envProtocol] != "grpc" || env["OTEL_TRACES_SAMPLER"] != "parentbased_always_on" {
+					t.Errorf("OTel environment %v", env)
 				}
 			},
 		},
 		{
 			name:      "no xds and an existing service account",
-			values:    "xds:\n  enabled: false\nserviceAccount:\n  create: false\n  name: existing\n",
-			wantKinds: []string{"apps/v1/Deployment", "v1/ConfigMap", "v1/Service"},
+			values:    "config:\n  xds-listen: \"off\"\nserviceAccount:\n  create: false\n  name: existing\n",
+			wantKinds: []string{"apps/v1/Deployment", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/ConfigMap", "v1/Service"},
 			pod:       podWant{listen: "0.0.0.0:9001", probes: true},
-			check: func(t *testing.T, objs []object) {
+			check: func(t *testing.T, objs []object, cfg meshguardConfig) {
 				dep := one[*appsv1.Deployment](t, objs)
 				if got := dep.Spec.Template.Spec.ServiceAccountName; got != "existing" {
 					t.Errorf("serviceAccountName %q, want existing", got)
 				}
-				servicePorts(t, objs, 9001)
+				servicePorts(t, objs, 9001, 9003)
+				if _, ok := cfg["xds-ext-proc-address"]; ok {
+					t.Error("xds-ext-proc-address set without xDS")
+				}
+			},
+		},
+		{
+			name:      "mutual TLS from a Secret",
+			values:    "tls:\n  secretName: meshguard-tls\n",
+			wantKinds: []string{"apps/v1/Deployment", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/ConfigMap", "v1/Service", "v1/ServiceAccount"},
+			pod:       central,
+			check: func(t *testing.T, objs []object, cfg meshguardConfig) {
+				if _, ok := cfg["insecure-listen"]; ok {
+					t.Error("insecure-listen set although TLS is configured")
+				}
+				want := map[string]string{
+					"tls-cert": "/etc/meshguard/tls/tls.crt", "tls-key": "/etc/meshguard/tls/tls.key", "tls-client-ca": "/etc/meshguard/tls/ca.crt",
+					"xds-tls-cert": "/etc/meshguard/tls/tls.crt", "xds-tls-key": "/etc/meshguard/tls/tls.key", "xds-tls-client-ca": "/etc/meshguard/tls/ca.crt",
+				}
+				for option, path := range want {
+					if got := cfg.str(option); got != path {
+						t.Errorf("%s %q, want %q", option, got, path)
+					}
+				}
+				spec := &one[*appsv1.Deployment](t, objs).Spec.Template.Spec
+				mc := meshguardContainer(t, spec)
+				if !slices.ContainsFunc(mc.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/etc/meshguard/tls" && m.ReadOnly }) ||
+					!slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "meshguard-tls" }) {
+					t.Error("Secret meshguard-tls is not mounted read-only at /etc/meshguard/tls")
+				}
+			},
+		},
+		{
+			name:      "served addresses given explicitly, network policy off",
+			values:    "config:\n  xds-ext-proc-address: meshguard.example.internal:9001\n  xds-access-log-address: meshguard.example.internal:18000\nnetworkPolicy:\n  enabled: false\n",
+			wantKinds: []string{"apps/v1/Deployment", "v1/ConfigMap", "v1/ConfigMap", "v1/Service", "v1/ServiceAccount"},
+			pod:       central,
+			check: func(t *testing.T, _ []object, cfg meshguardConfig) {
+				if got := cfg.str("xds-ext-proc-address"); got != "meshguard.example.internal:9001" {
+					t.Errorf("xds-ext-proc-address %q: the chart overrode the given value", got)
+				}
 			},
 		},
 	}
@@ -210,7 +265,8 @@ otel:
 				t.Fatalf("rendered %q, want %q", sorted(gotKinds), sorted(tt.wantKinds))
 			}
 			spec, selector, podLabels := workloadPod(t, objs)
-			checkMeshguardPod(t, spec, tt.pod)
+			cfg := checkConfigFile(t, spec, only[*corev1.ConfigMap](objs))
+			checkMeshguardPod(t, spec, cfg, tt.pod)
 			if !subset(selector, podLabels) {
 				t.Errorf("workload selects %v, pods are labelled %v", selector, podLabels)
 			}
@@ -220,21 +276,72 @@ otel:
 			}
 			mc := meshguardContainer(t, spec)
 			for _, sp := range svc.Spec.Ports {
-				if !slices.ContainsFunc(mc.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == sp.TargetPort.String() }) {
-					t.Errorf("Service port %s targets %s, which the container does not name", sp.Name, sp.TargetPort.String())
+				if !slices.ContainsFunc(mc.Ports, func(cp corev1.ContainerPort) bool {
+					return cp.Name == sp.TargetPort.String() && cp.ContainerPort == sp.Port
+				}) {
+					t.Errorf("Service port %s (%d) targets %s, which the container does not name on that port", sp.Name, sp.Port, sp.TargetPort.String())
 				}
 			}
-			cm := one[*corev1.ConfigMap](t, objs)
-			if len(mc.EnvFrom) != 1 || mc.EnvFrom[0].ConfigMapRef == nil || mc.EnvFrom[0].ConfigMapRef.Name != cm.Name {
-				t.Errorf("container does not load ConfigMap %s", cm.Name)
+			if cfg.str("xds-listen") != "off" && cfg.str("xds-ext-proc-address") != "meshguard.example.internal:9001" {
+				svc.Namespace = "meshguard" // rendered objects carry no namespace; the release's is meshguard
+				checkServedAddresses(t, cfg, svc)
+				if got := cfg.str("xds-ext-proc-address"); !strings.HasPrefix(got, helmService+":") {
+					t.Errorf("xds-ext-proc-address %q, want the Service %s", got, helmService)
+				}
+			}
+			if nps := only[*networkingv1.NetworkPolicy](objs); len(nps) == 1 {
+				checkNetworkPolicy(t, nps[0], podLabels, cfg)
 			}
 			for _, sa := range only[*corev1.ServiceAccount](objs) {
 				if spec.ServiceAccountName != sa.Name {
 					t.Errorf("pod runs as %q, chart creates %q", spec.ServiceAccountName, sa.Name)
 				}
 			}
-			tt.check(t, objs)
+			tt.check(t, objs, cfg)
 		})
+	}
+}
+
+// TestHelmSchemaKnowsEveryOption keeps values.schema.json's config properties, which reject
+// a misspelt option at install time, equal to the known options and their types.
+func TestHelmSchemaKnowsEveryOption(t *testing.T) {
+	data, err := os.ReadFile(chartDir + "/values.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema struct {
+		Properties struct {
+			Config struct {
+				AdditionalProperties *bool `json:"additionalProperties"`
+				Properties           map[string]struct {
+					Type string `json:"type"`
+					Ref  string `json:"$ref"`
+				} `json:"properties"`
+			} `json:"config"`
+		} `json:"properties"`
+	}
+	if err := json.Unmarshal(data, &schema); err != nil {
+		t.Fatal(err)
+	}
+	cfg := schema.Properties.Config
+	if cfg.AdditionalProperties == nil || *cfg.AdditionalProperties {
+		t.Error("config allows additional properties: a misspelt option would render")
+	}
+	want := map[optionKind]string{kindString: "string", kindBool: "boolean", kindInt: "integer", kindFloat: "number", kindDuration: "#/definitions/duration"}
+	for name, kind := range knownOptions {
+		p, ok := cfg.Properties[name]
+		if !ok {
+			t.Errorf("schema lacks option %s", name)
+			continue
+		}
+		if got := p.Type + p.Ref; got != want[kind] {
+			t.Errorf("schema types %s as %q, want %q", name, got, want[kind])
+		}
+	}
+	for name := range cfg.Properties {
+		if _, ok := knownOptions[name]; !ok {
+			t.Errorf("schema allows %s, which is not an option", name)
+		}
 	}
 }
 
@@ -275,9 +382,20 @@ func TestHelmChartRejects(t *testing.T) {
 		wantErr string
 	}{
 		{name: "unknown workload kind", values: "kind: StatefulSet\n", wantErr: "kind"},
-		{name: "port out of range", values: "ports:\n  extproc: 70000\n", wantErr: "extproc"},
-		{name: "unknown mode", values: "meshguard:\n  defaultMode: block\n", wantErr: "defaultMode"},
+		{name: "misspelt option", values: "config:\n  resolve-host: true\n", wantErr: "resolve-host"},
+		{name: "flag spelling", values: "config:\n  --listen: 0.0.0.0:1\n", wantErr: "--listen"},
+		{name: "option of the wrong type", values: "config:\n  resolve-hosts: \"yes\"\n", wantErr: "resolve-hosts"},
+		{name: "unknown mode", values: "config:\n  default-mode: block\n", wantErr: "default-mode"},
+		{name: "bad duration", values: "config:\n  learn-window: 7d\n", wantErr: "learn-window"},
+		{name: "no health listener", values: "config:\n  health-listen: null\n", wantErr: "health-listen"},
+		{name: "unix socket behind a Service", values: "config:\n  listen: unix:///run/meshguard/extproc.sock\n", wantErr: "needs host:port"},
 		{name: "persistence with a DaemonSet", values: "kind: DaemonSet\npersistence:\n  enabled: true\n", wantErr: "persistence.enabled needs kind: Deployment"},
+		{name: "replicas sharing one ReadWriteOnce claim", values: "replicaCount: 2\npersistence:\n  enabled: true\n", wantErr: "one ReadWriteOnce claim"},
+		{name: "network policy admitting everyone", values: "networkPolicy:\n  enabled: true\n  meshNamespace: \"\"\n", wantErr: "would admit everyone"},
+		{name: "OTLP gRPC port with http/protobuf", values: "otel:\n  exporterEndpoint: http://c:4317\n  exporterProtocol: http/protobuf\n", wantErr: "every span would be lost"},
+		{name: "OTLP HTTP port with grpc", values: "otel:\n  exporterEndpoint: http://c:4318\n  exporterProtocol: grpc\n", wantErr: "every span would be lost"},
+		{name: "OTLP own port without protocol", values: "otel:\n  exporterEndpoint: https://otlp.example.com\n", wantErr: "otel.exporterProtocol"},
+		{name: "OTLP protocol through extraEnv", values: "otel:\n  extraEnv:\n    OTEL_EXPORTER_OTLP_PROTOCOL: grpc\n", wantErr: "otel.extraEnv.OTEL_EXPORTER_OTLP_PROTOCOL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

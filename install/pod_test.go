@@ -1,7 +1,6 @@
 package install
 
 import (
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -36,21 +35,12 @@ func appVersion(t *testing.T) string {
 	return c.AppVersion
 }
 
-// flagValue returns the value after flag in args.
-func flagValue(args []string, flag string) (string, bool) {
-	i := slices.Index(args, flag)
-	if i < 0 || i+1 >= len(args) {
-		return "", false
-	}
-	return args[i+1], true
-}
-
 // podWant is what a meshguard pod must look like in one layout.
 type podWant struct {
-	listen      string // --listen
-	xds         string // --xds-listen, "" for none
-	probes      bool   // gRPC probes on the --listen port
-	adminRemote bool   // --admin-allow-remote
+	listen      string // listen option
+	xds         string // xds-listen option, "" for none
+	probes      bool   // HTTP probes on the health-listen port
+	adminRemote bool   // admin-allow-remote
 }
 
 func meshguardContainer(t *testing.T, spec *corev1.PodSpec) *corev1.Container {
@@ -64,9 +54,9 @@ func meshguardContainer(t *testing.T, spec *corev1.PodSpec) *corev1.Container {
 	return nil
 }
 
-// checkMeshguardPod checks the meshguard container of a pod spec: image, arguments,
-// non-root security context, resources, data volume and probes.
-func checkMeshguardPod(t *testing.T, spec *corev1.PodSpec, w podWant) {
+// checkMeshguardPod checks the meshguard container of a pod spec against its config file
+// cfg: image, listeners, non-root security context, resources, data volume and probes.
+func checkMeshguardPod(t *testing.T, spec *corev1.PodSpec, cfg meshguardConfig, w podWant) {
 	t.Helper()
 	c := meshguardContainer(t, spec)
 
@@ -76,26 +66,44 @@ func checkMeshguardPod(t *testing.T, spec *corev1.PodSpec, w podWant) {
 	if len(c.Command) != 0 {
 		t.Errorf("command %q overrides the image's /meshguard entrypoint", c.Command)
 	}
-	if len(c.Args) == 0 || c.Args[0] != "serve" {
-		t.Fatalf("args %q do not start with serve", c.Args)
+	if got := cfg.str("listen"); got != w.listen {
+		t.Errorf("listen %q, want %q", got, w.listen)
 	}
-	if got, _ := flagValue(c.Args, "--listen"); got != w.listen {
-		t.Errorf("--listen %q, want %q", got, w.listen)
+	if got := cfg.str("xds-listen"); got != w.xds && !(w.xds == "" && got == "off") {
+		t.Errorf("xds-listen %q, want %q", got, w.xds)
 	}
-	if got, _ := flagValue(c.Args, "--xds-listen"); got != w.xds {
-		t.Errorf("--xds-listen %q, want %q", got, w.xds)
+	if got := cfg.str("data-dir"); got != dataDir {
+		t.Errorf("data-dir %q, want %q", got, dataDir)
 	}
-	if got, _ := flagValue(c.Args, "--data-dir"); got != dataDir {
-		t.Errorf("--data-dir %q, want %q", got, dataDir)
-	}
-	remote := slices.Contains(c.Args, "--admin-allow-remote")
+	remote := cfg.flag("admin-allow-remote")
 	if remote != w.adminRemote {
-		t.Errorf("--admin-allow-remote present = %v, want %v", remote, w.adminRemote)
+		t.Errorf("admin-allow-remote = %v, want %v", remote, w.adminRemote)
 	}
-	if admin, ok := flagValue(c.Args, "--admin-listen"); ok && !remote {
-		host, _, err := net.SplitHostPort(admin)
-		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-			t.Errorf("--admin-listen %q is not loopback and --admin-allow-remote is not set", admin)
+	if admin := cfg.str("admin-listen"); admin == "" {
+		t.Error("admin-listen unset: the built-in default is for a laptop, a layout names it")
+	} else if host, _, _, err := splitListen(admin); err != nil {
+		t.Errorf("admin-listen %q: %v", admin, err)
+	} else if host != "" && !isLoopback(host) && !remote {
+		t.Errorf("admin-listen %q is not loopback and admin-allow-remote is not set", admin)
+	}
+	// A TCP listener beyond loopback needs TLS (mutual TLS for xDS, as controlplane
+	// demands) or an explicit insecure-listen.
+	for _, l := range []struct {
+		addr string
+		tls  []string
+	}{
+		{cfg.str("listen"), []string{"tls-cert", "tls-key"}},
+		{cfg.str("xds-listen"), []string{"xds-tls-cert", "xds-tls-key", "xds-tls-client-ca"}},
+		{cfg.str("admin-listen"), []string{"admin-tls-cert", "admin-tls-key"}},
+	} {
+		host, _, _, err := splitListen(l.addr)
+		if l.addr == "" || l.addr == "off" || err != nil || host == "" || isLoopback(host) || cfg.flag("insecure-listen") {
+			continue
+		}
+		for _, option := range l.tls {
+			if cfg.str(option) == "" {
+				t.Errorf("%s is not loopback, has no %s and no insecure-listen: meshguard refuses to start", l.addr, option)
+			}
 		}
 	}
 
@@ -131,24 +139,35 @@ func checkMeshguardPod(t *testing.T, spec *corev1.PodSpec, w podWant) {
 
 	if !w.probes {
 		if c.LivenessProbe != nil || c.ReadinessProbe != nil || c.StartupProbe != nil {
-			t.Error("probes set on a meshguard that listens on loopback: the kubelet dials the pod IP")
+			t.Error("probes set on a meshguard without a health listener")
 		}
 		return
 	}
-	_, port, err := net.SplitHostPort(w.listen)
-	if err != nil {
-		t.Fatal(err)
+	health := cfg.str("health-listen")
+	host, port, _, err := splitListen(health)
+	if err != nil || port == "" || isLoopback(host) {
+		t.Fatalf("health-listen %q: the kubelet dials the pod IP, want host:port beyond loopback (%v)", health, err)
+	}
+	var portName string
+	for _, p := range c.Ports {
+		if strconv.Itoa(int(p.ContainerPort)) == port {
+			portName = p.Name
+		}
 	}
 	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-		if p == nil || p.GRPC == nil {
-			t.Errorf("no gRPC %s probe", name)
+		if p == nil || p.HTTPGet == nil {
+			t.Errorf("no HTTP %s probe", name)
 			continue
 		}
-		if got := p.GRPC.Port; strconv.Itoa(int(got)) != port {
-			t.Errorf("%s probe on port %d, want the ext_proc port %s", name, got, port)
+		want := map[string]string{"liveness": "/healthz", "readiness": "/readyz"}[name]
+		if p.HTTPGet.Path != want {
+			t.Errorf("%s probe path %q, want %q", name, p.HTTPGet.Path, want)
 		}
-		if p.GRPC.Service != nil && *p.GRPC.Service != "" {
-			t.Errorf("%s probe asks for service %q; meshguard reports the server's health under \"\"", name, *p.GRPC.Service)
+		if got := p.HTTPGet.Port.String(); got != port && (portName == "" || got != portName) {
+			t.Errorf("%s probe on port %s, want the health-listen port %s", name, got, port)
+		}
+		if p.HTTPGet.Scheme != "" && p.HTTPGet.Scheme != corev1.URISchemeHTTP {
+			t.Errorf("%s probe scheme %s: the health listener is plain HTTP", name, p.HTTPGet.Scheme)
 		}
 	}
 }

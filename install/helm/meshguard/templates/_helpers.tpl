@@ -41,43 +41,51 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-data" (include "meshguard.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
 
-{{/* Arguments of meshguard serve. */}}
-{{- define "meshguard.args" -}}
-- serve
-- --listen
-- {{ printf "0.0.0.0:%d" (int .Values.ports.extproc) | quote }}
-- --admin-listen
-{{- if .Values.admin.allowRemote }}
-- {{ printf "0.0.0.0:%d" (int .Values.ports.admin) | quote }}
-- --admin-allow-remote
-{{- else }}
-- {{ printf "127.0.0.1:%d" (int .Values.ports.admin) | quote }}
+{{/* The port of a TCP listen address: dict "cfg" config "name" option. Fails on a unix
+socket or a missing value: behind a Service meshguard needs host:port. */}}
+{{- define "meshguard.port" -}}
+{{- $addr := toString (index .cfg .name) -}}
+{{- if not (regexMatch "^[^/]*:[0-9]+$" $addr) -}}
+{{- fail (printf "config.%s %q: this chart runs meshguard behind a Service, so it needs host:port" .name $addr) -}}
+{{- end -}}
+{{- regexFind "[0-9]+$" $addr -}}
 {{- end }}
-{{- if .Values.xds.enabled }}
-- --xds-listen
-- {{ printf "0.0.0.0:%d" (int .Values.ports.xds) | quote }}
+
+{{/* "true" when xDS and the access-log service are on (config.xds-listen set, not "off"). */}}
+{{- define "meshguard.xdsEnabled" -}}
+{{- $x := toString (index .Values.config "xds-listen") -}}
+{{- if and $x (ne $x "off") (ne $x "<nil>") }}true{{ end -}}
 {{- end }}
-- --data-dir
-- /var/lib/meshguard
-{{- with .Values.meshguard.defaultMode }}
-- --default-mode
-- {{ . | quote }}
+
+{{/* "true" when config.admin-listen is a TCP address beyond loopback (exposed on the Service). */}}
+{{- define "meshguard.adminRemote" -}}
+{{- $a := toString (index .Values.config "admin-listen") -}}
+{{- $host := regexReplaceAll ":[0-9]+$" $a "" | trimPrefix "[" | trimSuffix "]" -}}
+{{- if and $a (ne $a "<nil>") (not (hasPrefix "unix://" $a)) (not (has $host (list "127.0.0.1" "localhost" "::1"))) }}true{{ end -}}
 {{- end }}
-{{- with .Values.meshguard.learnWindow }}
-- --learn-window
-- {{ . | quote }}
-{{- end }}
-{{- if gt (int .Values.meshguard.learnMinRequests) 0 }}
-- --learn-min-requests
-- {{ .Values.meshguard.learnMinRequests | quote }}
-{{- end }}
-{{- with .Values.meshguard.afterLearning }}
-- --after-learning
-- {{ . | quote }}
-{{- end }}
-{{- range .Values.meshguard.extraArgs }}
-- {{ . | quote }}
-{{- end }}
+
+{{/* meshguard's config file: .Values.config plus what the chart derives (values.yaml). */}}
+{{- define "meshguard.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $svc := printf "%s.%s.svc.cluster.local" (include "meshguard.fullname" .) .Release.Namespace -}}
+{{- if include "meshguard.xdsEnabled" . -}}
+{{- if not (hasKey $cfg "xds-ext-proc-address") -}}
+{{- $_ := set $cfg "xds-ext-proc-address" (printf "%s:%s" $svc (include "meshguard.port" (dict "cfg" $cfg "name" "listen"))) -}}
+{{- end -}}
+{{- if not (hasKey $cfg "xds-access-log-address") -}}
+{{- $_ := set $cfg "xds-access-log-address" (printf "%s:%s" $svc (include "meshguard.port" (dict "cfg" $cfg "name" "xds-listen"))) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.tls.secretName -}}
+{{- range $prefix := list "" "xds-" -}}
+{{- $_ := set $cfg (printf "%stls-cert" $prefix) (get $cfg (printf "%stls-cert" $prefix) | default "/etc/meshguard/tls/tls.crt") -}}
+{{- $_ := set $cfg (printf "%stls-key" $prefix) (get $cfg (printf "%stls-key" $prefix) | default "/etc/meshguard/tls/tls.key") -}}
+{{- $_ := set $cfg (printf "%stls-client-ca" $prefix) (get $cfg (printf "%stls-client-ca" $prefix) | default "/etc/meshguard/tls/ca.crt") -}}
+{{- end -}}
+{{- else if not (hasKey $cfg "insecure-listen") -}}
+{{- $_ := set $cfg "insecure-listen" true -}}
+{{- end -}}
+{{- toYaml $cfg -}}
 {{- end }}
 
 {{/* The pod template shared by the Deployment and the DaemonSet. */}}
@@ -90,6 +98,7 @@ metadata:
     {{- end }}
   annotations:
     checksum/otel: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    checksum/config: {{ include (print $.Template.BasePath "/config.yaml") . | sha256sum }}
     {{- with .Values.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -111,35 +120,45 @@ spec:
     image: {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) | quote }}
     imagePullPolicy: {{ .Values.image.pullPolicy }}
     args:
-      {{- include "meshguard.args" . | nindent 6 }}
+    - serve
+    - --config
+    - /etc/meshguard/config.yaml
     envFrom:
     - configMapRef:
         name: {{ include "meshguard.fullname" . }}-otel
     ports:
     - name: grpc-extproc
-      containerPort: {{ .Values.ports.extproc }}
+      containerPort: {{ include "meshguard.port" (dict "cfg" .Values.config "name" "listen") }}
       protocol: TCP
-    {{- if .Values.xds.enabled }}
+    {{- if include "meshguard.xdsEnabled" . }}
     - name: grpc-xds
-      containerPort: {{ .Values.ports.xds }}
+      containerPort: {{ include "meshguard.port" (dict "cfg" .Values.config "name" "xds-listen") }}
       protocol: TCP
     {{- end }}
-    {{- if .Values.admin.allowRemote }}
+    - name: http-health
+      containerPort: {{ include "meshguard.port" (dict "cfg" .Values.config "name" "health-listen") }}
+      protocol: TCP
+    {{- if include "meshguard.adminRemote" . }}
     - name: http-admin
-      containerPort: {{ .Values.ports.admin }}
+      containerPort: {{ include "meshguard.port" (dict "cfg" .Values.config "name" "admin-listen") }}
       protocol: TCP
     {{- end }}
+    # The health listener serves only /healthz, /readyz and /metrics, in plain HTTP
+    # whether or not ext_proc uses TLS.
     startupProbe:
-      grpc:
-        port: {{ .Values.ports.extproc }}
+      httpGet:
+        path: /healthz
+        port: http-health
       {{- toYaml .Values.probes.startup | nindent 6 }}
     readinessProbe:
-      grpc:
-        port: {{ .Values.ports.extproc }}
+      httpGet:
+        path: /readyz
+        port: http-health
       {{- toYaml .Values.probes.readiness | nindent 6 }}
     livenessProbe:
-      grpc:
-        port: {{ .Values.ports.extproc }}
+      httpGet:
+        path: /healthz
+        port: http-health
       {{- toYaml .Values.probes.liveness | nindent 6 }}
     resources:
       {{- toYaml .Values.resources | nindent 6 }}
@@ -147,8 +166,24 @@ spec:
       {{- toYaml .Values.securityContext | nindent 6 }}
     volumeMounts:
     - name: data
-      mountPath: /var/lib/meshguard
+      mountPath: {{ required "config.data-dir: the chart mounts the data volume there" (index .Values.config "data-dir") }}
+    - name: config
+      mountPath: /etc/meshguard
+      readOnly: true
+    {{- with .Values.tls.secretName }}
+    - name: tls
+      mountPath: /etc/meshguard/tls
+      readOnly: true
+    {{- end }}
   volumes:
+  - name: config
+    configMap:
+      name: {{ include "meshguard.fullname" . }}-config
+  {{- with .Values.tls.secretName }}
+  - name: tls
+    secret:
+      secretName: {{ . }}
+  {{- end }}
   - name: data
     {{- if and (eq .Values.kind "Deployment") .Values.persistence.enabled }}
     persistentVolumeClaim:
