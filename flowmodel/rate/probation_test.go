@@ -147,6 +147,13 @@ func TestAdversarySlowRamp(t *testing.T) {
 			t.Logf("alarmed %.2f days into the ramp", float64(a[0]-learn)/day)
 		})
 	}
+	t.Run("×2 a day unnoticed without the ceiling", func(t *testing.T) {
+		loose := newDetector(t, Config{MaxGrowth: 1e9})
+		var s State
+		if a := counts(loose, &s, t0, learn+4*day, ramp(10, 2, learn)); len(a) > 0 {
+			t.Errorf("alarmed %.2f days in: the test does not show the ceiling's effect", float64(a[0]-learn)/day)
+		}
+	})
 }
 
 // TestAdversaryStepAfterRejection: an attacker whose shift was rejected pauses long enough
