@@ -146,7 +146,9 @@ func TestSweep(t *testing.T) {
 // service alerted least recently (closing its episodes), KeepClosed keeps the last closed.
 func TestBounds(t *testing.T) {
 	tr := newTracker(t, Config{MaxOpen: 2, MaxServices: 2, KeepClosed: 3})
-	obs := func(m int, svc, dest string) { tr.Observe(Alert{Service: svc, Destination: dest, Kind: "k", Time: at(m)}) }
+	obs := func(m int, svc, dest string) {
+		tr.Observe(Alert{Service: svc, Destination: dest, Kind: "k", Time: at(m)})
+	}
 	obs(0, "s1", "a")
 	obs(1, "s1", "b")
 	obs(2, "s1", "a") // a is now the most recent
