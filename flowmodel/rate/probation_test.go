@@ -180,3 +180,18 @@ func TestAdversaryStepAfterRejection(t *testing.T) {
 }
 
 func head(a []int) []int { return a[:min(len(a), 5)] }
+
+// TestProbationSparseKey: a worker that makes a request every 12 minutes starts making one
+// every 72 seconds, so some minutes have none: the probation runs on elapsed intervals, not on
+// intervals with requests, and the new rate is the baseline a day after it began.
+func TestProbationSparseKey(t *testing.T) {
+	d := newDetector(t, Config{})
+	change := t0.Add(48 * time.Hour)
+	alarms, _ := run(d, concat(every(t0, change, 12*time.Minute), every(change, change.Add(72*time.Hour), 72*time.Second)))
+	if len(alarms) == 0 {
+		t.Fatal("no alarm")
+	}
+	if last := alarms[len(alarms)-1].Sub(change); last > 25*time.Hour || last < 23*time.Hour {
+		t.Errorf("last alarm %s after the change, want about a day (the probation)", last)
+	}
+}

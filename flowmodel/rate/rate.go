@@ -339,7 +339,7 @@ func (d *Detector) close(s *State, next int64) {
 		s.sq += a * (x*x - s.sq)
 		d.bound(s)
 	}
-	d.probation(s, anomalous)
+	d.probation(s, anomalous, next-s.cur)
 	if gap := next - s.cur - 1; gap > 0 {
 		d.skip(s, gap)
 	}
@@ -364,9 +364,10 @@ func (d *Detector) bound(s *State) {
 	}
 }
 
-// probation counts an interval towards adopting the current shift, or towards lifting a
-// rejection, and adopts a shift that has alarmed for Probation.
-func (d *Detector) probation(s *State, anomalous bool) {
+// probation counts the interval that ends (and the n−1 empty ones after it) towards adopting
+// the current shift, or towards lifting a rejection, and adopts a shift that has alarmed for
+// Probation.
+func (d *Detector) probation(s *State, anomalous bool, n int64) {
 	switch {
 	case s.rejected:
 		if s.cusum < d.cfg.Threshold {
@@ -378,7 +379,7 @@ func (d *Detector) probation(s *State, anomalous bool) {
 			s.rejected, s.held = false, 0
 		}
 	case anomalous:
-		s.held++
+		s.held += n
 		if s.held >= d.probN && !d.cfg.RequireApproval {
 			d.adopt(s)
 		}

@@ -59,6 +59,34 @@ func TestProbationAdoptsShift(t *testing.T) {
 	}
 }
 
+// TestProbationQuietKey: a key with a request every two minutes shifts from 8 KiB to 64 KiB:
+// it alarms, and after the probation its held-out requests are the baseline.
+func TestProbationQuietKey(t *testing.T) {
+	d := newDetector(t, Config{})
+	var s State
+	fixedSize := func(n float64) func(int) float64 { return func(int) float64 { return n } }
+	quiet := func(start time.Time, minutes int, size func(int) float64) []int {
+		var alarmed []int
+		for i := 0; i < minutes; i += 2 {
+			if d.Observe(&s, start.Add(time.Duration(i)*time.Minute), int64(size(i))).Sustained {
+				alarmed = append(alarmed, i)
+			}
+		}
+		return alarmed
+	}
+	if a := quiet(t0, 3*day, fixedSize(8<<10)); len(a) > 0 {
+		t.Fatalf("%d alarms before the shift", len(a))
+	}
+	shift := t0.Add(3 * day * time.Minute)
+	a := quiet(shift, 3*day, fixedSize(64<<10))
+	if len(a) == 0 {
+		t.Fatal("no alarm on the shift")
+	}
+	if last := a[len(a)-1]; last > day+30 {
+		t.Errorf("alarmed until minute %d of the shift, want adopted after a day; %d alarms: %v", last, len(a), a)
+	}
+}
+
 // TestProbationRejected: the same shift rejected an hour in alarms for three days and is not
 // learned.
 func TestProbationRejected(t *testing.T) {

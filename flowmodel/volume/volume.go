@@ -311,8 +311,7 @@ func (d *Detector) Typical(s *State) float64 {
 }
 
 // Accept clears the CUSUM, the excess and any rejection, and makes the requests the current
-// alarm held out (if there are at least MinRequests of them) the baseline: an operator has
-// judged the recent volume normal.
+// alarm held out (if any) the baseline: an operator has judged the recent volume normal.
 func (d *Detector) Accept(s *State) {
 	d.adopt(s)
 	s.rejected = false
@@ -334,11 +333,12 @@ func (d *Detector) Shift(s *State) (held time.Duration, rejected bool) {
 	return time.Duration(s.held) * d.cfg.Interval, false
 }
 
-// adopt makes the held-out requests the baseline, when there are enough of them, and clears
-// the alarm.
+// adopt makes the held-out requests the baseline and clears the alarm. Their sums are
+// weighted up to MinRequests at least, so that a quiet key's new baseline can judge.
 func (d *Detector) adopt(s *State) {
-	if s.hw >= d.cfg.MinRequests {
-		s.w, s.s1, s.l1, s.l2 = s.hw, s.hs1, s.hl1, s.hl2
+	if s.hw > 0 {
+		f := max(1, d.cfg.MinRequests/s.hw)
+		s.w, s.s1, s.l1, s.l2 = s.hw*f, s.hs1*f, s.hl1*f, s.hl2*f
 		s.ceil = max(s.ceil, s.l1/s.w)
 	}
 	s.hw, s.hs1, s.hl1, s.hl2 = 0, 0, 0, 0
@@ -458,8 +458,8 @@ func (d *Detector) bound(s *State) {
 	}
 }
 
-// probation counts an interval towards adopting the current shift, or towards lifting a
-// rejection (n intervals, with those of a gap), and adopts a shift that has alarmed for
+// probation counts the interval that ends (and the n−1 empty ones after it) towards adopting
+// the current shift, or towards lifting a rejection, and adopts a shift that has alarmed for
 // Probation.
 func (d *Detector) probation(s *State, anomalous bool, n int64) {
 	switch {
@@ -473,7 +473,7 @@ func (d *Detector) probation(s *State, anomalous bool, n int64) {
 			s.rejected, s.held = false, 0
 		}
 	case anomalous:
-		s.held++
+		s.held += n
 		if s.held >= d.probN && !d.cfg.RequireApproval {
 			d.adopt(s)
 		}
