@@ -240,4 +240,10 @@ func TestDARPASlice(t *testing.T) {
 	if firstAUC > maxFirstAUC {
 		t.Errorf("first-seen ROC-AUC %.4f, want <= %.2f: labels or ordering changed?", firstAUC, maxFirstAUC)
 	}
+	// The detector must not lose to a trivial baseline.
+	for _, r := range rs {
+		if r.name != "burst (meshguard)" && r.auc >= burstAUC {
+			t.Errorf("baseline %s ROC-AUC %.4f, at or above the burst detector's %.4f", r.name, r.auc, burstAUC)
+		}
+	}
 }

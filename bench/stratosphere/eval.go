@@ -59,6 +59,8 @@ type evalResult struct {
 	Baseline baseline
 	Report   *evaluate.Report
 	Hosts    []hostCounts
+	// Trivial is the first-seen baseline's report on the same events (firstSeen).
+	Trivial *evaluate.Report
 }
 
 type hostCounts struct {
@@ -113,7 +115,15 @@ func evaluateEvents(ctx context.Context, events []evaluate.Event, starts map[str
 			if err != nil {
 				return nil, excluded, err
 			}
-			out = append(out, evalResult{Learn: w, Baseline: b, Report: rep, Hosts: countHosts(evs, origin, verdicts, hosts)})
+			fs, err := newSplitModel(newFirstSeen(), split)
+			if err != nil {
+				return nil, excluded, err
+			}
+			trivial, err := evaluate.Measure(evs, evaluate.Run(evs, fs), evaluate.Options{Unknown: []string{"background"}})
+			if err != nil {
+				return nil, excluded, err
+			}
+			out = append(out, evalResult{Learn: w, Baseline: b, Report: rep, Hosts: countHosts(evs, origin, verdicts, hosts), Trivial: trivial})
 		}
 	}
 	return out, excluded, nil
@@ -332,7 +342,11 @@ func section(cmd string, cfg evalConfig, st []stats, events, excluded int, res [
 			continue
 		}
 		rows = append(rows, evaluate.Row{Name: r.name(), Report: r.Report, Kind: k})
+		if tk, ok := r.Trivial.Kind("malicious"); ok {
+			rows = append(rows, evaluate.Row{Name: r.name() + ", first-seen baseline", Report: r.Trivial, Kind: tk})
+		}
 	}
+	b.WriteString("Each row is followed by the trivial baseline on the same flows (first-seen baseline: a flow to an IP and port its service did not use while learning alerts with score 1, anything else scores 0; frozen when learning ends).\n\n")
 	b.WriteString(evaluate.Table(rows))
 	b.WriteString("\nPer host (scored flows; alerts are the model's own):\n\n")
 	b.WriteString("| | host | flows | in learning (malicious) | benign scored | false alerts (destinations) | of which to a learned name | malicious scored | malicious alerted | background scored |\n")

@@ -34,6 +34,8 @@ type evalRun struct {
 	events   []evaluate.Event
 	verdicts []flowmodel.Verdict
 	report   *evaluate.Report
+	// baseline is the trivial baseline's report on the same events.
+	baseline *evaluate.Report
 	// sha256 is the hex SHA-256 of the events file.
 	sha256 string
 }
@@ -51,7 +53,11 @@ func evaluateSuite(events []evaluate.Event, verdicts []flowmodel.Verdict, c genC
 	if err != nil {
 		return nil, err
 	}
-	return &evalRun{events: events, verdicts: verdicts, report: rep}, nil
+	base, err := baselineReport(events, c)
+	if err != nil {
+		return nil, err
+	}
+	return &evalRun{events: events, verdicts: verdicts, report: rep, baseline: base}, nil
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -174,9 +180,13 @@ func section(cmd string, c genConfig, res *evalRun, replayed bool) string {
 		model, c.LearnDays, evaluate.ShortDuration(modelConfig(c).LearnWindow), evaluate.ShortDuration(modelConfig(c).LearnWindow))
 	fmt.Fprintf(&b, "Replay: `go run ./cmd/meshguard replay --learn-window %s --learn-min-requests 1 FILE.jsonl > VERDICTS.jsonl`, then `go run ./bench/synth eval --events FILE.jsonl --verdicts VERDICTS.jsonl` measures the replayed verdicts; it prints the table below.\n\n",
 		evaluate.ShortDuration(modelConfig(c).LearnWindow))
-	rows := make([]evaluate.Row, 0, len(rep.Kinds))
+	fmt.Fprintf(&b, "Trivial baseline, beside each kind: a destination (IP and port, or host) the service did not use while learning scores 1; a learned one scores its requests in the current hour against a fixed threshold, mean + %d·sd of its hourly counts while learning (at least 1), alerting at the threshold; bytes are not looked at.\n\n", baselineK)
+	rows := make([]evaluate.Row, 0, 2*len(rep.Kinds))
 	for _, k := range rep.Kinds {
 		rows = append(rows, evaluate.Row{Name: "`" + k.Kind + "`", Report: rep, Kind: k})
+		if bk, ok := res.baseline.Kind(k.Kind); ok {
+			rows = append(rows, evaluate.Row{Name: "`" + k.Kind + "`, baseline", Report: res.baseline, Kind: bk})
+		}
 	}
 	b.WriteString(evaluate.Table(rows))
 	b.WriteString("\nFalse alerts by destination:\n\n")

@@ -190,6 +190,24 @@ func TestEvalSlice(t *testing.T) {
 			t.Errorf("%s: AUC %.3f, detected %d/%d; want >= %.2f and >= %d", want.kind, k.AUC, k.Detected, k.Instances, want.auc, want.detected)
 		}
 	}
+	// The model does not lose to the trivial baseline (first-seen destination and a fixed
+	// rate threshold): no kind ranks worse by ROC-AUC (0.002 of slack for ties at 0.999),
+	// and it raises no more false alerts.
+	base := res.baseline
+	for _, k := range rep.Kinds {
+		bk, ok := base.Kind(k.Kind)
+		if !ok {
+			t.Errorf("%s: the baseline was not measured", k.Kind)
+			continue
+		}
+		t.Logf("%s: AUC %.3f, baseline %.3f", k.Kind, k.AUC, bk.AUC)
+		if k.AUC < bk.AUC-0.002 {
+			t.Errorf("%s: AUC %.3f, below the baseline's %.3f", k.Kind, k.AUC, bk.AUC)
+		}
+	}
+	if fa, bfa := rep.FalseAlertsPerServiceDay(), base.FalseAlertsPerServiceDay(); fa > bfa {
+		t.Errorf("%.2f false alerts per service-day, above the baseline's %.2f", fa, bfa)
+	}
 }
 
 // TestReplayEquivalence checks that a replay gives the in-process scores: the generated file

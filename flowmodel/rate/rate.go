@@ -13,15 +13,29 @@
 // The CUSUM is scaled by the observed dispersion of the counts, so that a key whose requests
 // come in batches (ten at once, every hour) does not alarm on every batch.
 //
-// An interval that raises or keeps up an alarm is not merged into the baseline, so a long
-// attack never becomes normal; Accept makes the current level the new normal when an
-// operator says so. Empty intervals are merged in O(1) however long the gap, and gaps longer
+// An interval that raises or keeps up an alarm is not merged into the baseline, so an attack
+// does not become normal while it is being reported. A level shift that keeps the alarm up
+// for longer than Probation becomes the new baseline (the recent level, about the last fifteen
+// intervals), because a lasting change nobody objected to is the new normal and an alarm that
+// never ends is an alert storm; Reject keeps the old baseline and the alarm (an operator says
+// the shift is not normal), and Config.RequireApproval makes every shift wait for Accept.
+// Accept makes the current level the new normal at once.
+//
+// Between shifts the baseline may not rise faster than MaxGrowth a day (a ceiling it is
+// clamped to), once the key's first day of history has set it, so an attacker cannot walk it
+// up by ramping slowly: with the defaults (×1.25 a day, a half-life of 6 hours) a ramp slower
+// than 25% a day is absorbed (after a week the rate is at most 4.8 times where it began), and
+// a ramp at a factor r > 1.25 a day runs ahead of the ceiling and alarms once it is about
+// Tolerance·(Ratio−1)/ln(Ratio) = 2.73 times above it, after about ln 2.73/ln(r/1.25) days:
+// 1.5 days at ×2 a day, 5.5 days at ×1.5 a day. A daily cycle does not push the ceiling: it
+// is set by the first day's peak, and relaxes towards the baseline with a half-life of a week.
+// Empty intervals are merged in O(1) however long the gap, and gaps longer
 // than MaxIdle do not teach the baseline at all (a service scaled to zero over a weekend does
 // not look like a spike on Monday). Events older than the current interval count in it, so
 // the same events in the same order always give the same results.
 //
 // A Detector holds the configuration and is safe for concurrent use; a State is one key's
-// memory (64 bytes, no pointers) and is not.
+// memory (80 bytes, no pointers) and is not.
 package rate
 
 import (
@@ -63,6 +77,17 @@ type Config struct {
 	// MaxDispersion caps the variance-to-mean ratio of the counts that scales the CUSUM down
 	// for bursty keys. Default: 100.
 	MaxDispersion float64
+
+	// Probation is how long a level shift must keep the alarm up before it becomes the
+	// baseline on its own (unless rejected). At least one interval. Default: 24 hours.
+	Probation time.Duration
+	// RequireApproval, when set, keeps a shift alarming until an operator accepts it: no
+	// shift becomes the baseline on its own.
+	RequireApproval bool
+	// MaxGrowth is the largest factor by which the baseline may rise in a day, outside
+	// probation and Accept, once the key's first day of history has set it; above 1.
+	// Default: 1.25.
+	MaxGrowth float64
 }
 
 // Defaults for zero Config fields.
@@ -76,7 +101,12 @@ const (
 	DefaultMaxIdle       = time.Hour
 	DefaultMinBaseline   = 0.01
 	DefaultMaxDispersion = 100
+	DefaultProbation     = 24 * time.Hour
+	DefaultMaxGrowth     = 1.25
 )
+
+// ceilHalfLife is how fast the ceiling of the baseline relaxes towards a baseline below it.
+const ceilHalfLife = 7 * 24 * time.Hour
 
 // fastHalfLife is the half-life, in intervals, of the short-term mean that Accept adopts.
 const fastHalfLife = 15
@@ -103,6 +133,8 @@ func (c Config) Check() (Config, error) {
 	deff(&c.Threshold, DefaultThreshold)
 	deff(&c.MinBaseline, DefaultMinBaseline)
 	deff(&c.MaxDispersion, DefaultMaxDispersion)
+	deff(&c.MaxGrowth, DefaultMaxGrowth)
+	def(&c.Probation, DefaultProbation)
 	errs = append(errs, interval.Check("rate", c.Interval, c.HalfLife)...)
 	if c.Warmup < 0 {
 		errs = append(errs, fmt.Errorf("rate warmup must not be negative, got %s", c.Warmup))
@@ -126,6 +158,12 @@ func (c Config) Check() (Config, error) {
 	if !(c.MaxDispersion >= 1) || !finite(c.MaxDispersion) {
 		errs = append(errs, fmt.Errorf("rate max dispersion must be at least 1, got %g", c.MaxDispersion))
 	}
+	if c.Probation < c.Interval {
+		errs = append(errs, fmt.Errorf("rate probation %s is shorter than the interval %s", c.Probation, c.Interval))
+	}
+	if !(c.MaxGrowth > 1) || !finite(c.MaxGrowth) {
+		errs = append(errs, fmt.Errorf("rate max growth must be above 1, got %g", c.MaxGrowth))
+	}
 	return c, errors.Join(errs...)
 }
 
@@ -141,6 +179,10 @@ type Detector struct {
 	penalty    float64 // Tolerance·(Ratio-1): the CUSUM's cost of an interval per expected request
 	warmN      int64   // merged intervals before alarms
 	idleN      int64   // empty intervals a gap may merge
+	probN      int64   // intervals of alarm before a shift is adopted
+	dayN       int64   // intervals in a day: the history that sets the ceiling freely
+	growth     float64 // the ceiling's largest rise per interval (a factor)
+	ceilKeep   float64 // the weight an interval leaves to a ceiling above the baseline
 }
 
 // New returns a Detector for cfg.
@@ -159,6 +201,10 @@ func New(cfg Config) (*Detector, error) {
 		penalty:    cfg.Tolerance * (cfg.Ratio - 1),
 		warmN:      int64(cfg.Warmup / iv),
 		idleN:      int64(cfg.MaxIdle / iv),
+		probN:      int64(cfg.Probation / iv),
+		dayN:       int64(24 * time.Hour / iv),
+		growth:     math.Pow(cfg.MaxGrowth, float64(iv)/float64(24*time.Hour)),
+		ceilKeep:   math.Exp(-math.Ln2 * float64(iv) / float64(ceilHalfLife)),
 	}
 	d.avgN = int64(1 / d.alpha)
 	return d, nil
@@ -167,7 +213,7 @@ func New(cfg Config) (*Detector, error) {
 // Config returns the detector's configuration with defaults applied.
 func (d *Detector) Config() Config { return d.cfg }
 
-// State is the memory of one key: 64 bytes, no pointers. The zero value is a key never
+// State is the memory of one key: 80 bytes, no pointers. The zero value is a key never
 // seen. It is not safe for concurrent use.
 type State struct {
 	cur   int64   // index of the current interval
@@ -176,8 +222,13 @@ type State struct {
 	sq    float64 // EWMA of the squared counts
 	fast  float64 // EWMA with a half-life of fastHalfLife intervals, anomalies included
 	cusum float64
-	n     int64 // intervals merged into the baseline
-	seen  bool
+	ceil  float64 // the highest the baseline may be
+	n     int64   // intervals merged into the baseline
+	// held counts the intervals of the current alarm (towards probation) or, once the
+	// shift is rejected, the quiet intervals since (a quiet probation lifts the rejection).
+	held     int64
+	seen     bool
+	rejected bool
 }
 
 // Result is the verdict on the current interval of one key.
@@ -215,11 +266,35 @@ func (d *Detector) Add(s *State, t time.Time, n float64) Result {
 func (d *Detector) Peek(s *State) Result { return d.result(s) }
 
 // Accept makes the key's recent level (a mean over the last fifteen or so intervals) its
-// baseline and clears the CUSUM: an operator has judged a change to be normal.
+// baseline, keeping the dispersion of its counts, and clears the CUSUM and any rejection: an
+// operator has judged a change to be normal.
 func (d *Detector) Accept(s *State) {
+	d.adopt(s)
+	s.rejected = false
+}
+
+// Reject keeps the key's baseline as it is: the current shift, or one that starts before a
+// probation period has passed without an alarm, keeps alarming instead of becoming the
+// baseline after probation. Accept lifts a rejection.
+func (d *Detector) Reject(s *State) {
+	s.rejected, s.held = true, 0
+}
+
+// Shift reports the key's current alarm: how long it has been held out of the baseline
+// (towards Probation), and whether it was rejected.
+func (d *Detector) Shift(s *State) (held time.Duration, rejected bool) {
+	if s.rejected {
+		return 0, true
+	}
+	return time.Duration(s.held) * d.cfg.Interval, false
+}
+
+func (d *Detector) adopt(s *State) {
+	_, phi := d.baseline(s)
 	s.mean = s.fast
-	s.sq = s.fast*s.fast + s.fast // Poisson: variance = mean
-	s.cusum = 0
+	s.sq = s.fast*s.fast + phi*s.fast
+	s.ceil = max(s.ceil, s.mean)
+	s.cusum, s.held = 0, 0
 }
 
 // baseline returns the expected count and the dispersion (variance over mean, at least 1).
@@ -256,17 +331,61 @@ func (d *Detector) close(s *State, next int64) {
 		s.cusum = d.step(s.cusum, x, lambda, phi)
 		anomalous = s.cusum >= d.cfg.Threshold && x > lambda
 	}
+	s.fast += d.fastAlpha * (x - s.fast)
 	if !anomalous {
 		s.n++
 		a := max(d.alpha, 1/float64(s.n))
 		s.mean += a * (x - s.mean)
 		s.sq += a * (x*x - s.sq)
+		d.bound(s)
 	}
-	s.fast += d.fastAlpha * (x - s.fast)
+	d.probation(s, anomalous, next-s.cur)
 	if gap := next - s.cur - 1; gap > 0 {
 		d.skip(s, gap)
 	}
 	s.cur, s.count = next, 0
+}
+
+// bound keeps the baseline under its ceiling, which the first day of history sets freely
+// and which then rises by at most MaxGrowth a day and relaxes towards a lower baseline.
+func (d *Detector) bound(s *State) {
+	switch {
+	case s.n <= d.dayN:
+		s.ceil = max(s.ceil, s.mean)
+	case s.mean > s.ceil:
+		s.ceil = min(s.mean, max(s.ceil, d.cfg.MinBaseline)*d.growth)
+		if s.mean > s.ceil {
+			f := s.ceil / s.mean
+			s.mean = s.ceil
+			s.sq *= f * f
+		}
+	default:
+		s.ceil = s.mean + (s.ceil-s.mean)*d.ceilKeep
+	}
+}
+
+// probation counts the interval that ends (and the n−1 empty ones after it) towards adopting
+// the current shift, or towards lifting a rejection, and adopts a shift that has alarmed for
+// Probation.
+func (d *Detector) probation(s *State, anomalous bool, n int64) {
+	switch {
+	case s.rejected:
+		if s.cusum < d.cfg.Threshold {
+			s.held++
+		} else {
+			s.held = 0
+		}
+		if s.held >= d.probN {
+			s.rejected, s.held = false, 0
+		}
+	case anomalous:
+		s.held += n
+		if s.held >= d.probN && !d.cfg.RequireApproval {
+			d.adopt(s)
+		}
+	case s.cusum == 0:
+		s.held = 0
+	}
 }
 
 // skip accounts for g empty intervals in O(1).
@@ -276,6 +395,15 @@ func (d *Detector) skip(s *State, g int64) {
 	if s.n >= d.warmN {
 		lambda, phi := d.baseline(s)
 		s.cusum = max(s.cusum-float64(g)*lambda*d.penalty/phi, 0)
+		switch {
+		case s.rejected:
+			s.held += g
+			if s.held >= d.probN {
+				s.rejected, s.held = false, 0
+			}
+		case s.cusum == 0:
+			s.held = 0
+		}
 	}
 	s.fast *= interval.Pow(1-d.fastAlpha, g)
 	m := min(g, d.idleN)

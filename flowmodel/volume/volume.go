@@ -21,14 +21,29 @@
 // request carries), which the rate detector watches instead.
 //
 // A request that raises a spike or arrives while the CUSUM alarms is not learned, and an
-// interval that ends in alarm does not age the baseline, so an attack never becomes normal.
+// interval that ends in alarm does not age the baseline, so an attack does not become normal
+// while it is being reported. The requests of a sustained alarm are kept apart instead (as
+// decayed sums like the baseline's): when the alarm has lasted Probation they become the
+// baseline, because a lasting change nobody objected to is the new normal and an alarm that
+// never ends is an alert storm. Reject keeps the old baseline and the alarm (an operator says
+// the shift is not normal); Config.RequireApproval makes every shift wait for Accept.
+//
+// Between shifts the typical request size may not rise faster than MaxGrowth a day (a
+// ceiling on the mean log2 size, MaxGrowth's log2 bits a day), once the key's first day of
+// history has set it, so an attacker cannot walk the baseline up by growing its requests
+// slowly: with the defaults, sizes growing slower than 25% a day are absorbed (at most ×4.8
+// in a week), and sizes growing faster run ahead of the ceiling until the CUSUM alarms: at
+// ×2 a day, within a day on a key with a request a minute (the 6-hour half-life alone would
+// follow that ramp unnoticed there). The ceiling relaxes towards a lower baseline with a
+// half-life of a week.
+//
 // Gaps cost O(1), and the baseline ages for at most MaxIdle of a gap. An event older than
 // the current interval counts in it, so the same events in the same order give the same
 // results. A sustained alarm belongs to the key's current interval: while it lasts, every
 // request of the key gets it.
 //
 // A Detector holds the configuration and is safe for concurrent use; a State is one key's
-// memory (96 bytes, no pointers) and is not.
+// memory (144 bytes, no pointers) and is not.
 package volume
 
 import (
@@ -76,6 +91,18 @@ type Config struct {
 	// MinExcessBytes is the smallest excess over the baseline, summed since the CUSUM last
 	// left zero, that raises an alarm. Default: 1 MiB.
 	MinExcessBytes float64
+
+	// Probation is how long a sustained alarm must last before the requests it held out
+	// become the baseline on their own (unless rejected). At least one interval. Default: 24
+	// hours.
+	Probation time.Duration
+	// RequireApproval, when set, keeps a shift alarming until an operator accepts it: no
+	// shift becomes the baseline on its own.
+	RequireApproval bool
+	// MaxGrowth is the largest factor by which the typical request size may rise in a day,
+	// outside probation and Accept, once the key's first day of history has set it; above
+	// 1. Default: 1.25.
+	MaxGrowth float64
 }
 
 // Defaults for zero Config fields.
@@ -92,7 +119,12 @@ const (
 	DefaultCap            = 3
 	DefaultThreshold      = 12
 	DefaultMinExcessBytes = 1 << 20
+	DefaultProbation      = 24 * time.Hour
+	DefaultMaxGrowth      = 1.25
 )
+
+// ceilHalfLife is how fast the ceiling of the baseline relaxes towards a baseline below it.
+const ceilHalfLife = 7 * 24 * time.Hour
 
 // Check applies defaults and reports every problem in c.
 func (c Config) Check() (Config, error) {
@@ -118,6 +150,8 @@ func (c Config) Check() (Config, error) {
 	deff(&c.Cap, DefaultCap)
 	deff(&c.Threshold, DefaultThreshold)
 	deff(&c.MinExcessBytes, DefaultMinExcessBytes)
+	deff(&c.MaxGrowth, DefaultMaxGrowth)
+	def(&c.Probation, DefaultProbation)
 
 	var errs []error
 	errs = append(errs, interval.Check("volume", c.Interval, c.HalfLife)...)
@@ -136,6 +170,12 @@ func (c Config) Check() (Config, error) {
 			errs = append(errs, fmt.Errorf("volume %s must be positive, got %g", f.name, f.v))
 		}
 	}
+	if c.Probation < c.Interval {
+		errs = append(errs, fmt.Errorf("volume probation %s is shorter than the interval %s", c.Probation, c.Interval))
+	}
+	if !(c.MaxGrowth > 1) || math.IsInf(c.MaxGrowth, 0) {
+		errs = append(errs, fmt.Errorf("volume max growth must be above 1, got %g", c.MaxGrowth))
+	}
 	if c.Cap <= c.Allowance {
 		errs = append(errs, fmt.Errorf("volume cap %g must exceed the allowance %g", c.Cap, c.Allowance))
 	}
@@ -150,6 +190,10 @@ type Detector struct {
 	keep       float64 // 1 − alpha: the weight an interval boundary leaves to the past
 	warmN      int64   // intervals of history before the CUSUM may alarm
 	idleN      int64   // empty intervals of a gap during which the baseline decays
+	probN      int64   // intervals of alarm before a shift is adopted
+	dayN       int64   // intervals in a day: the history that sets the ceiling freely
+	growBits   float64 // the ceiling's largest rise per interval, in bits
+	ceilKeep   float64 // the weight an interval leaves to a ceiling above the baseline
 	// Reciprocals of thresholds, to multiply by on the request path.
 	invSpikeZ, invSpikeBytes, invThreshold, invExcess float64
 }
@@ -167,6 +211,10 @@ func New(cfg Config) (*Detector, error) {
 		keep:          math.Exp(-math.Ln2 * float64(iv) / float64(cfg.HalfLife)),
 		warmN:         int64(cfg.Warmup / iv),
 		idleN:         int64(cfg.MaxIdle / iv),
+		probN:         int64(cfg.Probation / iv),
+		dayN:          int64(24 * time.Hour / iv),
+		growBits:      math.Log2(cfg.MaxGrowth) * float64(iv) / float64(24*time.Hour),
+		ceilKeep:      math.Exp(-math.Ln2 * float64(iv) / float64(ceilHalfLife)),
 		invSpikeZ:     1 / cfg.SpikeZ,
 		invSpikeBytes: 1 / cfg.MinSpikeBytes,
 		invThreshold:  1 / cfg.Threshold,
@@ -177,7 +225,7 @@ func New(cfg Config) (*Detector, error) {
 // Config returns the detector's configuration with defaults applied.
 func (d *Detector) Config() Config { return d.cfg }
 
-// State is the memory of one key: 96 bytes, no pointers. The zero value is a key never
+// State is the memory of one key: 144 bytes, no pointers. The zero value is a key never
 // seen. It is not safe for concurrent use.
 type State struct {
 	cur, start int64 // current and first interval
@@ -185,9 +233,16 @@ type State struct {
 	bytes, reqs, lsum float64
 	// Baseline: decayed request count and sums of sizes, log2 sizes and squared log2 sizes.
 	w, s1, l1, l2 float64
-	cusum         float64
-	excess        float64 // bytes above the baseline since the CUSUM left zero
-	seen          bool
+	// The same sums of the requests held out by the current sustained alarm.
+	hw, hs1, hl1, hl2 float64
+	cusum             float64
+	excess            float64 // bytes above the baseline since the CUSUM left zero
+	ceil              float64 // the highest the mean log2 size may be
+	// held counts the intervals of the current alarm (towards probation) or, once the
+	// shift is rejected, the quiet intervals since (a quiet probation lifts the rejection).
+	held     int64
+	seen     bool
+	rejected bool
 }
 
 // Result is the verdict on one request and on its interval.
@@ -228,11 +283,17 @@ func (d *Detector) Observe(s *State, t time.Time, bytes int64) Result {
 	s.reqs++
 	s.lsum += lg
 	r := d.result(s, x, lg)
-	if !r.Alarm {
+	switch {
+	case !r.Alarm:
 		s.w++
 		s.s1 += x
 		s.l1 += lg
 		s.l2 += lg * lg
+	case r.Sustained && !r.Spike:
+		s.hw++
+		s.hs1 += x
+		s.hl1 += lg
+		s.hl2 += lg * lg
 	}
 	return r
 }
@@ -249,9 +310,39 @@ func (d *Detector) Typical(s *State) float64 {
 	return math.Exp2(s.l1/s.w) - 1
 }
 
-// Accept clears the CUSUM and the excess: an operator has judged the recent volume normal.
+// Accept clears the CUSUM, the excess and any rejection, and makes the requests the current
+// alarm held out (if any) the baseline: an operator has judged the recent volume normal.
 func (d *Detector) Accept(s *State) {
-	s.cusum, s.excess = 0, 0
+	d.adopt(s)
+	s.rejected = false
+}
+
+// Reject keeps the key's baseline as it is: the current shift, or one that starts before a
+// probation period has passed without an alarm, keeps alarming instead of becoming the
+// baseline after probation. Accept lifts a rejection.
+func (d *Detector) Reject(s *State) {
+	s.rejected, s.held = true, 0
+}
+
+// Shift reports the key's current alarm: how long it has been held out of the baseline
+// (towards Probation), and whether it was rejected.
+func (d *Detector) Shift(s *State) (held time.Duration, rejected bool) {
+	if s.rejected {
+		return 0, true
+	}
+	return time.Duration(s.held) * d.cfg.Interval, false
+}
+
+// adopt makes the held-out requests the baseline and clears the alarm. Their sums are
+// weighted up to MinRequests at least, so that a quiet key's new baseline can judge.
+func (d *Detector) adopt(s *State) {
+	if s.hw > 0 {
+		f := max(1, d.cfg.MinRequests/s.hw)
+		s.w, s.s1, s.l1, s.l2 = s.hw*f, s.hs1*f, s.hl1*f, s.hl2*f
+		s.ceil = max(s.ceil, s.l1/s.w)
+	}
+	s.hw, s.hs1, s.hl1, s.hl2 = 0, 0, 0, 0
+	s.cusum, s.excess, s.held = 0, 0, 0
 }
 
 // logStats returns the baseline's mean and standard deviation of log2 request sizes, the
@@ -331,5 +422,63 @@ func (d *Detector) close(s *State, next int64) {
 	s.s1 *= f
 	s.l1 *= f
 	s.l2 *= f
+	if s.hw > 0 {
+		// The held-out requests age with every interval, so that they stand for the shift's
+		// recent level.
+		f := interval.Pow(d.keep, min(next-s.cur, d.idleN+1))
+		s.hw *= f
+		s.hs1 *= f
+		s.hl1 *= f
+		s.hl2 *= f
+	}
+	if !anomalous && s.w > 0 {
+		d.bound(s)
+	}
+	d.probation(s, anomalous, next-s.cur)
 	s.cur, s.bytes, s.reqs, s.lsum = next, 0, 0, 0
+}
+
+// bound keeps the mean log2 size under its ceiling, which the first day of history sets
+// freely and which then rises by at most MaxGrowth a day and relaxes towards a lower mean.
+func (d *Detector) bound(s *State) {
+	m := s.l1 / s.w
+	switch {
+	case s.cur-s.start < d.dayN:
+		s.ceil = max(s.ceil, m)
+	case m > s.ceil:
+		s.ceil = min(m, s.ceil+d.growBits)
+		if over := m - s.ceil; over > 0 {
+			// Shift every learned log2 size down by over: the variance is unchanged.
+			s.l2 += s.w*s.ceil*s.ceil - s.l1*s.l1/s.w
+			s.l1 = s.w * s.ceil
+			s.s1 *= math.Exp2(-over)
+		}
+	default:
+		s.ceil = m + (s.ceil-m)*d.ceilKeep
+	}
+}
+
+// probation counts the interval that ends (and the n−1 empty ones after it) towards adopting
+// the current shift, or towards lifting a rejection, and adopts a shift that has alarmed for
+// Probation.
+func (d *Detector) probation(s *State, anomalous bool, n int64) {
+	switch {
+	case s.rejected:
+		if anomalous {
+			s.held = 0
+		} else {
+			s.held += n
+		}
+		if s.held >= d.probN {
+			s.rejected, s.held = false, 0
+		}
+	case anomalous:
+		s.held += n
+		if s.held >= d.probN && !d.cfg.RequireApproval {
+			d.adopt(s)
+		}
+	case s.cusum == 0:
+		s.held = 0
+		s.hw, s.hs1, s.hl1, s.hl2 = 0, 0, 0, 0
+	}
 }
