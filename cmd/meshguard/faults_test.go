@@ -223,7 +223,7 @@ func TestParseServeFaultFlags(t *testing.T) {
 			"--admin-tls-cert", "c.pem", "--admin-tls-key", "k.pem"}, []string{"is not a loopback address"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := parseServe(tc.args, io.Discard)
+			cfg, err := parseServe(tc.args)
 			if len(tc.wants) == 0 {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -239,7 +239,7 @@ func TestParseServeFaultFlags(t *testing.T) {
 			_ = cfg
 		})
 	}
-	cfg, err := parseServe([]string{"--decision-budget", "25ms", "--on-budget", "block", "--max-streams", "7"}, io.Discard)
+	cfg, err := parseServe([]string{"--decision-budget", "25ms", "--on-budget", "block", "--max-streams", "7"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ type testServer struct {
 func startTestServer(t *testing.T, dataDir string, extra ...string) *testServer {
 	t.Helper()
 	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
-	cfg, err := parseServe(args, io.Discard)
+	cfg, err := parseServe(args)
 	if err != nil {
 		t.Fatal(err)
 	}

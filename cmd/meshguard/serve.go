@@ -27,11 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseServe(args, stderr)
-	if err != nil {
-		return err
-	}
+func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error {
 	log := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 	srv, err := startServer(ctx, cfg, log, nil)
 	if err != nil {

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -21,35 +21,46 @@ import (
 type xdsFlags struct {
 	listen string // "" or "off": no control plane
 	cfg    xds.Config
-}
-
-func (x *xdsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&x.listen, "xds-listen", controlplane.DefaultListen, `xDS (ADS) and access-log gRPC address: host:port, unix:///path, or "off"`)
-	fs.StringVar(&x.cfg.ExtProcAddress, "xds-ext-proc-address", xds.DefaultExtProcAddress, "meshguard's ext_proc address as the Envoys reach it, in the listeners meshguard serves")
-	fs.StringVar(&x.cfg.AccessLogAddress, "xds-access-log-address", xds.DefaultAccessLogAddress, "meshguard's access-log service address as the Envoys reach it")
-	fs.StringVar(&x.cfg.ListenerAddress, "xds-envoy-listener", xds.DefaultListenerAddress, "where the served outbound listener binds in Envoy")
-	fs.DurationVar(&x.cfg.MessageTimeout, "xds-message-timeout", xds.DefaultMessageTimeout, "ext_proc message_timeout in the served listeners")
-	fs.BoolVar(&x.cfg.FailureModeAllow, "xds-failure-mode-allow", false, "let requests through when Envoy cannot reach meshguard (fail open)")
-	fs.BoolVar(&x.cfg.DenyAllWhenEmpty, "xds-deny-all-when-empty", false, "at L4, deny all of an enforced service that has no learned destination IP (default: leave it to ext_proc)")
-	fs.BoolVar(&x.cfg.RBACOnHTTP, "xds-rbac-on-http", false, "put the L4 RBAC backstop in front of HTTP too")
+	tls    tlsFlags
+	// trustDomain names xDS and access-log nodes by their SPIFFE client certificates
+	// (spiffe://<td>/ns/<ns>/sa/<sa>); the control plane checks node identity with it.
+	trustDomain string
 }
 
 func (x *xdsFlags) enabled() bool { return x.listen != "" && x.listen != "off" }
 
 // check reports every problem with the flags.
 func (x *xdsFlags) check() error {
-	if !x.enabled() {
-		return nil
+	var errs []error
+	if err := x.tls.check("xds-"); err != nil {
+		errs = append(errs, err)
 	}
-	if err := checkAddress("--xds-listen", x.listen); err != nil {
-		return err
+	if !validTrustDomain(x.trustDomain) {
+		errs = append(errs, fmt.Errorf("--xds-trust-domain %q: want a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')", x.trustDomain))
+	}
+	if !x.enabled() {
+		return errors.Join(errs...)
 	}
 	c, err := controlplane.Config{XDS: x.cfg}.Check()
 	if err != nil {
-		return fmt.Errorf("--xds-*: %w", err)
+		errs = append(errs, fmt.Errorf("--xds-*: %w", err))
+	} else {
+		x.cfg = c.XDS
 	}
-	x.cfg = c.XDS
-	return nil
+	return errors.Join(errs...)
+}
+
+// validTrustDomain reports whether td is a SPIFFE trust domain name.
+func validTrustDomain(td string) bool {
+	if td == "" || len(td) > 255 {
+		return false
+	}
+	for _, r := range td {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // controlPlane is the running xDS and access-log server.
