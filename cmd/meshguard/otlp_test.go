@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -202,14 +203,14 @@ func TestNoExporterWithoutConfiguration(t *testing.T) {
 		{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
 		{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
 	} {
-		tr, err := newTracing(context.Background(), func(k string) string { return env[k] })
+		tr, err := newTracing(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
 		if err != nil || tr.exporter != "none" {
 			t.Errorf("env %v: exporter %v err %v", env, tr, err)
 		}
 	}
 	if _, err := newTracing(context.Background(), func(k string) string {
 		return map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}[k]
-	}); err == nil {
+	}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("an unsupported exporter must be an error")
 	}
 }

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 
 	"github.com/meshguard/meshguard/controlplane"
 	"github.com/meshguard/meshguard/controlplane/xds"
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -63,18 +65,20 @@ func validTrustDomain(td string) bool {
 	return true
 }
 
-// controlPlane is the running xDS and access-log server.
+// controlPlane is the xDS and access-log server.
 type controlPlane struct {
 	cp     *controlplane.Server
 	grpc   *grpc.Server
 	health *health.Server
+	lis    net.Listener
 	addr   string
+	runCtx context.Context
 	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	once   sync.Once
 }
 
-// startControlPlane serves xDS and access logs on x.listen over model.
-func startControlPlane(ctx context.Context, x xdsFlags, model controlplane.Model, log *slog.Logger, reg prometheus.Registerer, failed chan<- error, opts ...grpc.ServerOption) (*controlPlane, error) {
+// newControlPlane builds the control plane over model and its listener; start serves it.
+func newControlPlane(ctx context.Context, x xdsFlags, model controlplane.Model, log *slog.Logger, reg prometheus.Registerer, opts ...grpc.ServerOption) (*controlPlane, error) {
 	cp, err := controlplane.New(controlplane.Config{XDS: x.cfg}, model, log)
 	if err != nil {
 		return nil, err
@@ -86,34 +90,38 @@ func startControlPlane(ctx context.Context, x xdsFlags, model controlplane.Model
 	if err != nil {
 		return nil, fmt.Errorf("--xds-listen: %w", err)
 	}
-	c := &controlPlane{cp: cp, health: health.NewServer(), addr: addrString(lis)}
+	c := &controlPlane{cp: cp, health: health.NewServer(), lis: lis, addr: addrString(lis)}
 	c.grpc = grpc.NewServer(extproc.ServerOptions(opts...)...)
 	cp.Register(c.grpc)
 	healthpb.RegisterHealthServer(c.grpc, c.health)
-	runCtx, stop := context.WithCancel(context.Background())
-	c.stop = stop
-	c.wg.Add(2)
-	go func() {
-		defer c.wg.Done()
-		if err := cp.Run(runCtx); err != nil {
-			failed <- fmt.Errorf("xds controller: %w", err)
-		}
-	}()
-	go func() {
-		defer c.wg.Done()
-		if err := c.grpc.Serve(lis); err != nil {
-			failed <- fmt.Errorf("xds server: %w", err)
-		}
-	}()
-	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	c.runCtx, c.stop = context.WithCancel(context.Background())
 	return c, nil
 }
 
-// shutdown ends the ADS streams (the controller closes them when its context ends) and
-// stops the server.
-func (c *controlPlane) shutdown() {
-	c.health.Shutdown()
-	c.stop()
-	c.grpc.GracefulStop()
-	c.wg.Wait()
+// start runs the controller and serves, in g.
+func (c *controlPlane) start(g *errgroup.Group) {
+	g.Go(func() error {
+		if err := c.cp.Run(c.runCtx); err != nil {
+			return fmt.Errorf("xds controller: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := c.grpc.Serve(c.lis); err != nil {
+			return fmt.Errorf("xds server: %w", err)
+		}
+		return nil
+	})
+	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+}
+
+// close ends the ADS streams (the controller closes them when its context ends) and stops
+// the server, or closes the listener of a control plane never started.
+func (c *controlPlane) close() {
+	c.once.Do(func() {
+		c.health.Shutdown()
+		c.stop()
+		c.grpc.GracefulStop()
+		c.lis.Close()
+	})
 }
