@@ -145,3 +145,18 @@ func contains(s string, subs ...string) error {
 	}
 	return nil
 }
+
+// waitFor polls cond until it holds, failing the test with what was awaited after timeout.
+// Deadlines are generous: the machine may be loaded.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
