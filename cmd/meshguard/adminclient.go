@@ -55,6 +55,9 @@ func (a adminAuth) token(lookupEnv func(string) (string, bool)) (string, error) 
 	return readToken(path)
 }
 
+// noEnv is an environment with nothing in it.
+func noEnv(string) (string, bool) { return "", false }
+
 // readToken reads a token file: one line, surrounding white space ignored.
 func readToken(path string) (string, error) {
 	b, err := os.ReadFile(path)

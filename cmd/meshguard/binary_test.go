@@ -112,6 +112,9 @@ func startBinary(t *testing.T, dataDir string, extra ...string) *proc {
 		}
 		t.Cleanup(func() { conn.Close() })
 		p.ts = &testServer{client: extprocv3.NewExternalProcessorClient(conn), adminURL: "http://" + m[2]}
+		if p.ts.adminToken, err = (adminAuth{dataDir: dataDir}).token(noEnv); err != nil {
+			t.Fatal(err)
+		}
 		p.ts.server = &server{extprocAddr: m[1]}
 	case <-p.exited:
 		t.Fatalf("meshguard exited at start: %v\n%s", p.exitErr, p.logs())

@@ -152,8 +152,8 @@ learn-window: -1h
 		file+":5: lameduck: want a plain value",
 		`MESHGUARD_DRAIN_TIMEOUT: drain-timeout "forever": want a duration`,
 		`MESHGUARD_PPROF: pprof "yes": want true or false`,
-		"--learn-window must not be negative",
-		`--log-format "xml"`,
+		"--learn-window must not be negative (file "+file+":6)",
+		`--log-format "xml": valid formats are text, json (env MESHGUARD_LOG_FORMAT)`,
 	); err != nil {
 		t.Fatalf("%v in:\n%v", err, err)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -115,6 +114,14 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	defer conn.Close()
 	d.client = extprocv3.NewExternalProcessorClient(conn)
 	d.adminURL = "http://" + srv.adminAddr
+	// The token serve keeps in its data directory, once it has one.
+	token, err := adminAuth{dataDir: cfg.dataDir}.token(noEnv)
+	if err != nil {
+		return err
+	}
+	if d.admin, err = newAdminClient(d.adminURL, token, nil); err != nil {
+		return err
+	}
 
 	fmt.Fprintf(stdout, "meshguard demo: ext_proc on %s, admin on %s\n", srv.extprocAddr, d.adminURL)
 	fmt.Fprintf(stdout, "Every request below is a real ext_proc gRPC stream, sent as an Istio sidecar's Envoy sends it.\n\n")
@@ -126,6 +133,7 @@ type demo struct {
 	start    time.Time
 	client   extprocv3.ExternalProcessorClient
 	adminURL string
+	admin    *adminClient
 	timeout  time.Duration
 
 	mu        sync.Mutex
@@ -332,28 +340,10 @@ func (d *demo) setMode(service string, req admin.ModeRequest) error {
 }
 
 func (d *demo) adminJSON(method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	if err := d.admin.doJSON(context.Background(), method, path, body, out); err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	req, err := http.NewRequest(method, d.adminURL+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, b)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return nil
 }
 
 func (d *demo) summary() error {

@@ -24,8 +24,9 @@ import (
 // testServer is an in-process meshguard with a client, as Envoy and an operator see it.
 type testServer struct {
 	*server
-	client   extprocv3.ExternalProcessorClient
-	adminURL string
+	client     extprocv3.ExternalProcessorClient
+	adminURL   string
+	adminToken string // serve's in <data-dir>/admin-token, once it writes one
 }
 
 // startTestServer starts meshguard on loopback port 0 with dataDir and extra serve flags.
@@ -47,6 +48,9 @@ func startTestServer(t *testing.T, dataDir string, extra ...string) *testServer 
 	}
 	t.Cleanup(func() { conn.Close() })
 	ts := &testServer{server: srv, client: extprocv3.NewExternalProcessorClient(conn), adminURL: "http://" + srv.adminAddr}
+	if ts.adminToken, err = (adminAuth{dataDir: dataDir}).token(noEnv); err != nil {
+		t.Fatal(err)
+	}
 	return ts
 }
 
@@ -120,6 +124,10 @@ func (ts *testServer) http(t *testing.T, method, path string, body []byte) (int,
 	req, err := http.NewRequest(method, ts.adminURL+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if ts.adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+ts.adminToken)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -179,6 +179,48 @@ func applyLayers(fs *pflag.FlagSet, opts []option, configFile string, lookupEnv 
 	return l, errors.Join(errs...)
 }
 
+// annotate adds to each line of a check's error the source of the option it names (as
+// --name) when that is the file or the environment: "--lameduck must not be negative (file
+// meshguard.yaml:4)". Lines that name no such option stay as they are.
+func (l *layered) annotate(err error) error {
+	if err == nil {
+		return nil
+	}
+	lines := strings.Split(err.Error(), "\n")
+	changed := false
+	for i, line := range lines {
+		best := ""
+		for _, o := range l.opts {
+			if len(o.name) > len(best) && mentions(line, "--"+o.name) {
+				best = o.name
+			}
+		}
+		if s := l.sources[best]; best != "" && (s.layer == "file" || s.layer == "env") {
+			lines[i] = line + " (" + s.String() + ")"
+			changed = true
+		}
+	}
+	if !changed {
+		return err
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// mentions reports whether line names flag as a whole word ("--listen" is not in
+// "--listen-x").
+func mentions(line, flag string) bool {
+	for rest := line; ; {
+		i := strings.Index(rest, flag)
+		if i < 0 {
+			return false
+		}
+		rest = rest[i+len(flag):]
+		if rest == "" || !(rest[0] == '-' || rest[0] >= 'a' && rest[0] <= 'z') {
+			return true
+		}
+	}
+}
+
 // badValue says what an option wanted, in words a reader of the file understands.
 func badValue(f *pflag.Flag, err error) string {
 	switch f.Value.Type() {

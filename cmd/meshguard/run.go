@@ -170,7 +170,7 @@ func resolveServe(fs *pflag.FlagSet, f *serveFlags, configFile string, lookupEnv
 	// An option whose layer failed keeps its previous value, so checking the rest reports
 	// every problem at once.
 	cfg, err := f.config()
-	return cfg, l, errors.Join(lerr, err)
+	return cfg, l, errors.Join(lerr, l.annotate(err))
 }
 
 // newConfigCommand is "meshguard config print".
