@@ -52,21 +52,19 @@ period counts from the capture's time.`,
 }
 
 func runLearn(ctx context.Context, o learnOptions, stdin io.Reader, stdout, stderr io.Writer) error {
-	pcap, events, service, serviceBy, dataDir := &o.pcap, &o.events, &o.service, &o.serviceBy, &o.dataDir
-	mf := o.model
 	var errs []error
-	if (*pcap == "") == (*events == "") {
+	if (o.pcap == "") == (o.events == "") {
 		errs = append(errs, errors.New("give exactly one of --pcap and --events"))
 	}
 	var svcFunc capture.ServiceFunc
-	if *pcap != "" {
+	if o.pcap != "" {
 		switch {
-		case *service != "" && *serviceBy != "":
+		case o.service != "" && o.serviceBy != "":
 			errs = append(errs, errors.New("give one of --service and --service-by, not both"))
-		case *service != "":
-			svcFunc = capture.Fixed(*service)
-		case *serviceBy != "":
-			f, err := capture.ServiceBy(*serviceBy)
+		case o.service != "":
+			svcFunc = capture.Fixed(o.service)
+		case o.serviceBy != "":
+			f, err := capture.ServiceBy(o.serviceBy)
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -74,10 +72,10 @@ func runLearn(ctx context.Context, o learnOptions, stdin io.Reader, stdout, stde
 		default:
 			errs = append(errs, errors.New("--pcap needs --service NAME or --service-by src-ip"))
 		}
-	} else if *service != "" || *serviceBy != "" {
+	} else if o.service != "" || o.serviceBy != "" {
 		errs = append(errs, errors.New("--service and --service-by apply to --pcap; events name their service"))
 	}
-	cfg, err := mf.config()
+	cfg, err := o.model.config()
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -85,7 +83,7 @@ func runLearn(ctx context.Context, o learnOptions, stdin io.Reader, stdout, stde
 		return err
 	}
 
-	st, err := store.Open(*dataDir, store.Options{})
+	st, err := store.Open(o.dataDir, store.Options{})
 	if err != nil {
 		return err
 	}
@@ -110,10 +108,10 @@ func runLearn(ctx context.Context, o learnOptions, stdin io.Reader, stdout, stde
 		return nil
 	}
 	start := time.Now()
-	if *pcap != "" {
-		err = learnPcap(ctx, *pcap, svcFunc, learn, stdout, stderr)
+	if o.pcap != "" {
+		err = learnPcap(ctx, o.pcap, svcFunc, learn, stdout, stderr)
 	} else {
-		err = learnEvents(ctx, *events, stdin, learn, stderr)
+		err = learnEvents(ctx, o.events, stdin, learn, stderr)
 	}
 	if err != nil {
 		return err

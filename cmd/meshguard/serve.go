@@ -334,15 +334,15 @@ func (s *server) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		s.log.Info("shutting down", slog.String("cause", "signal"))
 	case <-s.failed.Done():
-		s.log.Error("shutting down", slog.String("cause", "a server failed"))
+		s.log.Error("shutting down", slog.String("cause", "a server failed"), slog.Any("error", context.Cause(s.failed)))
 	}
-	err := s.shutdown(context.Background())
-	return errors.Join(s.group.Wait(), err)
+	return s.shutdown(context.Background())
 }
 
 // shutdown drains and stops everything: health NOT_SERVING and not ready (so that Envoy and
 // Kubernetes send new streams elsewhere), a lameduck pause, GracefulStop bounded by the drain
-// timeout, then the last save of the baselines and the flush of spans. Later calls return
+// timeout, then the last save of the baselines and the flush of spans. It returns the first
+// failure of a server, if any, joined with what went wrong while stopping. Later calls return
 // the first call's result.
 func (s *server) shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() { s.shutdownErr = s.stop(ctx) })
@@ -375,7 +375,7 @@ func (s *server) stop(ctx context.Context) error {
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	var errs []error
+	errs := []error{nil} // the first failure of a server, once all have returned
 	if err := s.http.Shutdown(hctx); err != nil {
 		errs = append(errs, fmt.Errorf("admin server: %w", err))
 	}
@@ -384,7 +384,7 @@ func (s *server) stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("health server: %w", err))
 		}
 	}
-	_ = s.group.Wait() // every server has returned; wait reports the first failure
+	errs[0] = s.group.Wait()
 	s.stopTLS()
 	s.stopPersist()
 	if err := <-s.persistDone; err != nil {

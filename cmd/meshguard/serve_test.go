@@ -45,8 +45,8 @@ func TestFirstFailureStopsAll(t *testing.T) {
 	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err == nil {
 		t.Error("ext_proc still answers")
 	}
-	if err := ts.shutdown(context.Background()); err != nil {
-		t.Errorf("shutdown after the failure: %v", err)
+	if again := ts.shutdown(context.Background()); again == nil || again.Error() != err.Error() {
+		t.Errorf("shutdown after wait: %v, want wait's %v", again, err)
 	}
 }
 
