@@ -237,12 +237,12 @@ func parseServe(args []string) (serveConfig, error) {
 	if fs.NArg() > 0 {
 		return serveConfig{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	return f.config()
+	return f.validate()
 }
 
-// config checks the options and returns serve's configuration, reporting every problem at
+// validate checks the options and returns serve's configuration, reporting every problem at
 // once.
-func (f *serveFlags) config() (serveConfig, error) {
+func (f *serveFlags) validate() (serveConfig, error) {
 	c := f.c
 	var errs []error
 	for _, d := range strings.Split(f.dnsServers, ",") {

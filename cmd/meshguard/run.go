@@ -169,7 +169,7 @@ func resolveServe(fs *pflag.FlagSet, f *serveFlags, configFile string, lookupEnv
 	l, lerr := applyLayers(fs, f.options(), configFile, lookupEnv)
 	// An option whose layer failed keeps its previous value, so checking the rest reports
 	// every problem at once.
-	cfg, err := f.config()
+	cfg, err := f.validate()
 	return cfg, l, errors.Join(lerr, l.annotate(err))
 }
 
