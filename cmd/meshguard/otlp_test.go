@@ -352,3 +352,39 @@ func TestExportErrorsAreRateLimitedSlog(t *testing.T) {
 		}
 	}
 }
+
+// TestExporterProtocolFromEnvironment: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL wins over
+// OTEL_EXPORTER_OTLP_PROTOCOL, and http/protobuf is the default, as the OTel specification
+// says.
+func TestExporterProtocolFromEnvironment(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		env         map[string]string
+		want        string
+		wantFailure bool
+	}{
+		{"default", map[string]string{}, "otlp/http", false},
+		{"grpc", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "otlp/grpc", false},
+		{"traces protocol wins", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, "otlp/grpc", false},
+		{"traces protocol wins the other way", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, "otlp/http", false},
+		{"unsupported", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://" + downEndpoint(t)
+			tr, err := newTracing(context.Background(), func(k string) string { return tc.env[k] }, slog.New(slog.DiscardHandler))
+			if tc.wantFailure {
+				if err == nil {
+					t.Fatalf("exporter %s, want an error", tr.exporter)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.shutdown(context.Background())
+			if tr.exporter != tc.want {
+				t.Fatalf("exporter %s, want %s", tr.exporter, tc.want)
+			}
+		})
+	}
+}
