@@ -112,6 +112,9 @@ func startBinary(t *testing.T, dataDir string, extra ...string) *proc {
 		}
 		t.Cleanup(func() { conn.Close() })
 		p.ts = &testServer{client: extprocv3.NewExternalProcessorClient(conn), adminURL: "http://" + m[2]}
+		if p.ts.adminToken, err = (adminAuth{dataDir: dataDir}).token(noEnv); err != nil {
+			t.Fatal(err)
+		}
 		p.ts.server = &server{extprocAddr: m[1]}
 	case <-p.exited:
 		t.Fatalf("meshguard exited at start: %v\n%s", p.exitErr, p.logs())
@@ -175,7 +178,22 @@ func TestSIGKILLLosesAtMostTheLastSecond(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(3 * time.Second)
+	// The store may lag one flush interval; allow one more for the flush itself on a busy CI.
+	const window = 2 * time.Second
+	// Kill once destinations older than the window exist (so the test checks something) and
+	// the binary has saved since.
+	var savedAt float64
+	waitFor(t, 30*time.Second, "destinations learned more than the window ago", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(learned) > 0 && time.Since(learned[0].at) > window+time.Second
+	})
+	_, m := p.ts.http(t, "GET", "/metrics", nil)
+	savedAt = metricValue(m, "meshguard_store_services_saved_total")
+	waitFor(t, 30*time.Second, "a save of the baselines", func() bool {
+		_, m := p.ts.http(t, "GET", "/metrics", nil)
+		return metricValue(m, "meshguard_store_services_saved_total") > savedAt
+	})
 	killedAt := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -199,8 +217,6 @@ func TestSIGKILLLosesAtMostTheLastSecond(t *testing.T) {
 	for _, d := range rec.Destinations {
 		have[strings.TrimSuffix(d.Destination, ":443")] = true
 	}
-	// The store may lag one flush interval; allow one more for the flush itself on a busy CI.
-	const window = 2 * time.Second
 	missing, old := 0, 0
 	for _, l := range learned {
 		if l.at.Before(killedAt.Add(-window)) {
@@ -230,7 +246,8 @@ func TestSIGKILLLosesAtMostTheLastSecond(t *testing.T) {
 // cleanly after saving.
 func TestSIGTERMDrains(t *testing.T) {
 	dir := t.TempDir()
-	p := startBinary(t, dir, "--lameduck", "1s")
+	const lameduck = 2 * time.Second
+	p := startBinary(t, dir, "--lameduck", lameduck.String())
 	conn, err := grpc.NewClient(p.ts.extprocAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +278,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(900 * time.Millisecond)
+	deadline := time.Now().Add(lameduck - 200*time.Millisecond)
 	for {
 		r, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "envoy.service.ext_proc.v3.ExternalProcessor"})
 		if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING {
@@ -275,8 +292,14 @@ func TestSIGTERMDrains(t *testing.T) {
 	if resp, err := http.Get(p.ts.adminURL + "/readyz"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("readyz during lameduck: %v %v", resp, err)
 	}
-	// The in-flight stream finishes after the lameduck, during GracefulStop.
-	time.Sleep(1200 * time.Millisecond)
+	// The in-flight stream finishes after the lameduck, during GracefulStop: once the server
+	// refuses new RPCs.
+	waitFor(t, 10*time.Second, "the end of the lameduck (new RPCs refused)", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "envoy.service.ext_proc.v3.ExternalProcessor"})
+		return err != nil
+	})
 	if err := stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
 		ResponseHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.ResponseHeaders), EndOfStream: true}}}); err != nil {
 		t.Fatalf("in-flight stream cut: %v", err)

@@ -2,18 +2,21 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/meshguard/meshguard/controlplane"
+	"github.com/meshguard/meshguard/controlplane/xds"
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/extproc/certs"
 	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/spf13/pflag"
 )
 
 // modelFlags are the flowmodel knobs shared by serve, demo, replay and learn.
@@ -33,21 +36,26 @@ type modelFlags struct {
 	prefixV6          int
 }
 
-func (m *modelFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&m.defaultMode, "default-mode", "learn", "mode of a service seen for the first time: learn, monitor, enforce or quarantine")
-	fs.DurationVar(&m.learnWindow, "learn-window", flowmodel.DefaultLearnWindow, "event time a service learns before promotion (with --learn-min-requests)")
-	fs.Int64Var(&m.learnMinRequests, "learn-min-requests", flowmodel.DefaultLearnMinRequests, "requests a service must make before promotion out of learn")
-	fs.StringVar(&m.afterLearning, "after-learning", "monitor", "mode a service is promoted to after learning: monitor, enforce or quarantine")
-	fs.IntVar(&m.maxDestinations, "max-destinations", flowmodel.DefaultMaxDestinations, "destinations remembered per service (least recently used forgotten first)")
-	fs.IntVar(&m.maxServices, "max-services", flowmodel.DefaultMaxServices, "services tracked at most")
-	fs.Float64Var(&m.alertBudget, "alert-budget", flowmodel.DefaultAlertBudget, "alerts per service per day the scored detectors may raise on learned traffic; sets each service's alert threshold")
-	fs.StringVar(&m.blockReasons, "block-reasons", "new_destination,host_ip_mismatch", "reasons that block in enforce mode; the others alert")
-	fs.StringVar(&m.disable, "disable", "", "detectors to turn off, by reason: new_shape, rare_shape, rate_spike, burst, volume_spike, host_ip_mismatch")
-	fs.IntVar(&m.probation, "probation", flowmodel.DefaultProbation, "distinct --probation-intervals a new shape (or, in monitor mode, destination) must be seen in before it is learned")
-	fs.DurationVar(&m.probationInterval, "probation-interval", flowmodel.DefaultProbationInterval, "the interval probation counts in")
-	fs.IntVar(&m.prefixV4, "host-prefix-v4", flowmodel.DefaultPrefixBits4, "a learned host may move to IPv4 addresses within this prefix length of where it was learned")
-	fs.IntVar(&m.prefixV6, "host-prefix-v6", flowmodel.DefaultPrefixBits6, "the same for IPv6")
+// options is the table of the model's options.
+func (m *modelFlags) options() []option {
+	return []option{
+		{"default-mode", &m.defaultMode, "learn", "mode of a service seen for the first time: learn, monitor, enforce or quarantine"},
+		{"learn-window", &m.learnWindow, flowmodel.DefaultLearnWindow, "event time a service learns before promotion (with --learn-min-requests)"},
+		{"learn-min-requests", &m.learnMinRequests, int64(flowmodel.DefaultLearnMinRequests), "requests a service must make before promotion out of learn"},
+		{"after-learning", &m.afterLearning, "monitor", "mode a service is promoted to after learning: monitor, enforce or quarantine"},
+		{"max-destinations", &m.maxDestinations, flowmodel.DefaultMaxDestinations, "destinations remembered per service (least recently used forgotten first)"},
+		{"max-services", &m.maxServices, flowmodel.DefaultMaxServices, "services tracked at most"},
+		{"alert-budget", &m.alertBudget, float64(flowmodel.DefaultAlertBudget), "alerts per service per day the scored detectors may raise on learned traffic; sets each service's alert threshold"},
+		{"block-reasons", &m.blockReasons, "new_destination,host_ip_mismatch", "reasons that block in enforce mode; the others alert"},
+		{"disable", &m.disable, "", "detectors to turn off, by reason: new_shape, rare_shape, rate_spike, burst, volume_spike, host_ip_mismatch"},
+		{"probation", &m.probation, flowmodel.DefaultProbation, "distinct --probation-intervals a new shape (or, in monitor mode, destination) must be seen in before it is learned"},
+		{"probation-interval", &m.probationInterval, flowmodel.DefaultProbationInterval, "the interval probation counts in"},
+		{"host-prefix-v4", &m.prefixV4, flowmodel.DefaultPrefixBits4, "a learned host may move to IPv4 addresses within this prefix length of where it was learned"},
+		{"host-prefix-v6", &m.prefixV6, flowmodel.DefaultPrefixBits6, "the same for IPv6"},
+	}
 }
+
+func (m *modelFlags) register(fs *pflag.FlagSet) { registerOptions(fs, m.options()) }
 
 // config returns the model config, or every problem with the flags.
 func (m *modelFlags) config() (flowmodel.Config, error) {
@@ -106,65 +114,138 @@ type serveConfig struct {
 	listen           string
 	adminListen      string
 	adminAllowRemote bool
-	dataDir          string
-	model            flowmodel.Config
-	extproc          extproc.Config
-	flushInterval    time.Duration
-	lameduck         time.Duration
-	drainTimeout     time.Duration
-	logLevel         slog.Level
-	logFormat        string
-	resolveHosts     bool
-	dnsServers       []string
-	xds              xdsFlags
-	tls              tlsFlags // ext_proc listener
-	adminTLS         tlsFlags
-	tlsReload        time.Duration
-	pprof            bool
+	// insecureListen allows listeners beyond loopback without TLS.
+	insecureListen bool
+	// healthListen is the probe-only HTTP listener (/healthz, /readyz, /metrics); "" is none.
+	healthListen string
+	// adminTokenFile holds the admin API's bearer token: --admin-token-file, else
+	// <data-dir>/admin-token. The lead wires its creation at first start into serve.
+	adminTokenFile string
+	dataDir        string
+	model          flowmodel.Config
+	// maxServicesAction is what a new service gets once model.MaxServices are tracked:
+	// "block" or "alert" (flowmodel implements it; serve hands it over).
+	maxServicesAction string
+	extproc           extproc.Config
+	// firstMessageTimeout, maxStreamsPerConnection, maxMessageBytes and maxBodyBytes are
+	// the ext_proc stream limits of options.md, handed to extproc when it has them.
+	firstMessageTimeout     time.Duration
+	maxStreamsPerConnection int
+	maxMessageBytes         int
+	maxBodyBytes            int
+	// backupInterval is how often a store backup is written to <data-dir>/backups (0: never).
+	backupInterval time.Duration
+	flushInterval  time.Duration
+	lameduck       time.Duration
+	drainTimeout   time.Duration
+	logLevel       slog.Level
+	logFormat      string
+	resolveHosts   bool
+	dnsServers     []string
+	xds            xdsFlags
+	tls            tlsFlags // ext_proc listener
+	adminTLS       tlsFlags
+	tlsReload      time.Duration
+	pprof          bool
 }
 
-// parseServe parses and checks serve's flags, reporting every problem at once.
-func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		c             serveConfig
-		mf            modelFlags
-		onMissing     string
-		identityOrder string
-		logLevel      string
-	)
-	fs.StringVar(&c.listen, "listen", "127.0.0.1:9001", "ext_proc gRPC address: host:port or unix:///path")
-	fs.StringVar(&c.adminListen, "admin-listen", "127.0.0.1:9002", "admin HTTP address (health, metrics, service API): host:port or unix:///path")
-	fs.BoolVar(&c.adminAllowRemote, "admin-allow-remote", false, "allow the admin API on a non-loopback address (it has no authentication yet)")
-	fs.StringVar(&c.dataDir, "data-dir", "./meshguard-data", "directory of the baseline store")
-	mf.register(fs)
-	c.xds.register(fs)
-	fs.StringVar(&onMissing, "on-missing", extproc.OnMissingAlert, "verdict for a request whose service or destination is unknown: allow, alert or block")
-	fs.IntVar(&c.extproc.DecisionLogsPerSecond, "decision-log-rate", 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)")
-	fs.StringVar(&identityOrder, "identity-order", "metadata,node,peer-san,source-address", "identity sources, in order")
-	fs.DurationVar(&c.extproc.DecisionBudget, "decision-budget", 0, "answer a request whose decision takes longer than this with --on-budget, well before Envoy's message_timeout (0: no budget; Envoy's timeout and failure_mode_allow decide)")
-	fs.StringVar(&c.extproc.OnBudget, "on-budget", extproc.OnBudgetAllow, "answer when the decision budget runs out: allow (continue, recorded as an alert) or block (403)")
-	fs.IntVar(&c.extproc.MaxStreams, "max-streams", 10000, "ext_proc streams served at once; more fail at once with RESOURCE_EXHAUSTED instead of queueing (0: no limit)")
-	c.tls.register(fs, "", "ext_proc", "")
-	c.adminTLS.register(fs, "admin-", "the admin API", "; /healthz and /readyz need none (probes), and it lets the admin API listen beyond loopback")
-	fs.DurationVar(&c.tlsReload, "tls-reload-interval", certs.DefaultInterval, "how often TLS files are checked for changes")
-	fs.BoolVar(&c.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
-	fs.DurationVar(&c.flushInterval, "flush-interval", time.Second, "how far the store may lag behind the model")
-	fs.DurationVar(&c.lameduck, "lameduck", 2*time.Second, "on shutdown, time between reporting NOT_SERVING and refusing new streams")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 10*time.Second, "on shutdown, time in-flight streams get to finish")
-	fs.BoolVar(&c.resolveHosts, "resolve-hosts", false, "resolve Host names (cached, off the request path) and flag host_ip_mismatch when a name is sent to an IP it does not resolve to")
-	dnsServers := fs.String("dns-servers", "", "DNS servers for --resolve-hosts, host:port, comma-separated (default: those of /etc/resolv.conf)")
-	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+// serveFlags are serve's options as given, before they are checked into a serveConfig.
+type serveFlags struct {
+	c             serveConfig
+	model         modelFlags
+	onMissing     string
+	identityOrder string
+	logLevel      string
+	dnsServers    string
+}
+
+// options is the table of every option of serve, in the order --help, "config print" and
+// the README show them.
+func (f *serveFlags) options() []option {
+	c := &f.c
+	opts := []option{
+		{"listen", &c.listen, "127.0.0.1:9001", "ext_proc gRPC address: host:port or unix:///path"},
+		{"admin-listen", &c.adminListen, "127.0.0.1:9002", "admin HTTP address (health, metrics, service API): host:port or unix:///path"},
+		{"health-listen", &c.healthListen, "", `extra HTTP address serving only /healthz, /readyz and /metrics, for probes when the admin API is on a unix socket ("": none)`},
+		{"insecure-listen", &c.insecureListen, false, "allow --listen, --admin-listen and --xds-listen beyond loopback without TLS (refused otherwise)"},
+		{"admin-allow-remote", &c.adminAllowRemote, false, "allow the admin API beyond loopback without client certificates (--admin-tls-client-ca)"},
+		{"admin-token-file", &c.adminTokenFile, "", "bearer token of the admin API, created (random, mode 0600) at first start when absent (default <data-dir>/admin-token)"},
+		{"data-dir", &c.dataDir, "./meshguard-data", "directory of the baseline store"},
+	}
+	opts = append(opts, f.model.options()...)
+	opts = append(opts, []option{
+		{"max-services-action", &c.maxServicesAction, "block", "what a new service gets once --max-services are tracked: block or alert"},
+		{"xds-listen", &c.xds.listen, controlplane.DefaultListen, `xDS (ADS) and access-log gRPC address: host:port, unix:///path, or "off"`},
+		{"xds-ext-proc-address", &c.xds.cfg.ExtProcAddress, xds.DefaultExtProcAddress, "meshguard's ext_proc address as the Envoys reach it, in the listeners meshguard serves"},
+		{"xds-access-log-address", &c.xds.cfg.AccessLogAddress, xds.DefaultAccessLogAddress, "meshguard's access-log service address as the Envoys reach it"},
+		{"xds-envoy-listener", &c.xds.cfg.ListenerAddress, xds.DefaultListenerAddress, "where the served outbound listener binds in Envoy"},
+		{"xds-message-timeout", &c.xds.cfg.MessageTimeout, xds.DefaultMessageTimeout, "ext_proc message_timeout in the served listeners"},
+		{"xds-failure-mode-allow", &c.xds.cfg.FailureModeAllow, false, "let requests through when Envoy cannot reach meshguard (fail open)"},
+		{"xds-deny-all-when-empty", &c.xds.cfg.DenyAllWhenEmpty, false, "at L4, deny all of an enforced service that has no learned destination IP (default: leave it to ext_proc)"},
+		{"xds-rbac-on-http", &c.xds.cfg.RBACOnHTTP, false, "put the L4 RBAC backstop in front of HTTP too"},
+		{"xds-tls-cert", &c.xds.tls.cert, "", "serve xDS and access logs over TLS with this certificate (PEM, reloaded when it changes)"},
+		{"xds-tls-key", &c.xds.tls.key, "", "private key of --xds-tls-cert (PEM)"},
+		{"xds-tls-client-ca", &c.xds.tls.clientCA, "", "require client certificates issued by these CAs (PEM): mutual TLS for xDS and access logs"},
+		{"xds-trust-domain", &c.xds.trustDomain, xds.DefaultTrustDomain, "SPIFFE trust domain whose spiffe://<td>/ns/<ns>/sa/<sa> client certificates name xDS and access-log nodes"},
+		{"on-missing", &f.onMissing, extproc.OnMissingAlert, "verdict for a request whose service or destination is unknown: allow, alert or block"},
+		{"decision-log-rate", &c.extproc.DecisionLogsPerSecond, 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)"},
+		{"identity-order", &f.identityOrder, "metadata,node,peer-san,source-address", "identity sources, in order"},
+		{"decision-budget", &c.extproc.DecisionBudget, time.Duration(0), "answer a request whose decision takes longer than this with --on-budget, well before Envoy's message_timeout (0: no budget; Envoy's timeout and failure_mode_allow decide)"},
+		{"on-budget", &c.extproc.OnBudget, extproc.OnBudgetAllow, "answer when the decision budget runs out: allow (continue, recorded as an alert) or block (403)"},
+		{"max-streams", &c.extproc.MaxStreams, 10000, "ext_proc streams served at once; more fail at once with RESOURCE_EXHAUSTED instead of queueing (0: no limit)"},
+		{"max-streams-per-connection", &c.maxStreamsPerConnection, 1000, "concurrent ext_proc streams on one connection"},
+		{"first-message-timeout", &c.firstMessageTimeout, 2 * time.Second, "an ext_proc stream silent this long after opening is closed"},
+		{"max-message-bytes", &c.maxMessageBytes, 1 << 20, "largest ext_proc message accepted (gRPC receive limit)"},
+		{"max-body-bytes", &c.maxBodyBytes, 8192, "request body bytes inspected for parameter values (Envoy BUFFERED body)"},
+		{"tls-cert", &c.tls.cert, "", "serve ext_proc over TLS with this certificate (PEM, reloaded when it changes)"},
+		{"tls-key", &c.tls.key, "", "private key of --tls-cert (PEM)"},
+		{"tls-client-ca", &c.tls.clientCA, "", "require client certificates issued by these CAs (PEM): mutual TLS for ext_proc"},
+		{"admin-tls-cert", &c.adminTLS.cert, "", "serve the admin API over TLS with this certificate (PEM, reloaded when it changes)"},
+		{"admin-tls-key", &c.adminTLS.key, "", "private key of --admin-tls-cert (PEM)"},
+		{"admin-tls-client-ca", &c.adminTLS.clientCA, "", "require client certificates issued by these CAs (PEM): mutual TLS for the admin API; /healthz and /readyz need none (probes)"},
+		{"tls-reload-interval", &c.tlsReload, certs.DefaultInterval, "how often TLS files are checked for changes"},
+		{"pprof", &c.pprof, false, "serve net/http/pprof under /debug/pprof/ on the admin listener"},
+		{"flush-interval", &c.flushInterval, time.Second, "how far the store may lag behind the model"},
+		{"backup-interval", &c.backupInterval, time.Hour, "how often a backup of the store is written to <data-dir>/backups (0: never)"},
+		{"lameduck", &c.lameduck, 2 * time.Second, "on shutdown, time between reporting NOT_SERVING and refusing new streams"},
+		{"drain-timeout", &c.drainTimeout, 10 * time.Second, "on shutdown, time in-flight streams get to finish"},
+		{"resolve-hosts", &c.resolveHosts, false, "resolve Host names (cached, off the request path) and flag host_ip_mismatch when a name is sent to an IP it does not resolve to"},
+		{"dns-servers", &f.dnsServers, "", "DNS servers for --resolve-hosts, host:port, comma-separated (default: those of /etc/resolv.conf)"},
+		{"log-level", &f.logLevel, "info", "log level: debug, info, warn or error"},
+		{"log-format", &c.logFormat, "text", "log format: text or json"},
+	}...)
+	return opts
+}
+
+// newServeFlagSet returns a flag set with every option of serve, bound to f.
+func newServeFlagSet(f *serveFlags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	fs.SortFlags = false
+	registerOptions(fs, f.options())
+	return fs
+}
+
+// parseServe parses serve's flags alone (no file, no environment) and checks them; the
+// demo and the tests configure the in-process server with it.
+func parseServe(args []string) (serveConfig, error) {
+	var f serveFlags
+	fs := newServeFlagSet(&f)
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		return serveConfig{}, err
 	}
-	var errs []error
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
+		return serveConfig{}, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	for _, d := range strings.Split(*dnsServers, ",") {
+	return f.validate()
+}
+
+// validate checks the options and returns serve's configuration, reporting every problem at
+// once.
+func (f *serveFlags) validate() (serveConfig, error) {
+	c := f.c
+	var errs []error
+	for _, d := range strings.Split(f.dnsServers, ",") {
 		if d = strings.TrimSpace(d); d == "" {
 			continue
 		}
@@ -180,24 +261,35 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 		errs = append(errs, errors.New("--dns-servers needs --resolve-hosts"))
 	}
 	var err error
-	if c.model, err = mf.config(); err != nil {
+	if c.model, err = f.model.config(); err != nil {
 		errs = append(errs, err)
 	}
-	c.extproc.OnMissing = onMissing
-	if c.extproc.IdentityOrder, err = extproc.ParseIdentityOrder(identityOrder); err != nil {
+	if c.maxServicesAction != "block" && c.maxServicesAction != "alert" {
+		errs = append(errs, fmt.Errorf("--max-services-action %q: valid values are block, alert", c.maxServicesAction))
+	}
+	c.extproc.OnMissing = f.onMissing
+	if c.extproc.IdentityOrder, err = extproc.ParseIdentityOrder(f.identityOrder); err != nil {
 		errs = append(errs, fmt.Errorf("--identity-order: %w", err))
 	}
 	if c.extproc, err = c.extproc.Check(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := checkAddress("--listen", c.listen); err != nil {
-		errs = append(errs, err)
+	if c.firstMessageTimeout <= 0 {
+		errs = append(errs, errors.New("--first-message-timeout must be positive"))
 	}
-	if err := checkAddress("--admin-listen", c.adminListen); err != nil {
-		errs = append(errs, err)
-	} else if !c.adminAllowRemote && c.adminTLS.clientCA == "" && !isLocalAddress(c.adminListen) {
-		errs = append(errs, fmt.Errorf("--admin-listen %s is not a loopback address; without client certificates (--admin-tls-client-ca) the admin API has no authentication, so pass --admin-allow-remote to expose it anyway", c.adminListen))
+	if c.maxStreamsPerConnection <= 0 {
+		errs = append(errs, errors.New("--max-streams-per-connection must be positive"))
 	}
+	if c.maxMessageBytes <= 0 {
+		errs = append(errs, errors.New("--max-message-bytes must be positive"))
+	}
+	if c.maxBodyBytes < 0 {
+		errs = append(errs, errors.New("--max-body-bytes must not be negative"))
+	}
+	if c.backupInterval < 0 {
+		errs = append(errs, errors.New("--backup-interval must not be negative"))
+	}
+	errs = append(errs, c.checkListeners()...)
 	if err := c.tls.check(""); err != nil {
 		errs = append(errs, err)
 	}
@@ -210,19 +302,53 @@ func parseServe(args []string, stderr io.Writer) (serveConfig, error) {
 	if c.dataDir == "" {
 		errs = append(errs, errors.New("--data-dir must not be empty"))
 	}
+	if c.adminTokenFile == "" && c.dataDir != "" {
+		c.adminTokenFile = filepath.Join(c.dataDir, "admin-token")
+	}
 	if c.flushInterval <= 0 {
 		errs = append(errs, errors.New("--flush-interval must be positive"))
 	}
 	if c.lameduck < 0 || c.drainTimeout < 0 {
 		errs = append(errs, errors.New("--lameduck and --drain-timeout must not be negative"))
 	}
-	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
+	if err := c.logLevel.UnmarshalText([]byte(f.logLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %w", err))
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format %q: valid formats are text, json", c.logFormat))
 	}
 	return c, errors.Join(errs...)
+}
+
+// checkListeners checks the listen addresses: each is host:port or unix:///path, and one
+// beyond loopback needs TLS (or --insecure-listen). The admin API beyond loopback also needs
+// client certificates, or --admin-allow-remote. The probe listener serves nothing that needs
+// protecting and may listen anywhere.
+func (c *serveConfig) checkListeners() []error {
+	var errs []error
+	remote := func(flag, addr string, tlsOn bool, tlsFlag string) {
+		if err := checkAddress(flag, addr); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		if !tlsOn && !c.insecureListen && !isLocalAddress(addr) {
+			errs = append(errs, fmt.Errorf("%s %s is not a loopback address: serve it with TLS (%s) or pass --insecure-listen to expose it in plaintext", flag, addr, tlsFlag))
+		}
+	}
+	remote("--listen", c.listen, c.tls.enabled(), "--tls-cert")
+	remote("--admin-listen", c.adminListen, c.adminTLS.enabled(), "--admin-tls-cert")
+	if checkAddress("--admin-listen", c.adminListen) == nil && !c.adminAllowRemote && c.adminTLS.clientCA == "" && !isLocalAddress(c.adminListen) {
+		errs = append(errs, fmt.Errorf("--admin-listen %s is not a loopback address; without client certificates (--admin-tls-client-ca) the admin API has no authentication, so pass --admin-allow-remote to expose it anyway", c.adminListen))
+	}
+	if c.xds.enabled() {
+		remote("--xds-listen", c.xds.listen, c.xds.tls.enabled(), "--xds-tls-cert")
+	}
+	if c.healthListen != "" {
+		if err := checkAddress("--health-listen", c.healthListen); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // checkAddress accepts host:port or unix:///path.

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,6 +22,7 @@ import (
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/extproc/envoysim"
 	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -57,40 +56,52 @@ var demoServices = []demoService{
 // The compromised service's new destination.
 var demoAttack = demoCall{ip: "198.51.100.66", port: 443, host: "exfil.example.net", method: "POST", path: "/upload"}
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dataDir := fs.String("data-dir", "", "keep the demo's baselines here (default: a temporary directory, removed at the end)")
-	learnFor := fs.Duration("learn-window", 2*time.Second, "how long the demo services learn")
-	verbose := fs.Bool("v", false, "print meshguard's own log lines too")
-	timeout := fs.Duration("message-timeout", time.Second, "how long the simulated Envoy waits for each answer (Envoy's default is 200ms; a busy machine may need more)")
-	if err := fs.Parse(args); err != nil {
-		return err
+// newDemoCommand is "meshguard demo".
+func newDemoCommand(e *env) *cobra.Command {
+	var o demoOptions
+	c := &cobra.Command{
+		Use:   "demo [flags]",
+		Short: "run the guard in-process and play sidecar traffic through it",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return runDemo(c.Context(), o, e.stdout, e.stderr) },
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("demo takes no arguments, got %q", fs.Args())
-	}
-	if *dataDir == "" {
+	fs := c.Flags()
+	fs.StringVar(&o.dataDir, "data-dir", "", "keep the demo's baselines here (default: a temporary directory, removed at the end)")
+	fs.DurationVar(&o.learnFor, "learn-window", 2*time.Second, "how long the demo services learn")
+	fs.BoolVarP(&o.verbose, "verbose", "v", false, "print meshguard's own log lines too")
+	fs.DurationVar(&o.timeout, "message-timeout", time.Second, "how long the simulated Envoy waits for each answer (Envoy's default is 200ms; a busy machine may need more)")
+	return c
+}
+
+type demoOptions struct {
+	dataDir  string
+	learnFor time.Duration
+	verbose  bool
+	timeout  time.Duration
+}
+
+func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
+	if o.dataDir == "" {
 		dir, err := os.MkdirTemp("", "meshguard-demo-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		*dataDir = dir
+		o.dataDir = dir
 	}
 	cfg, err := parseServe([]string{
-		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "off", "--data-dir", *dataDir,
-		"--learn-window", learnFor.String(), "--learn-min-requests", "20", "--after-learning", "monitor",
+		"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "off", "--data-dir", o.dataDir,
+		"--learn-window", o.learnFor.String(), "--learn-min-requests", "20", "--after-learning", "monitor",
 		"--lameduck", "0",
-	}, stderr)
+	})
 	if err != nil {
 		return err
 	}
 	logOut := io.Discard
-	if *verbose {
+	if o.verbose {
 		logOut = stderr
 	}
-	d := &demo{out: stdout, start: time.Now(), decisions: make(map[string]*flowmodel.Verdict), timeout: *timeout}
+	d := &demo{out: stdout, start: time.Now(), decisions: make(map[string]*flowmodel.Verdict), timeout: o.timeout}
 	srv, err := startServer(ctx, cfg, newLogger(logOut, slog.LevelInfo, "text"), d.tap)
 	if err != nil {
 		return err
@@ -103,10 +114,18 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer conn.Close()
 	d.client = extprocv3.NewExternalProcessorClient(conn)
 	d.adminURL = "http://" + srv.adminAddr
+	// The token serve keeps in its data directory, once it has one.
+	token, err := adminAuth{dataDir: cfg.dataDir}.token(noEnv)
+	if err != nil {
+		return err
+	}
+	if d.admin, err = newAdminClient(d.adminURL, token, nil); err != nil {
+		return err
+	}
 
 	fmt.Fprintf(stdout, "meshguard demo: ext_proc on %s, admin on %s\n", srv.extprocAddr, d.adminURL)
 	fmt.Fprintf(stdout, "Every request below is a real ext_proc gRPC stream, sent as an Istio sidecar's Envoy sends it.\n\n")
-	return d.play(ctx, *learnFor)
+	return d.play(ctx, o.learnFor)
 }
 
 type demo struct {
@@ -114,6 +133,7 @@ type demo struct {
 	start    time.Time
 	client   extprocv3.ExternalProcessorClient
 	adminURL string
+	admin    *adminClient
 	timeout  time.Duration
 
 	mu        sync.Mutex
@@ -320,28 +340,10 @@ func (d *demo) setMode(service string, req admin.ModeRequest) error {
 }
 
 func (d *demo) adminJSON(method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
+	if err := d.admin.doJSON(context.Background(), method, path, body, out); err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	req, err := http.NewRequest(method, d.adminURL+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, b)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return nil
 }
 
 func (d *demo) summary() error {

@@ -99,6 +99,8 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		every := time.NewTicker(20 * time.Millisecond) // Envoy's health check interval
+		defer every.Stop()
 		for ctx.Err() == nil {
 			cctx, ccancel := context.WithTimeout(ctx, 200*time.Millisecond)
 			r, err := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: "envoy.service.ext_proc.v3.ExternalProcessor"})
@@ -108,7 +110,10 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 					notServing.Store(time.Now().UnixNano())
 				}
 			}
-			time.Sleep(20 * time.Millisecond)
+			select {
+			case <-every.C:
+			case <-ctx.Done():
+			}
 		}
 	}()
 
@@ -147,7 +152,13 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(time.Second)
+	// SIGTERM under full load: every worker has a stream open to A, and some finished.
+	waitFor(t, 30*time.Second, "the load on the binary", func() bool {
+		mu.Lock()
+		n := len(streams)
+		mu.Unlock()
+		return onA.Load() >= workers*3/4 && n >= workers
+	})
 	termAt := time.Now()
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -158,11 +169,20 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 		t.Fatalf("no exit 20s after SIGTERM\n%s", a.logs())
 	}
 	exitAt := time.Now()
-	// Every stream to A comes to an end, well or badly, before the load stops.
-	for deadline := time.Now().Add(10 * time.Second); onA.Load() > 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(300 * time.Millisecond) // some streams to B after A is gone
+	// Every stream to A comes to an end, well or badly, and B serves the load on its own,
+	// before the load stops.
+	waitFor(t, 10*time.Second, "the end of every stream to the stopped binary", func() bool { return onA.Load() == 0 })
+	waitFor(t, 10*time.Second, "streams to the other meshguard after the stopped one exited", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, s := range streams {
+			if s.target == "b" && s.start.After(exitAt) {
+				n++
+			}
+		}
+		return n >= workers
+	})
 	cancel()
 	wg.Wait()
 

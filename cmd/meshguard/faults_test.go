@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -143,6 +145,60 @@ func TestServeMutualTLS(t *testing.T) {
 	})
 }
 
+// TestAdversaryXDSNeedsClientCertificate (issue 10, case 8: xDS and ALS are open): with
+// --xds-tls-*, the xDS and access-log server speaks only TLS and takes only client
+// certificates of its CA; a workload without one, with a certificate of another CA, or in
+// plaintext is refused.
+func TestAdversaryXDSNeedsClientCertificate(t *testing.T) {
+	mesh, other := certtest.NewCA(t, "mesh"), certtest.NewCA(t, "other")
+	files := certtest.NewFiles(t.TempDir())
+	files.Write(t, mesh.Server(t, "meshguard-xds"), mesh)
+	ts := startTestServer(t, t.TempDir(), "--xds-tls-cert", files.Cert, "--xds-tls-key", files.Key, "--xds-tls-client-ca", files.ClientCA)
+	check := func(creds credentials.TransportCredentials) error {
+		conn, err := grpc.NewClient(ts.control.addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	client := func(leaf *certtest.Leaf) credentials.TransportCredentials {
+		cfg := &tls.Config{RootCAs: mesh.Pool(), ServerName: "localhost"}
+		if leaf != nil {
+			c := leaf.TLS(t)
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+		}
+		return credentials.NewTLS(cfg)
+	}
+	for _, tc := range []struct {
+		name  string
+		creds credentials.TransportCredentials
+		ok    bool
+	}{
+		{"the mesh's client certificate", client(mesh.Client(t, "envoy")), true},
+		{"no client certificate", client(nil), false},
+		{"another CA's certificate", client(other.Client(t, "stranger")), false},
+		{"plaintext", insecure.NewCredentials(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := check(tc.creds)
+			if tc.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tc.ok && status.Code(err) != codes.Unavailable {
+				t.Fatalf("got %v, want the connection refused", err)
+			}
+		})
+	}
+	_, metrics := ts.http(t, "GET", "/metrics", nil)
+	if err := contains(metrics, `meshguard_tls_certificate_expiry_timestamp_seconds{listener="xds"}`); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestPprofOnlyWhenAsked(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -223,7 +279,7 @@ func TestParseServeFaultFlags(t *testing.T) {
 			"--admin-tls-cert", "c.pem", "--admin-tls-key", "k.pem"}, []string{"is not a loopback address"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := parseServe(tc.args, io.Discard)
+			cfg, err := parseServe(tc.args)
 			if len(tc.wants) == 0 {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -239,7 +295,7 @@ func TestParseServeFaultFlags(t *testing.T) {
 			_ = cfg
 		})
 	}
-	cfg, err := parseServe([]string{"--decision-budget", "25ms", "--on-budget", "block", "--max-streams", "7"}, io.Discard)
+	cfg, err := parseServe([]string{"--decision-budget", "25ms", "--on-budget", "block", "--max-streams", "7"})
 	if err != nil {
 		t.Fatal(err)
 	}

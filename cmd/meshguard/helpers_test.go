@@ -24,15 +24,16 @@ import (
 // testServer is an in-process meshguard with a client, as Envoy and an operator see it.
 type testServer struct {
 	*server
-	client   extprocv3.ExternalProcessorClient
-	adminURL string
+	client     extprocv3.ExternalProcessorClient
+	adminURL   string
+	adminToken string // serve's in <data-dir>/admin-token, once it writes one
 }
 
 // startTestServer starts meshguard on loopback port 0 with dataDir and extra serve flags.
 func startTestServer(t *testing.T, dataDir string, extra ...string) *testServer {
 	t.Helper()
 	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
-	cfg, err := parseServe(args, io.Discard)
+	cfg, err := parseServe(args)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +48,9 @@ func startTestServer(t *testing.T, dataDir string, extra ...string) *testServer 
 	}
 	t.Cleanup(func() { conn.Close() })
 	ts := &testServer{server: srv, client: extprocv3.NewExternalProcessorClient(conn), adminURL: "http://" + srv.adminAddr}
+	if ts.adminToken, err = (adminAuth{dataDir: dataDir}).token(noEnv); err != nil {
+		t.Fatal(err)
+	}
 	return ts
 }
 
@@ -121,6 +125,10 @@ func (ts *testServer) http(t *testing.T, method, path string, body []byte) (int,
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/json")
+	if ts.adminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+ts.adminToken)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -144,4 +152,19 @@ func contains(s string, subs ...string) error {
 		}
 	}
 	return nil
+}
+
+// waitFor polls cond until it holds, failing the test with what was awaited after timeout.
+// Deadlines are generous: the machine may be loaded.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", timeout, what)
+		}
+		<-tick.C
+	}
 }

@@ -199,7 +199,7 @@ func TestParseServeReportsEveryProblem(t *testing.T) {
 	_, err := parseServe([]string{
 		"--admin-listen", "0.0.0.0:9002", "--listen", "nonsense", "--default-mode", "strict",
 		"--after-learning", "learn", "--on-missing", "maybe", "--identity-order", "node,dns", "--log-format", "xml",
-	}, &strings.Builder{})
+	})
 	if err == nil {
 		t.Fatal("want errors")
 	}
@@ -208,10 +208,15 @@ func TestParseServeReportsEveryProblem(t *testing.T) {
 		"after-learning mode must be", "on-missing \"maybe\"", "unknown identity source \"dns\"", "--log-format"); err != nil {
 		t.Fatalf("%v in:\n%s", err, err)
 	}
-	if _, err := parseServe([]string{"--admin-listen", "0.0.0.0:9002", "--admin-allow-remote"}, &strings.Builder{}); err != nil {
-		t.Fatalf("with --admin-allow-remote: %v", err)
+	// Beyond loopback without TLS: --admin-allow-remote waives client certificates, and
+	// --insecure-listen plaintext; both are needed.
+	if _, err := parseServe([]string{"--admin-listen", "0.0.0.0:9002", "--admin-allow-remote", "--insecure-listen"}); err != nil {
+		t.Fatalf("with --admin-allow-remote --insecure-listen: %v", err)
 	}
-	if _, err := parseServe([]string{"--listen", "unix:///tmp/mg.sock", "--admin-listen", "unix:///tmp/mg-admin.sock"}, &strings.Builder{}); err != nil {
+	if _, err := parseServe([]string{"--admin-listen", "0.0.0.0:9002", "--admin-allow-remote"}); err == nil || !strings.Contains(err.Error(), "--insecure-listen") {
+		t.Fatalf("--admin-allow-remote alone: %v, want plaintext refused naming --insecure-listen", err)
+	}
+	if _, err := parseServe([]string{"--listen", "unix:///tmp/mg.sock", "--admin-listen", "unix:///tmp/mg-admin.sock"}); err != nil {
 		t.Fatalf("unix sockets: %v", err)
 	}
 }

@@ -14,48 +14,57 @@ import (
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/meshguard/meshguard/flowmodel/capture"
 	"github.com/meshguard/meshguard/flowmodel/store"
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
 
-const learnUsage = `Usage: meshguard learn (--pcap FILE [--service NAME | --service-by src-ip] | --events FILE|-) [flags]
+// learnOptions are the flags of "meshguard learn".
+type learnOptions struct {
+	pcap, events, service, serviceBy, dataDir string
+	model                                     modelFlags
+}
 
-Seeds baselines in --data-dir (the store "serve" uses; stop serve first, or learn into a copy)
+// newLearnCommand is "meshguard learn".
+func newLearnCommand(e *env) *cobra.Command {
+	var o learnOptions
+	c := &cobra.Command{
+		Use:   "learn (--pcap FILE [--service NAME | --service-by src-ip] | --events FILE|-) [flags]",
+		Short: "seed baselines from a capture or flow events",
+		Long: `Seeds baselines in --data-dir (the store "serve" uses; stop serve first, or learn into a copy)
 from a packet capture (pcap or pcapng, gzipped or not: HTTP requests, TLS SNI, DNS answers,
 TCP and UDP flows) or from flow events (JSONL). What is learned is trusted: it enters the
 baselines whatever the services' modes. New services keep --default-mode, and their learning
-period counts from the capture's time.
-
-Flags:
-`
-
-func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("learn", learnUsage, stderr)
-	pcap := fs.String("pcap", "", "packet capture to learn from (pcap or pcapng)")
-	events := fs.String("events", "", "flow events (JSONL) to learn from; - for stdin")
-	service := fs.String("service", "", "with --pcap: the service every flow belongs to")
-	serviceBy := fs.String("service-by", "", "with --pcap: derive the service from the packets; src-ip names it after the client IP")
-	dataDir := fs.String("data-dir", "./meshguard-data", "directory of the baseline store")
-	var mf modelFlags
-	mf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+period counts from the capture's time.`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runLearn(c.Context(), o, e.stdin, e.stdout, e.stderr)
+		},
 	}
+	fs := c.Flags()
+	fs.SortFlags = false
+	fs.StringVar(&o.pcap, "pcap", "", "packet capture to learn from (pcap or pcapng)")
+	fs.StringVar(&o.events, "events", "", "flow events (JSONL) to learn from; - for stdin")
+	fs.StringVar(&o.service, "service", "", "with --pcap: the service every flow belongs to")
+	fs.StringVar(&o.serviceBy, "service-by", "", "with --pcap: derive the service from the packets; src-ip names it after the client IP")
+	fs.StringVar(&o.dataDir, "data-dir", "./meshguard-data", "directory of the baseline store")
+	o.model.register(fs)
+	return c
+}
+
+func runLearn(ctx context.Context, o learnOptions, stdin io.Reader, stdout, stderr io.Writer) error {
 	var errs []error
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
-	}
-	if (*pcap == "") == (*events == "") {
+	if (o.pcap == "") == (o.events == "") {
 		errs = append(errs, errors.New("give exactly one of --pcap and --events"))
 	}
 	var svcFunc capture.ServiceFunc
-	if *pcap != "" {
+	if o.pcap != "" {
 		switch {
-		case *service != "" && *serviceBy != "":
+		case o.service != "" && o.serviceBy != "":
 			errs = append(errs, errors.New("give one of --service and --service-by, not both"))
-		case *service != "":
-			svcFunc = capture.Fixed(*service)
-		case *serviceBy != "":
-			f, err := capture.ServiceBy(*serviceBy)
+		case o.service != "":
+			svcFunc = capture.Fixed(o.service)
+		case o.serviceBy != "":
+			f, err := capture.ServiceBy(o.serviceBy)
 			if err != nil {
 				errs = append(errs, err)
 			}
@@ -63,10 +72,10 @@ func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		default:
 			errs = append(errs, errors.New("--pcap needs --service NAME or --service-by src-ip"))
 		}
-	} else if *service != "" || *serviceBy != "" {
+	} else if o.service != "" || o.serviceBy != "" {
 		errs = append(errs, errors.New("--service and --service-by apply to --pcap; events name their service"))
 	}
-	cfg, err := mf.config()
+	cfg, err := o.model.config()
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -74,7 +83,7 @@ func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return err
 	}
 
-	st, err := store.Open(*dataDir, store.Options{})
+	st, err := store.Open(o.dataDir, store.Options{})
 	if err != nil {
 		return err
 	}
@@ -99,10 +108,10 @@ func runLearn(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return nil
 	}
 	start := time.Now()
-	if *pcap != "" {
-		err = learnPcap(ctx, *pcap, svcFunc, learn, stdout, stderr)
+	if o.pcap != "" {
+		err = learnPcap(ctx, o.pcap, svcFunc, learn, stdout, stderr)
 	} else {
-		err = learnEvents(ctx, *events, stdin, learn, stderr)
+		err = learnEvents(ctx, o.events, stdin, learn, stderr)
 	}
 	if err != nil {
 		return err

@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -17,6 +20,8 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -202,14 +207,184 @@ func TestNoExporterWithoutConfiguration(t *testing.T) {
 		{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
 		{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
 	} {
-		tr, err := newTracing(context.Background(), func(k string) string { return env[k] })
+		tr, err := newTracing(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
 		if err != nil || tr.exporter != "none" {
 			t.Errorf("env %v: exporter %v err %v", env, tr, err)
 		}
 	}
 	if _, err := newTracing(context.Background(), func(k string) string {
 		return map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}[k]
-	}); err == nil {
+	}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("an unsupported exporter must be an error")
+	}
+}
+
+// rejectingReceiver refuses every export: gRPC InvalidArgument, HTTP 400 (neither retried).
+type rejectingReceiver struct {
+	collectortrace.UnimplementedTraceServiceServer
+}
+
+func (rejectingReceiver) Export(context.Context, *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	return nil, status.Error(codes.InvalidArgument, "refused by the test")
+}
+
+// downEndpoint is a loopback address nothing listens on.
+func downEndpoint(t *testing.T) string {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	return addr
+}
+
+// TestSpansDroppedAreCounted: spans an OTLP receiver never gets, because it is down,
+// refuses them, or speaks the other protocol (http/protobuf sent to a gRPC port, as the
+// install layouts did), are counted in meshguard_spans_dropped_total.
+func TestSpansDroppedAreCounted(t *testing.T) {
+	for _, proto := range []string{"grpc", "http/protobuf"} {
+		for _, receiver := range []string{"down", "rejecting", "other protocol"} {
+			t.Run(proto+" "+receiver, func(t *testing.T) {
+				addr := downEndpoint(t)
+				switch {
+				case receiver == "other protocol" && proto == "grpc":
+					addr = newReceiver().startHTTP(t)
+				case receiver == "other protocol":
+					addr = newReceiver().startGRPC(t)
+				case receiver == "rejecting":
+					lis, err := net.Listen("tcp", "127.0.0.1:0")
+					if err != nil {
+						t.Fatal(err)
+					}
+					addr = lis.Addr().String()
+					if proto == "grpc" {
+						gs := grpc.NewServer()
+						collectortrace.RegisterTraceServiceServer(gs, rejectingReceiver{})
+						go gs.Serve(lis)
+						t.Cleanup(gs.Stop)
+					} else {
+						srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+							http.Error(w, "refused by the test", http.StatusBadRequest)
+						})}
+						go srv.Serve(lis)
+						t.Cleanup(func() { srv.Close() })
+					}
+				}
+				t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+addr)
+				t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", proto)
+				t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "500") // ms: a down receiver fails fast
+				t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+				ts := startTestServer(t, t.TempDir())
+				learn(t, ts)
+				ts.mustSetMode(t, "shop/checkout", "enforce")
+				if code, _ := ts.do(t, checkout.request("198.51.100.66", 443, "exfil.example.net", "POST", "/", tp)); code != 403 {
+					t.Fatalf("unknown destination: %d, want 403", code)
+				}
+				deadline := time.Now().Add(30 * time.Second)
+				for {
+					_, metrics := ts.http(t, "GET", "/metrics", nil)
+					if n := metricValue(metrics, "meshguard_spans_dropped_total"); n >= 1 {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("meshguard_spans_dropped_total still 0 after 30s:\n%s", grepLines(metrics, "spans"))
+					}
+					time.Sleep(50 * time.Millisecond) // polling /metrics, with a deadline
+				}
+			})
+		}
+	}
+}
+
+// metricValue is the value of an unlabelled metric in a Prometheus text exposition (-1 when
+// absent).
+func metricValue(exposition, name string) float64 {
+	for _, line := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestExportErrorsAreRateLimitedSlog: otel errors are structured slog lines, at most one per
+// interval, and the next line says how many were held back.
+func TestExportErrorsAreRateLimitedSlog(t *testing.T) {
+	var buf strings.Builder
+	h := &rateLimitedErrors{every: time.Hour}
+	h.setLogger(slog.New(slog.NewJSONHandler(&buf, nil)))
+	for range 3 {
+		h.Handle(errors.New("connection refused"))
+	}
+	h.mu.Lock()
+	h.last = h.last.Add(-time.Hour) // as if the interval had passed
+	h.mu.Unlock()
+	h.Handle(errors.New("still refused"))
+
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want 2:\n%s", len(lines), buf.String())
+	}
+	for i, want := range []struct {
+		err        string
+		suppressed float64
+	}{{"connection refused", 0}, {"still refused", 2}} {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(lines[i]), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec["level"] != "WARN" || rec["component"] != "otel" || rec["error"] != want.err || rec["errors_suppressed"] != want.suppressed {
+			t.Errorf("line %d: %v", i, rec)
+		}
+	}
+}
+
+// TestExporterProtocolFromEnvironment: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL wins over
+// OTEL_EXPORTER_OTLP_PROTOCOL, and http/protobuf is the default, as the OTel specification
+// says.
+func TestExporterProtocolFromEnvironment(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		env         map[string]string
+		want        string
+		wantFailure bool
+	}{
+		{"default", map[string]string{}, "otlp/http", false},
+		{"grpc", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "otlp/grpc", false},
+		{"traces protocol wins", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, "otlp/grpc", false},
+		{"traces protocol wins the other way", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, "otlp/http", false},
+		{"unsupported", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://" + downEndpoint(t)
+			tr, err := newTracing(context.Background(), func(k string) string { return tc.env[k] }, slog.New(slog.DiscardHandler))
+			if tc.wantFailure {
+				if err == nil {
+					t.Fatalf("exporter %s, want an error", tr.exporter)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.shutdown(context.Background())
+			if tr.exporter != tc.want {
+				t.Fatalf("exporter %s, want %s", tr.exporter, tc.want)
+			}
+		})
 	}
 }

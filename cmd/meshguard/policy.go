@@ -3,39 +3,30 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"io/fs"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/meshguard/meshguard/controlplane/admin"
 	"github.com/meshguard/meshguard/controlplane/policy"
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/meshguard/meshguard/flowmodel/store"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
-const policyUsage = `Usage: meshguard policy export --format istio|cilium|networkpolicy [flags]
-
-Writes the learned baselines as reviewable policies (multi-document YAML) on stdout, with
+const policyLong = `Writes the learned baselines as reviewable policies (multi-document YAML) on stdout, with
 comments carrying the evidence for each entry. Baselines are read from the store in
 --data-dir (read-only), or from a running "meshguard serve" through --admin: a running
 serve holds the store's lock.
 
 Services still learning are skipped unless --include-learning or --service names them;
-quarantined services export their allow list only.
-
-Flags:
-`
+quarantined services export their allow list only.`
 
 // Defaults of "policy export".
 const (
@@ -50,26 +41,48 @@ type policyConfig struct {
 	dataDir     string
 	adminURL    string
 	lockTimeout time.Duration
+	auth        adminAuth
 	opts        policy.Options
 }
 
-func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "export" {
-		fmt.Fprint(stderr, policyUsage)
-		printPolicyFlags(stderr)
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help") {
-			return flag.ErrHelp
-		}
-		return errUsage
+// policyFlags are the flags of "policy export" as given.
+type policyFlags struct {
+	cfg                  policyConfig
+	format, dns, gateway string
+	peers                []string
+}
+
+// newPolicyCommand is "meshguard policy export".
+func newPolicyCommand(e *env) *cobra.Command {
+	group := newGroupCommand("policy", "write learned baselines as reviewable policies (YAML)", "export")
+	var f policyFlags
+	export := &cobra.Command{
+		Use:   "export --format istio|cilium|networkpolicy [flags]",
+		Short: "write learned baselines as Istio, Cilium or Kubernetes network policies",
+		Long:  policyLong,
+		// Extra arguments are reported with every other problem, by parsePolicy.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			cfg, err := f.check(c.Flags(), args)
+			if err != nil {
+				return err
+			}
+			return runPolicy(c.Context(), cfg, e)
+		},
 	}
-	cfg, err := parsePolicy(args[1:], stderr)
-	if err != nil {
-		return err
-	}
-	var services []flowmodel.ServiceRecord
-	var from string
+	f.register(export.Flags())
+	group.AddCommand(export)
+	return group
+}
+
+func runPolicy(ctx context.Context, cfg policyConfig, e *env) error {
+	var (
+		services []flowmodel.ServiceRecord
+		from     string
+		err      error
+	)
 	if cfg.adminURL != "" {
-		services, err = servicesFromAdmin(ctx, cfg.adminURL)
+		services, err = servicesFromAdmin(ctx, cfg.adminURL, cfg.auth, e.lookupEnv)
 		from = cfg.adminURL
 	} else {
 		services, err = servicesFromStore(cfg.dataDir, cfg.lockTimeout)
@@ -78,95 +91,76 @@ func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	out := bufio.NewWriterSize(stdout, 64<<10)
+	out := bufio.NewWriterSize(e.stdout, 64<<10)
 	if err := policy.Export(out, services, cfg.opts); err != nil {
 		return err
 	}
 	if err := out.Flush(); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	fmt.Fprintf(stderr, "policy export: %s policies from %d service(s) in %s\n", cfg.opts.Format, len(services), from)
+	fmt.Fprintf(e.stderr, "policy export: %s policies from %d service(s) in %s\n", cfg.opts.Format, len(services), from)
 	return nil
 }
 
-// policyFlags registers the flags of "policy export" on fs.
-func policyFlags(fs *flag.FlagSet, cfg *policyConfig, format, dns, gateway *string, peers *[]string) {
-	fs.StringVar(format, "format", "", "output format: istio, cilium or networkpolicy (required)")
+// register adds the flags of "policy export" to fs.
+func (f *policyFlags) register(fs *pflag.FlagSet) {
+	cfg := &f.cfg
+	fs.SortFlags = false
+	fs.StringVar(&f.format, "format", "", "output format: istio, cilium or networkpolicy (required)")
 	fs.StringVar(&cfg.opts.Service, "service", "", "export only this service (namespace/workload), whatever its mode")
 	fs.StringVar(&cfg.dataDir, "data-dir", "./meshguard-data", "read baselines from the store in this directory (read-only)")
 	fs.StringVar(&cfg.adminURL, "admin", "", "read baselines from a running meshguard's admin API instead: http://host:port or unix:///path")
+	cfg.auth.register(fs)
 	fs.DurationVar(&cfg.lockTimeout, "lock-timeout", policyLockTimeout, "how long to wait for the store's lock")
 	fs.BoolVar(&cfg.opts.IncludeLearning, "include-learning", false, "also export services still learning (marked incomplete)")
 	fs.StringVar(&cfg.opts.WorkloadLabel, "workload-label", policy.DefaultWorkloadLabel, "pod label whose value is the workload part of a service name")
 	fs.StringVar(&cfg.opts.ClusterDomain, "cluster-domain", policy.DefaultClusterDomain, "the cluster's DNS domain")
-	fs.StringVar(dns, "dns", policy.DefaultDNS().String(), "cluster DNS pods: namespace/key=value[,key=value]")
-	fs.StringVar(gateway, "egress-gateway", policy.DefaultEgressGateway().String(), "egress gateway pods: namespace/key=value[,key=value]")
+	fs.StringVar(&f.dns, "dns", policy.DefaultDNS().String(), "cluster DNS pods: namespace/key=value[,key=value]")
+	fs.StringVar(&f.gateway, "egress-gateway", policy.DefaultEgressGateway().String(), "egress gateway pods: namespace/key=value[,key=value]")
 	fs.StringVar(&cfg.opts.EgressGatewayService, "egress-gateway-service", policy.DefaultEgressGatewayService, "egress gateway Service name (in the gateway's namespace)")
 	fs.BoolVar(&cfg.opts.DirectEgress, "direct-egress", false, "workloads reach external hosts directly, not through an egress gateway")
 	fs.StringVar(&cfg.opts.TrustDomain, "trust-domain", policy.DefaultTrustDomain, "Istio trust domain of the principals in AuthorizationPolicies")
-	fs.Func("mesh-peer", `pods every workload must reach, as namespace/key=value[,key=value]:port[,port]; repeatable; "none" for none (default `+policy.DefaultMeshPeers()[0].String()+`)`,
-		func(s string) error { *peers = append(*peers, s); return nil })
+	fs.StringArrayVar(&f.peers, "mesh-peer", nil, `pods every workload must reach, as namespace/key=value[,key=value]:port[,port]; repeatable; "none" for none (default `+policy.DefaultMeshPeers()[0].String()+`)`)
 }
 
-func printPolicyFlags(w io.Writer) {
-	fs := flag.NewFlagSet("policy export", flag.ContinueOnError)
-	var (
-		cfg                  policyConfig
-		format, dns, gateway string
-		peers                []string
-	)
-	policyFlags(fs, &cfg, &format, &dns, &gateway, &peers)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-}
-
-// parsePolicy parses the flags of "policy export" and reports every problem at once.
-func parsePolicy(args []string, stderr io.Writer) (policyConfig, error) {
-	fs := newFlagSet("policy export", policyUsage, stderr)
-	var (
-		cfg                  policyConfig
-		format, dns, gateway string
-		peers                []string
-	)
-	policyFlags(fs, &cfg, &format, &dns, &gateway, &peers)
-	if err := fs.Parse(args); err != nil {
-		return cfg, err
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-
+// check checks the flags of "policy export" and reports every problem at once.
+func (f *policyFlags) check(fs *pflag.FlagSet, args []string) (policyConfig, error) {
+	cfg := f.cfg
+	set := fs.Changed
 	var errs []error
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("policy export takes no arguments, got %q", fs.Args()))
+	if len(args) > 0 {
+		errs = append(errs, fmt.Errorf("policy export takes no arguments, got %q", args))
 	}
-	if format == "" {
+	if f.format == "" {
 		errs = append(errs, errors.New("--format is required: istio, cilium or networkpolicy"))
-	} else if f, err := policy.ParseFormat(format); err != nil {
+	} else if pf, err := policy.ParseFormat(f.format); err != nil {
 		errs = append(errs, fmt.Errorf("--format: %w", err))
 	} else {
-		cfg.opts.Format = f
+		cfg.opts.Format = pf
 	}
-	if set["admin"] && set["data-dir"] {
+	if set("admin") && set("data-dir") {
 		errs = append(errs, errors.New("--admin and --data-dir are exclusive: read from a running meshguard or from its store, not both"))
 	}
-	if set["admin"] && set["lock-timeout"] {
+	if set("admin") && set("lock-timeout") {
 		errs = append(errs, errors.New("--lock-timeout applies to --data-dir only"))
 	}
-	if set["admin"] {
+	if set("admin") {
 		if err := checkAdminURL(cfg.adminURL); err != nil {
 			errs = append(errs, err)
 		}
+		// The token of a serve on this machine with the default --data-dir.
+		cfg.auth.dataDir = cfg.dataDir
 	} else if cfg.dataDir == "" {
 		errs = append(errs, errors.New("--data-dir must not be empty"))
 	}
 	var err error
-	if cfg.opts.DNS, err = policy.ParseSelector(dns); err != nil {
+	if cfg.opts.DNS, err = policy.ParseSelector(f.dns); err != nil {
 		errs = append(errs, fmt.Errorf("--dns: %w", err))
 	}
-	if cfg.opts.EgressGateway, err = policy.ParseSelector(gateway); err != nil {
+	if cfg.opts.EgressGateway, err = policy.ParseSelector(f.gateway); err != nil {
 		errs = append(errs, fmt.Errorf("--egress-gateway: %w", err))
 	}
-	for _, p := range peers {
+	for _, p := range f.peers {
 		if p == "none" {
 			cfg.opts.MeshPeers = []policy.Peer{} // non-nil: no peers, not the default
 			continue
@@ -178,7 +172,7 @@ func parsePolicy(args []string, stderr io.Writer) (policyConfig, error) {
 		}
 		cfg.opts.MeshPeers = append(cfg.opts.MeshPeers, peer)
 	}
-	if slices.Contains(peers, "none") && slices.ContainsFunc(peers, func(p string) bool { return p != "none" }) {
+	if slices.Contains(f.peers, "none") && slices.ContainsFunc(f.peers, func(p string) bool { return p != "none" }) {
 		errs = append(errs, errors.New("--mesh-peer none cannot be combined with peers"))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -188,20 +182,6 @@ func parsePolicy(args []string, stderr io.Writer) (policyConfig, error) {
 		return cfg, err
 	}
 	return cfg, nil
-}
-
-func checkAdminURL(s string) error {
-	u, err := url.Parse(s)
-	switch {
-	case err != nil:
-		return fmt.Errorf("--admin %q: %w", s, err)
-	case u.Scheme == "unix" && u.Path != "":
-		return nil
-	case (u.Scheme == "http" || u.Scheme == "https") && u.Host != "":
-		return nil
-	default:
-		return fmt.Errorf("--admin %q: want http://host:port or unix:///path", s)
-	}
 }
 
 // servicesFromStore reads every service from the store in dir, read-only.
@@ -229,39 +209,17 @@ func servicesFromStore(dir string, lockTimeout time.Duration) ([]flowmodel.Servi
 }
 
 // servicesFromAdmin reads GET /v1/services from a running meshguard.
-func servicesFromAdmin(ctx context.Context, base string) ([]flowmodel.ServiceRecord, error) {
-	u, _ := url.Parse(base) // checked by parsePolicy
-	client := &http.Client{Timeout: policyAdminTimeout}
-	endpoint := strings.TrimSuffix(base, "/") + "/v1/services"
-	if u.Scheme == "unix" {
-		sock := u.Path
-		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}}
-		endpoint = "http://meshguard/v1/services"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint, nil)
+func servicesFromAdmin(ctx context.Context, base string, auth adminAuth, lookupEnv func(string) (string, bool)) ([]flowmodel.ServiceRecord, error) {
+	token, err := auth.token(lookupEnv)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
+	client, err := newAdminClient(base, token, &http.Client{Timeout: policyAdminTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("read services from %s: %w", base, err)
-	}
-	defer resp.Body.Close()
-	body := io.LimitReader(resp.Body, maxServicesBody)
-	if resp.StatusCode != http.StatusOK {
-		var e admin.ErrorBody
-		b, _ := io.ReadAll(io.LimitReader(body, 4<<10))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(b))
-		}
-		return nil, fmt.Errorf("read services from %s: %s: %s", base, resp.Status, e.Error)
+		return nil, err
 	}
 	var list admin.ServiceList
-	if err := json.NewDecoder(body).Decode(&list); err != nil {
+	if err := client.doJSON(ctx, http.MethodGet, "/v1/services", nil, &list); err != nil {
 		return nil, fmt.Errorf("read services from %s: %w", base, err)
 	}
 	return list.Services, nil

@@ -268,14 +268,18 @@ func TestPolicyErrors(t *testing.T) {
 }
 
 func TestPolicyHelp(t *testing.T) {
-	for _, args := range [][]string{{"policy", "-h"}, {"policy", "export", "-h"}} {
-		_, stderr, err := runCmd(t, args...)
-		if err != nil || !strings.Contains(stderr, "Usage: meshguard policy export") || !strings.Contains(stderr, "-mesh-peer") {
-			t.Errorf("%q: %v\n%s", args, err, stderr)
+	for _, args := range [][]string{{"policy", "export", "-h"}, {"help", "policy", "export"}, {"policy", "export", "--help"}} {
+		stdout, _, err := runCmd(t, args...)
+		if err != nil || !strings.Contains(stdout, "meshguard policy export --format istio|cilium|networkpolicy") || !strings.Contains(stdout, "--mesh-peer") {
+			t.Errorf("%q: %v\n%s", args, err, stdout)
 		}
 	}
-	stdout, _, _ := runCmd(t, "help")
-	if !strings.Contains(stdout, "meshguard policy  export") {
+	stdout, _, err := runCmd(t, "policy", "-h")
+	if err != nil || !strings.Contains(stdout, "export") {
+		t.Errorf("policy -h: %v\n%s", err, stdout)
+	}
+	stdout, _, _ = runCmd(t, "help")
+	if !strings.Contains(stdout, "\n  policy ") {
 		t.Errorf("usage lacks policy:\n%s", stdout)
 	}
 }

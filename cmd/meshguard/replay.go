@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
 
@@ -24,41 +25,47 @@ type replayLine struct {
 	Reasons []string `json:"reasons"`
 }
 
-const replayUsage = `Usage: meshguard replay [flags] [FILE|-]
-
-Reads flow events (JSONL) from FILE or stdin, decides each on event time, and writes one
-JSON verdict per event: seq is the event's line number in the input. Bad lines are reported
-on stderr and skipped.
-
-Flags:
-`
-
-func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("replay", replayUsage, stderr)
+// newReplayCommand is "meshguard replay [FILE|-]".
+func newReplayCommand(e *env) *cobra.Command {
 	var mf modelFlags
-	mf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+	c := &cobra.Command{
+		Use:   "replay [flags] [FILE|-]",
+		Short: "decide flow events (JSONL) and print one verdict per line",
+		Long: `Reads flow events (JSONL) from FILE or stdin, decides each on event time, and writes one
+JSON verdict per event: seq is the event's line number in the input. Bad lines are reported
+on stderr and skipped, and counted in the summary; when no line is a valid event the command
+fails.`,
+		// Extra arguments are reported with every other problem, by runReplay.
+		Args: cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			return runReplay(c.Context(), mf, args, e.stdin, e.stdout, e.stderr)
+		},
 	}
+	c.Flags().SortFlags = false
+	mf.register(c.Flags())
+	return c
+}
+
+func runReplay(ctx context.Context, mf modelFlags, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var errs []error
 	cfg, err := mf.config()
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if fs.NArg() > 1 {
-		errs = append(errs, fmt.Errorf("replay takes one input file, got %d", fs.NArg()))
+	if len(args) > 1 {
+		errs = append(errs, fmt.Errorf("replay takes one input file, got %d", len(args)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	in, name := stdin, "stdin"
-	if fs.NArg() == 1 && fs.Arg(0) != "-" {
-		f, err := os.Open(fs.Arg(0))
+	if len(args) == 1 && args[0] != "-" {
+		f, err := os.Open(args[0])
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		in, name = f, fs.Arg(0)
+		in, name = f, args[0]
 	}
 	model, err := flowmodel.New(cfg)
 	if err != nil {
@@ -81,14 +88,18 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		}
 		return nil
 	})
+	if ferr := out.Flush(); ferr != nil && err == nil {
+		err = fmt.Errorf("write: %w", ferr)
+	}
+	// The counts, bad lines included, are reported however the replay ends.
+	fmt.Fprintf(stderr, "replay: %d events (%d allow, %d alert, %d block), %d bad lines\n",
+		events, counts[flowmodel.Allow], counts[flowmodel.Alert], counts[flowmodel.Block], bad)
 	if err != nil {
 		return err
 	}
-	if err := out.Flush(); err != nil {
-		return fmt.Errorf("write: %w", err)
+	if events == 0 && bad > 0 {
+		return fmt.Errorf("replay: %s: no valid flow event, %d bad lines", name, bad)
 	}
-	fmt.Fprintf(stderr, "replay: %d events (%d allow, %d alert, %d block), %d bad lines\n",
-		events, counts[flowmodel.Allow], counts[flowmodel.Alert], counts[flowmodel.Block], bad)
 	return nil
 }
 

@@ -99,3 +99,32 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("%v in demo output:\n%s", err, s)
 	}
 }
+
+// TestReplayAllGarbage: input with no valid event fails, and the bad lines are counted on
+// stderr; an empty input is no error.
+func TestReplayAllGarbage(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		fails       bool
+		summary     string
+	}{
+		{"garbage", "not json\n{\"service\": 1}\n\n", true, "0 events (0 allow, 0 alert, 0 block), 2 bad lines"},
+		{"empty", "", false, "0 events (0 allow, 0 alert, 0 block), 0 bad lines"},
+		{"one good line", "nope\n" + `{"time": "2026-01-02T00:00:00Z", "service": "a/b", "destination": {"ip": "203.0.113.7", "port": 443}}`, false,
+			"1 events (1 allow, 0 alert, 0 block), 1 bad lines"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			err := run(context.Background(), []string{"replay"}, strings.NewReader(tc.input), &stdout, &stderr)
+			if (err != nil) != tc.fails {
+				t.Fatalf("error %v, want failure %v", err, tc.fails)
+			}
+			if tc.fails && !strings.Contains(err.Error(), "no valid flow event, 2 bad lines") {
+				t.Errorf("error %q", err)
+			}
+			if !strings.Contains(stderr.String(), "replay: "+tc.summary) {
+				t.Errorf("stderr lacks %q:\n%s", tc.summary, stderr.String())
+			}
+		})
+	}
+}

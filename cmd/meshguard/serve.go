@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
@@ -21,17 +22,14 @@ import (
 	"github.com/meshguard/meshguard/flowmodel/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseServe(args, stderr)
-	if err != nil {
-		return err
-	}
+func runServe(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error {
 	log := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 	srv, err := startServer(ctx, cfg, log, nil)
 	if err != nil {
@@ -43,19 +41,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "meshguard %s serving ext_proc on %s, admin on %s, xds on %s, data in %s\n",
 		version(), srv.extprocAddr, srv.adminAddr, xdsAddr, cfg.dataDir)
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", slog.String("cause", "signal"))
-	case err := <-srv.failed:
-		log.Error("server failed", slog.Any("error", err))
-		srv.shutdown(context.Background())
-		return err
-	}
-	return srv.shutdown(context.Background())
+	return srv.wait(ctx)
 }
 
-// server is a running meshguard: the ext_proc gRPC server, the admin HTTP server, the model
-// and its persistence. The demo and tests run it in-process.
+// server is a running meshguard: the ext_proc gRPC server, the admin HTTP server (and the
+// probe-only one), the control plane, the model and its persistence. The demo and tests run
+// it in-process.
 type server struct {
 	cfg         serveConfig
 	log         *slog.Logger
@@ -64,18 +55,23 @@ type server struct {
 	grpc        *grpc.Server
 	health      *health.Server
 	http        *http.Server
+	probes      *http.Server // nil without --health-listen
 	admin       *admin.Handler
 	tracing     *tracing
 	resolver    *resolve.Resolver // nil without --resolve-hosts
 	control     *controlPlane     // nil with --xds-listen off
 	extprocAddr string
 	adminAddr   string
-	failed      chan error
+	healthAddr  string // "" without --health-listen
+
+	// group runs every server; the first to fail cancels failed and is the error wait
+	// reports.
+	group  *errgroup.Group
+	failed context.Context
 
 	stopPersist context.CancelFunc
 	persistDone chan error
 	stopTLS     context.CancelFunc // stops polling the TLS files
-	serveWG     sync.WaitGroup
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -84,83 +80,167 @@ type server struct {
 // wrapDecider lets the demo watch decisions; nil keeps the model as it is.
 type wrapDecider func(extproc.Decider) extproc.Decider
 
-// startServer opens the store, loads the baselines and starts serving. On error everything
-// started is stopped again.
+// undo is the stack of what a failed start must close again, last first.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// startServer builds each part of meshguard, in order, and starts serving. On error
+// everything built is closed again.
 func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wrapDecider) (_ *server, err error) {
-	s := &server{cfg: cfg, log: log, failed: make(chan error, 2)}
-	var cleanups []func()
+	s := &server{cfg: cfg, log: log}
+	var u undo
 	defer func() {
 		if err != nil {
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				cleanups[i]()
-			}
+			u.run()
 		}
 	}()
-
-	if cfg.resolveHosts {
-		r, err := resolve.New(resolve.Config{Servers: cfg.dnsServers, Logger: log})
-		if err != nil {
-			return nil, fmt.Errorf("--resolve-hosts: %w", err)
-		}
-		cleanups = append(cleanups, r.Close)
-		s.resolver = r
-		cfg.model.Resolver = hostResolver{r, time.Now} // resolve's clock too
-	}
-	if s.model, err = flowmodel.New(cfg.model); err != nil {
+	if err := s.openModel(&u); err != nil {
 		return nil, err
 	}
-	if s.store, err = store.Open(cfg.dataDir, store.Options{}); err != nil {
+	if s.tracing, err = newTracing(ctx, os.Getenv, log); err != nil {
 		return nil, err
 	}
-	cleanups = append(cleanups, func() { s.store.Close() })
-	start := time.Now()
-	n, err := s.model.Load(s.store)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.store.Path(), err)
-	}
-	log.Info("baselines loaded", slog.Int("services", n), slog.String("store", s.store.Path()), slog.Duration("took", time.Since(start)))
-
-	if s.tracing, err = newTracing(ctx, os.Getenv); err != nil {
-		return nil, err
-	}
-	cleanups = append(cleanups, func() { s.tracing.shutdown(context.Background()) })
+	u.push(func() { s.tracing.shutdown(context.Background()) })
 	log.Info("tracing", slog.String("exporter", s.tracing.exporter))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), admin.ModeCollector(s.model))
-	metrics, err := extproc.NewMetrics(reg)
-	if err != nil {
-		return nil, err
-	}
-	persistMetrics := newPersistMetrics(reg)
-	tlsm, err := newTLSMetrics(reg)
-	if err != nil {
+	if err := s.tracing.register(reg); err != nil {
 		return nil, err
 	}
 	tctx, stopTLS := context.WithCancel(context.Background())
 	s.stopTLS = stopTLS
-	cleanups = append(cleanups, stopTLS)
+	u.push(stopTLS)
+	tlsm, err := newTLSMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	grpcLis, err := s.newExtProc(ctx, tctx, tlsm, reg, wrap)
+	if err != nil {
+		return nil, err
+	}
+	u.push(func() { grpcLis.Close() })
+	adminLis, err := s.newAdmin(ctx, tctx, tlsm, reg)
+	if err != nil {
+		return nil, err
+	}
+	u.push(func() { adminLis.Close() })
+	var healthLis net.Listener
+	if cfg.healthListen != "" {
+		if healthLis, err = s.newProbes(ctx); err != nil {
+			return nil, err
+		}
+		u.push(func() { healthLis.Close() })
+	}
+	if cfg.xds.enabled() {
+		var opts []grpc.ServerOption
+		if cfg.xds.tls.enabled() {
+			src, err := tlsm.source(tctx, "xds", cfg.xds.tls, tls.RequireAndVerifyClientCert, nil, cfg.tlsReload, log)
+			if err != nil {
+				return nil, fmt.Errorf("--xds-tls-cert: %w", err)
+			}
+			opts = append(opts, grpc.Creds(credentials.NewTLS(src.TLSConfig())))
+		}
+		if s.control, err = newControlPlane(ctx, cfg.xds, s.model, log.With("component", "controlplane"), reg, opts...); err != nil {
+			return nil, err
+		}
+		u.push(s.control.close)
+		s.admin.OnChange(s.control.cp.Notify) // push Envoy configuration at once
+	}
+	s.startPersister(reg)
+
+	// Every part is built: serve. From here on a failure is reported by wait.
+	group, failed := errgroup.WithContext(context.Background())
+	s.group, s.failed = group, failed
+	group.Go(func() error {
+		if err := s.grpc.Serve(grpcLis); err != nil {
+			return fmt.Errorf("ext_proc server: %w", err)
+		}
+		return nil
+	})
+	group.Go(func() error { return serveHTTP("admin server", s.http, adminLis) })
+	if s.probes != nil {
+		group.Go(func() error { return serveHTTP("health server", s.probes, healthLis) })
+	}
+	if s.control != nil {
+		s.control.start(group)
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus("envoy.service.ext_proc.v3.ExternalProcessor", healthpb.HealthCheckResponse_SERVING)
+	s.admin.SetReady(true)
+	attrs := []any{slog.String("ext_proc", s.extprocAddr), slog.String("admin", s.adminAddr)}
+	if s.control != nil {
+		attrs = append(attrs, slog.String("xds", s.control.addr))
+	}
+	if s.probes != nil {
+		attrs = append(attrs, slog.String("health", s.healthAddr))
+	}
+	log.Info("serving", attrs...)
+	return s, nil
+}
+
+// serveHTTP serves srv on lis until it is shut down.
+func serveHTTP(name string, srv *http.Server, lis net.Listener) error {
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// openModel builds the model (with its resolver under --resolve-hosts), opens the store and
+// loads the baselines.
+func (s *server) openModel(u *undo) error {
+	cfg, log := s.cfg, s.log
+	if cfg.resolveHosts {
+		r, err := resolve.New(resolve.Config{Servers: cfg.dnsServers, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--resolve-hosts: %w", err)
+		}
+		u.push(r.Close)
+		s.resolver = r
+		cfg.model.Resolver = hostResolver{r, time.Now} // resolve's clock too
+	}
+	var err error
+	if s.model, err = flowmodel.New(cfg.model); err != nil {
+		return err
+	}
+	if s.store, err = store.Open(cfg.dataDir, store.Options{}); err != nil {
+		return err
+	}
+	u.push(func() { s.store.Close() })
+	start := time.Now()
+	n, err := s.model.Load(s.store)
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.store.Path(), err)
+	}
+	log.Info("baselines loaded", slog.Int("services", n), slog.String("store", s.store.Path()), slog.Duration("took", time.Since(start)))
+	return nil
+}
+
+// newExtProc builds the ext_proc gRPC server (with grpc.health.v1) and its listener.
+func (s *server) newExtProc(ctx, tlsCtx context.Context, tlsm *tlsMetrics, reg prometheus.Registerer, wrap wrapDecider) (net.Listener, error) {
+	cfg := s.cfg
+	metrics, err := extproc.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	var grpcOpts []grpc.ServerOption
 	if cfg.tls.enabled() {
-		src, err := tlsm.source(tctx, "ext_proc", cfg.tls, tls.RequireAndVerifyClientCert, nil, cfg.tlsReload, log)
+		src, err := tlsm.source(tlsCtx, "ext_proc", cfg.tls, tls.RequireAndVerifyClientCert, nil, cfg.tlsReload, s.log)
 		if err != nil {
 			return nil, fmt.Errorf("--tls-cert: %w", err)
 		}
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(src.TLSConfig())))
 	}
-	var adminTLS *tls.Config
-	if cfg.adminTLS.enabled() {
-		// Probes carry no client certificate: the handshake asks for one, requireClientCert
-		// insists on it for everything but /healthz and /readyz.
-		src, err := tlsm.source(tctx, "admin", cfg.adminTLS, tls.VerifyClientCertIfGiven, []string{"http/1.1"}, cfg.tlsReload, log)
-		if err != nil {
-			return nil, fmt.Errorf("--admin-tls-cert: %w", err)
-		}
-		adminTLS = src.TLSConfig()
-	}
-
 	epCfg := cfg.extproc
-	epCfg.Logger, epCfg.TracerProvider, epCfg.Metrics = log, s.tracing.provider, metrics
+	epCfg.Logger, epCfg.TracerProvider, epCfg.Metrics = s.log, s.tracing.provider, metrics
 	var decider extproc.Decider = s.model
 	if wrap != nil {
 		decider = wrap(decider)
@@ -169,84 +249,108 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 	if err != nil {
 		return nil, err
 	}
-
-	grpcLis, err := listen(ctx, cfg.listen)
+	lis, err := listen(ctx, cfg.listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen: %w", err)
 	}
-	cleanups = append(cleanups, func() { grpcLis.Close() })
-	adminLis, err := listen(ctx, cfg.adminListen)
+	s.extprocAddr = addrString(lis)
+	s.health = health.NewServer()
+	s.grpc = extproc.NewGRPCServer(ext, s.health, grpcOpts...)
+	return lis, nil
+}
+
+// newAdmin builds the admin HTTP server and its listener.
+func (s *server) newAdmin(ctx, tlsCtx context.Context, tlsm *tlsMetrics, reg prometheus.Gatherer) (net.Listener, error) {
+	cfg := s.cfg
+	var adminTLS *tls.Config
+	if cfg.adminTLS.enabled() {
+		// Probes carry no client certificate: the handshake asks for one, requireClientCert
+		// insists on it for everything but /healthz and /readyz.
+		src, err := tlsm.source(tlsCtx, "admin", cfg.adminTLS, tls.VerifyClientCertIfGiven, []string{"http/1.1"}, cfg.tlsReload, s.log)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-tls-cert: %w", err)
+		}
+		adminTLS = src.TLSConfig()
+	}
+	s.admin = admin.New(s.model, admin.Options{Gatherer: reg, Logger: s.log})
+	var h http.Handler = s.admin
+	if cfg.pprof {
+		h = withPprof(h)
+	}
+	if cfg.adminTLS.clientCA != "" {
+		h = requireClientCert(h)
+	}
+	lis, err := listen(ctx, cfg.adminListen)
 	if err != nil {
 		return nil, fmt.Errorf("--admin-listen: %w", err)
 	}
-	cleanups = append(cleanups, func() { adminLis.Close() })
-	s.extprocAddr, s.adminAddr = addrString(grpcLis), addrString(adminLis)
+	s.adminAddr = addrString(lis)
+	if adminTLS != nil {
+		lis = tls.NewListener(lis, adminTLS)
+	}
+	s.http = newHTTPServer(h, s.log)
+	return lis, nil
+}
 
-	// Persistence runs off the request path, at most flushInterval behind.
+// newProbes builds the probe-only HTTP server of --health-listen: /healthz, /readyz and
+// /metrics of the admin handler, nothing else.
+func (s *server) newProbes(ctx context.Context) (net.Listener, error) {
+	lis, err := listen(ctx, s.cfg.healthListen)
+	if err != nil {
+		return nil, fmt.Errorf("--health-listen: %w", err)
+	}
+	s.healthAddr = addrString(lis)
+	s.probes = newHTTPServer(probesOnly(s.admin), s.log)
+	return lis, nil
+}
+
+// probesOnly passes GET and HEAD of /healthz, /readyz and /metrics to h; anything else is
+// a 404.
+func probesOnly(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+		mux.Handle("GET "+p, h) // GET patterns match HEAD too
+	}
+	return mux
+}
+
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+}
+
+// startPersister saves the model's changes off the request path, at most --flush-interval
+// behind, until shutdown makes the last save.
+func (s *server) startPersister(reg prometheus.Registerer) {
+	pm := newPersistMetrics(reg)
 	pctx, stop := context.WithCancel(context.Background())
 	s.stopPersist, s.persistDone = stop, make(chan error, 1)
 	p := &flowmodel.Persister{
-		Model: s.model, Store: s.store, Interval: cfg.flushInterval,
+		Model: s.model, Store: s.store, Interval: s.cfg.flushInterval,
 		OnError: func(err error) {
-			persistMetrics.failures.Inc()
-			log.Error("saving baselines failed; will retry", slog.Any("error", err))
+			pm.failures.Inc()
+			s.log.Error("saving baselines failed; will retry", slog.Any("error", err))
 		},
-		OnSave: func(n int) { persistMetrics.saved.Add(float64(n)) },
+		OnSave: func(n int) { pm.saved.Add(float64(n)) },
 	}
 	go func() { s.persistDone <- p.Run(pctx) }()
+}
 
-	if cfg.xds.enabled() {
-		if s.control, err = startControlPlane(ctx, cfg.xds, s.model, log.With("component", "controlplane"), reg, s.failed); err != nil {
-			return nil, err
-		}
-		cleanups = append(cleanups, s.control.shutdown)
+// wait serves until ctx is done (a signal) or a part fails, then shuts down. It returns the
+// first failure, if any, joined with what went wrong while shutting down.
+func (s *server) wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		s.log.Info("shutting down", slog.String("cause", "signal"))
+	case <-s.failed.Done():
+		s.log.Error("shutting down", slog.String("cause", "a server failed"), slog.Any("error", context.Cause(s.failed)))
 	}
-
-	s.health = health.NewServer()
-	s.grpc = extproc.NewGRPCServer(ext, s.health, grpcOpts...)
-	s.admin = admin.New(s.model, admin.Options{Gatherer: reg, Logger: log})
-	if s.control != nil {
-		s.admin.OnChange(s.control.cp.Notify) // push Envoy configuration at once
-	}
-	var adminHandler http.Handler = s.admin
-	if cfg.pprof {
-		adminHandler = withPprof(adminHandler)
-	}
-	if cfg.adminTLS.clientCA != "" {
-		adminHandler = requireClientCert(adminHandler)
-	}
-	if adminTLS != nil {
-		adminLis = tls.NewListener(adminLis, adminTLS)
-	}
-	s.http = &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-
-	s.serveWG.Add(2)
-	go func() {
-		defer s.serveWG.Done()
-		if err := s.grpc.Serve(grpcLis); err != nil {
-			s.failed <- fmt.Errorf("ext_proc server: %w", err)
-		}
-	}()
-	go func() {
-		defer s.serveWG.Done()
-		if err := s.http.Serve(adminLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.failed <- fmt.Errorf("admin server: %w", err)
-		}
-	}()
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus("envoy.service.ext_proc.v3.ExternalProcessor", healthpb.HealthCheckResponse_SERVING)
-	s.admin.SetReady(true)
-	attrs := []any{slog.String("ext_proc", s.extprocAddr), slog.String("admin", s.adminAddr)}
-	if s.control != nil {
-		attrs = append(attrs, slog.String("xds", s.control.addr))
-	}
-	log.Info("serving", attrs...)
-	return s, nil
+	return s.shutdown(context.Background())
 }
 
 // shutdown drains and stops everything: health NOT_SERVING and not ready (so that Envoy and
 // Kubernetes send new streams elsewhere), a lameduck pause, GracefulStop bounded by the drain
-// timeout, then the last save of the baselines and the flush of spans. Later calls return
+// timeout, then the last save of the baselines and the flush of spans. It returns the first
+// failure of a server, if any, joined with what went wrong while stopping. Later calls return
 // the first call's result.
 func (s *server) shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() { s.shutdownErr = s.stop(ctx) })
@@ -275,15 +379,20 @@ func (s *server) stop(ctx context.Context) error {
 		<-drained
 	}
 	if s.control != nil {
-		s.control.shutdown()
+		s.control.close()
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	var errs []error
+	errs := []error{nil} // the first failure of a server, once all have returned
 	if err := s.http.Shutdown(hctx); err != nil {
 		errs = append(errs, fmt.Errorf("admin server: %w", err))
 	}
-	s.serveWG.Wait()
+	if s.probes != nil {
+		if err := s.probes.Shutdown(hctx); err != nil {
+			errs = append(errs, fmt.Errorf("health server: %w", err))
+		}
+	}
+	errs[0] = s.group.Wait()
 	s.stopTLS()
 	s.stopPersist()
 	if err := <-s.persistDone; err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -18,14 +17,6 @@ import (
 // each: Envoy authenticates with mesh certificates, operators and Prometheus with others.
 type tlsFlags struct {
 	cert, key, clientCA string
-}
-
-// register adds --PREFIXtls-cert, --PREFIXtls-key and --PREFIXtls-client-ca; caNote ends the
-// help of the last.
-func (f *tlsFlags) register(fs *flag.FlagSet, prefix, listener, caNote string) {
-	fs.StringVar(&f.cert, prefix+"tls-cert", "", "serve "+listener+" over TLS with this certificate (PEM, reloaded when it changes)")
-	fs.StringVar(&f.key, prefix+"tls-key", "", "private key of --"+prefix+"tls-cert (PEM)")
-	fs.StringVar(&f.clientCA, prefix+"tls-client-ca", "", "require client certificates issued by these CAs (PEM): mutual TLS for "+listener+caNote)
 }
 
 func (f tlsFlags) enabled() bool { return f.cert != "" }
