@@ -254,7 +254,7 @@ func (f *serveFlags) validate() (serveConfig, error) {
 		}
 		c.dnsServers = append(c.dnsServers, d)
 	}
-	if err := c.xds.check(); err != nil {
+	if err := c.xds.check(c.insecureListen); err != nil {
 		errs = append(errs, err)
 	}
 	if len(c.dnsServers) > 0 && !c.resolveHosts {

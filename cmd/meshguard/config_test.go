@@ -195,7 +195,9 @@ func TestListenersBeyondLoopbackNeedTLS(t *testing.T) {
 		{"ext_proc insecure", []string{"--listen", "0.0.0.0:9001", "--insecure-listen"}, ""},
 		{"xds on all interfaces", []string{"--xds-listen", "0.0.0.0:18000"}, "--xds-listen 0.0.0.0:18000 is not a loopback address: serve it with TLS (--xds-tls-cert)"},
 		{"xds with ext_proc's TLS only", append([]string{"--xds-listen", "10.0.0.1:18000"}, tlsFiles("")...), "--xds-tls-cert"},
-		{"xds with TLS", append([]string{"--xds-listen", "0.0.0.0:18000"}, tlsFiles("xds-")...), ""},
+		{"xds with mutual TLS", append([]string{"--xds-listen", "0.0.0.0:18000", "--xds-tls-client-ca", "ca.pem"}, tlsFiles("xds-")...), ""},
+		// Server-only TLS proves nothing about the node that connects (controlplane/nodeauth).
+		{"xds with server TLS only", append([]string{"--xds-listen", "0.0.0.0:18000"}, tlsFiles("xds-")...), "mutual TLS"},
 		{"xds off", []string{"--xds-listen", "off"}, ""},
 		{"admin with mTLS", append([]string{"--admin-listen", "0.0.0.0:9002", "--admin-tls-client-ca", "ca.pem"}, tlsFiles("admin-")...), ""},
 		{"admin without TLS", []string{"--admin-listen", "0.0.0.0:9002", "--admin-tls-client-ca", "ca.pem"}, "--admin-tls-client-ca needs --admin-tls-cert"},

@@ -140,15 +140,7 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 		u.push(func() { healthLis.Close() })
 	}
 	if cfg.xds.enabled() {
-		var opts []grpc.ServerOption
-		if cfg.xds.tls.enabled() {
-			src, err := tlsm.source(tctx, "xds", cfg.xds.tls, tls.RequireAndVerifyClientCert, nil, cfg.tlsReload, log)
-			if err != nil {
-				return nil, fmt.Errorf("--xds-tls-cert: %w", err)
-			}
-			opts = append(opts, grpc.Creds(credentials.NewTLS(src.TLSConfig())))
-		}
-		if s.control, err = newControlPlane(ctx, cfg.xds, s.model, log.With("component", "controlplane"), reg, opts...); err != nil {
+		if s.control, err = newControlPlane(ctx, cfg.xds.controlPlane(cfg.insecureListen, cfg.tlsReload), s.model, log.With("component", "controlplane"), reg, tlsm); err != nil {
 			return nil, err
 		}
 		u.push(s.control.close)

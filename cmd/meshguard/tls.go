@@ -47,33 +47,46 @@ func newTLSMetrics(reg prometheus.Registerer) (*tlsMetrics, error) {
 	return m, reg.Register(m.reloads)
 }
 
-// source loads a listener's TLS files and polls them until ctx is done.
-func (m *tlsMetrics) source(ctx context.Context, name string, f tlsFlags, auth tls.ClientAuthType, nextProtos []string,
-	interval time.Duration, log *slog.Logger) (*certs.Source, error) {
-	src, err := certs.New(certs.Config{
-		Name: name, CertFile: f.cert, KeyFile: f.key, ClientCAFile: f.clientCA, ClientAuth: auth,
-		NextProtos: nextProtos, Interval: interval, Logger: log,
-		OnReload: func(err error) {
-			result := "ok"
-			if err != nil {
-				result = "error"
-			}
-			m.reloads.WithLabelValues(name, result).Inc()
-		},
-	})
-	if err != nil {
-		return nil, err
+// onReload counts one attempt to put listener's changed TLS files in use.
+func (m *tlsMetrics) onReload(listener string) func(error) {
+	return func(err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		m.reloads.WithLabelValues(listener, result).Inc()
 	}
+}
+
+// watch exposes the expiry of the certificate src serves on listener name.
+func (m *tlsMetrics) watch(name string, src *certs.Source) error {
 	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name:        "meshguard_tls_certificate_expiry_timestamp_seconds",
 		Help:        "When the certificate a listener serves expires (Unix seconds).",
 		ConstLabels: prometheus.Labels{"listener": name},
 	}, func() float64 { return float64(src.Leaf().NotAfter.Unix()) })
 	if err := m.reg.Register(expiry); err != nil {
-		return nil, err
+		return err
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.reloads.WithLabelValues(name, r)
+	}
+	return nil
+}
+
+// source loads a listener's TLS files and polls them until ctx is done.
+func (m *tlsMetrics) source(ctx context.Context, name string, f tlsFlags, auth tls.ClientAuthType, nextProtos []string,
+	interval time.Duration, log *slog.Logger) (*certs.Source, error) {
+	src, err := certs.New(certs.Config{
+		Name: name, CertFile: f.cert, KeyFile: f.key, ClientCAFile: f.clientCA, ClientAuth: auth,
+		NextProtos: nextProtos, Interval: interval, Logger: log,
+		OnReload: m.onReload(name),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.watch(name, src); err != nil {
+		return nil, err
 	}
 	go src.Run(ctx)
 	log.Info("TLS", slog.String("listener", name), slog.String("subject", src.Leaf().Subject.String()),

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/meshguard/meshguard/controlplane"
 	"github.com/meshguard/meshguard/controlplane/xds"
@@ -31,8 +32,8 @@ type xdsFlags struct {
 
 func (x *xdsFlags) enabled() bool { return x.listen != "" && x.listen != "off" }
 
-// check reports every problem with the flags.
-func (x *xdsFlags) check() error {
+// check reports every problem with the flags; insecureListen is --insecure-listen.
+func (x *xdsFlags) check(insecureListen bool) error {
 	var errs []error
 	if err := x.tls.check("xds-"); err != nil {
 		errs = append(errs, err)
@@ -40,16 +41,35 @@ func (x *xdsFlags) check() error {
 	if !validTrustDomain(x.trustDomain) {
 		errs = append(errs, fmt.Errorf("--xds-trust-domain %q: want a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')", x.trustDomain))
 	}
+	// The trust domain names nodes by their client certificates (controlplane/nodeauth) and
+	// gateway sources by their SPIFFE IDs (xds).
+	x.cfg.TrustDomain = x.trustDomain
 	if !x.enabled() {
 		return errors.Join(errs...)
 	}
-	c, err := controlplane.Config{XDS: x.cfg}.Check()
+	c, err := x.controlPlane(insecureListen, 0).Check()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--xds-*: %w", err))
 	} else {
 		x.cfg = c.XDS
 	}
 	return errors.Join(errs...)
+}
+
+// controlPlane is the control plane's configuration: its listener, its TLS (with node
+// authentication by SPIFFE client certificates when mutual) and the xDS it serves.
+func (x *xdsFlags) controlPlane(insecureListen bool, reload time.Duration) controlplane.Config {
+	return controlplane.Config{
+		XDS:    x.cfg,
+		Listen: x.listen,
+		TLS: controlplane.TLS{
+			CertFile: x.tls.cert, KeyFile: x.tls.key, ClientCAFile: x.tls.clientCA,
+			ReloadInterval: reload,
+		},
+		// Serve's own check (validate) already refused a listener beyond loopback without
+		// TLS unless --insecure-listen; the control plane checks the address it bound too.
+		InsecureListen: insecureListen,
+	}
 }
 
 // validTrustDomain reports whether td is a SPIFFE trust domain name.
@@ -78,21 +98,29 @@ type controlPlane struct {
 }
 
 // newControlPlane builds the control plane over model and its listener; start serves it.
-func newControlPlane(ctx context.Context, x xdsFlags, model controlplane.Model, log *slog.Logger, reg prometheus.Registerer, opts ...grpc.ServerOption) (*controlPlane, error) {
-	cp, err := controlplane.New(controlplane.Config{XDS: x.cfg}, model, log)
+func newControlPlane(ctx context.Context, cfg controlplane.Config, model controlplane.Model, log *slog.Logger, reg prometheus.Registerer, tlsm *tlsMetrics) (*controlPlane, error) {
+	if tlsm != nil {
+		cfg.TLS.OnReload = tlsm.onReload("xds")
+	}
+	cp, err := controlplane.New(cfg, model, log)
 	if err != nil {
 		return nil, err
 	}
 	if err := reg.Register(cp.Collector()); err != nil {
 		return nil, err
 	}
-	lis, err := listen(ctx, x.listen)
+	if src := cp.TLSSource(); src != nil && tlsm != nil {
+		if err := tlsm.watch("xds", src); err != nil {
+			return nil, err
+		}
+	}
+	lis, err := listen(ctx, cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("--xds-listen: %w", err)
 	}
 	c := &controlPlane{cp: cp, health: health.NewServer(), lis: lis, addr: addrString(lis)}
-	c.grpc = grpc.NewServer(extproc.ServerOptions(opts...)...)
-	cp.Register(c.grpc)
+	// NewGRPCServer adds the TLS credentials last, so no option can turn TLS off.
+	c.grpc = cp.NewGRPCServer(extproc.ServerOptions()...)
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	c.runCtx, c.stop = context.WithCancel(context.Background())
 	return c, nil
@@ -107,7 +135,7 @@ func (c *controlPlane) start(g *errgroup.Group) {
 		return nil
 	})
 	g.Go(func() error {
-		if err := c.grpc.Serve(c.lis); err != nil {
+		if err := c.cp.Serve(c.grpc, c.lis); err != nil {
 			return fmt.Errorf("xds server: %w", err)
 		}
 		return nil
