@@ -178,27 +178,28 @@ func (b *Baseline) pairs(q string) []string {
 		if dv, err := url.QueryUnescape(v); err == nil {
 			v = dv
 		}
-		var cls [256]bool
+		var cls [32]byte // a bit per class, named by a representative byte
+		set := func(c byte) { cls[c>>3] |= 1 << (c & 7) }
 		for i := 0; i < len(v); i++ {
 			c := v[i]
 			switch {
 			case 'a' <= c && c <= 'z':
-				cls['a'] = true
+				set('a')
 			case 'A' <= c && c <= 'Z':
-				cls['A'] = true
+				set('A')
 			case '0' <= c && c <= '9':
-				cls['0'] = true
+				set('0')
 			case c >= 0x80:
-				cls[0x80] = true
+				set(0x80)
 			case !b.fine && c < ' ' || c == 0x7f:
-				cls[0x80] = true
+				set(0x80)
 			case !b.fine && c > ' ':
-				cls['!'] = true
+				set('!')
 			default:
-				cls[c] = true
+				set(c)
 			}
 		}
-		out = append(out, fmt.Sprint(k, "\x00", cls))
+		out = append(out, k+"\x00"+string(cls[:]))
 	}
 	return out
 }

@@ -153,6 +153,7 @@ func (m *model) snapshot(where Where) ParamSnapshot {
 	for _, v := range m.values {
 		p.Values = append(p.Values, ValueSnapshot{Hash: hex16(v.hash), Count: v.count})
 	}
+	slices.SortFunc(p.Values, func(a, b ValueSnapshot) int { return cmp.Compare(a.Hash, b.Hash) })
 	return p
 }
 
@@ -194,7 +195,10 @@ func Restore(cfg Config, snap Snapshot) (*Set, error) {
 // counts add, length ranges widen, remembered values unite (a parameter with more than
 // MaxValues distinct values in the union becomes "many"), sketches unite. The Set's caps
 // hold: scopes beyond MaxScopes are dropped, parameters beyond MaxParams go to "{other}".
-// On error s is unchanged.
+// Two counts cannot be added: the character classes of a scope's names are recounted from
+// the union of its names, and the count of learning requests that brought a new name is
+// the larger of the two (each replica saw the names new; the sum would make new names look
+// common, and so less surprising). On error s is unchanged.
 func (s *Set) Merge(snap Snapshot) error {
 	if snap.Version != SnapshotVersion {
 		return fmt.Errorf("param snapshot version %d: want %d", snap.Version, SnapshotVersion)
@@ -257,9 +261,8 @@ func (s *Set) Merge(snap Snapshot) error {
 		ss := &snap.Scopes[i]
 		sp.requests = satAdd(sp.requests, ss.Requests)
 		sp.overflow = satAdd(sp.overflow, ss.Overflow)
-		sp.novel = satAdd(sp.novel, ss.Novel)
+		sp.novel = max(sp.novel, ss.Novel)
 		sp.all.merge(&p.all)
-		sp.names.merge(&p.names)
 		for j := range p.params {
 			pp := &p.params[j]
 			m := sp.params[pp.key]
@@ -281,6 +284,11 @@ func (s *Set) Merge(snap Snapshot) error {
 				sp.other = &model{name: "{other}"}
 			}
 			sp.other.merge(&p.other.m, s.cfg.MaxValues)
+		}
+		sp.names = stats{}
+		for k := range sp.params {
+			nv := analyse([]byte(k[1:]), len(k)-1, 0)
+			sp.names.add(&nv)
 		}
 	}
 	return nil
