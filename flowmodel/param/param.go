@@ -27,8 +27,8 @@
 // chance of a new name, its value then judged against the scope's values as a whole. The
 // score is 1 - 2^(-bits/AlarmBits): 0.5 at AlarmBits, never quite 1.
 //
-// Memory is bounded per Set: at most MaxScopes scopes, MaxParams parameters per scope (the
-// excess is summarised in one "{other}" model per scope), MaxValues remembered values per
+// Memory is bounded per Set: at most MaxScopes scopes, MaxParams parameters per scope and
+// MaxModels in all (the excess is summarised in one "{other}" model per scope), MaxValues remembered values per
 // parameter and MaxKeyBytes per name. Parsers read at most MaxRequestParams parameters,
 // MaxDepth levels of JSON, MaxQueryBytes of query and MaxBodyBytes of body; a request beyond
 // a cap, or a malformed JSON body, is an overflow, which is scored too (it is how a payload
@@ -55,6 +55,13 @@ type Config struct {
 	// MaxParams caps the parameter models per scope; further names share one model,
 	// "{other}". Default: 64.
 	MaxParams int
+	// MaxModels caps the parameter models of the whole Set (one service), "{other}" models
+	// included; further names share their scope's "{other}" (a scope without one, when
+	// the cap is reached, judges them against the scope's values as a whole). A full
+	// model takes about 580 bytes of memory and 670 bytes of snapshot JSON (measured by
+	// TestModelSize), so the default bounds a service at about 0.6 MB of models and 0.7 MB
+	// of snapshot. Default: 1024.
+	MaxModels int
 	// MaxValues is how many distinct values a parameter's model remembers (as hashes, with
 	// counts) before it counts the parameter as an identifier rather than an enum.
 	// Default: 16, at most 64.
@@ -78,6 +85,7 @@ type Config struct {
 const (
 	DefaultMaxScopes = 256
 	DefaultMaxParams = 64
+	DefaultMaxModels = 1024
 	DefaultMaxValues = 16
 	DefaultAlarmBits = 28
 	maxMaxValues     = 64
@@ -100,6 +108,7 @@ func (c Config) Check() (Config, error) {
 	}
 	def(&c.MaxScopes, DefaultMaxScopes, "max scopes")
 	def(&c.MaxParams, DefaultMaxParams, "max params")
+	def(&c.MaxModels, DefaultMaxModels, "max models")
 	def(&c.MaxValues, DefaultMaxValues, "max values")
 	def(&c.Limits.MaxParams, DefaultLimits.MaxParams, "max request params")
 	def(&c.Limits.MaxDepth, DefaultLimits.MaxDepth, "max depth")
@@ -186,6 +195,7 @@ type Set struct {
 	cfg    Config
 	all    stats // every value of the service
 	scopes map[uint64]*scope
+	models int // parameter models, "{other}" included
 }
 
 // scope holds the models of one scope.
@@ -316,7 +326,9 @@ func (s *Set) Learn(key uint64, r *Request) bool {
 			m = s.newModel(sp, p.key)
 			novel = true
 		}
-		m.add(&v, s.cfg.MaxValues)
+		if m != nil {
+			m.add(&v, s.cfg.MaxValues)
+		}
 		sp.all.add(&v)
 		s.all.add(&v)
 	}
@@ -332,14 +344,18 @@ func (s *Set) Learn(key uint64, r *Request) bool {
 // newModel returns the model for a parameter not yet in sp: a new one, or the scope's
 // "{other}" model once MaxParams are kept.
 func (s *Set) newModel(sp *scope, key []byte) *model {
-	if len(sp.params) >= s.cfg.MaxParams {
-		if sp.other == nil {
+	if len(sp.params) >= s.cfg.MaxParams || s.models >= s.cfg.MaxModels-1 {
+		// The last model a Set may have is kept for an "{other}"; past the cap, a scope
+		// without one learns its excess names into its values as a whole only.
+		if sp.other == nil && s.models < s.cfg.MaxModels {
 			sp.other = &model{name: "{other}"}
+			s.models++
 		}
 		return sp.other
 	}
 	m := &model{name: string(key[1:])}
 	sp.params[string(key)] = m
+	s.models++
 	nv := analyse(key[1:], len(key)-1, 0)
 	sp.names.add(&nv)
 	return m
@@ -648,3 +664,8 @@ func (m *model) known(h uint64) bool {
 	}
 	return false
 }
+
+// ScopeOf combines two 64-bit keys into a scope key, e.g. a destination's hash and a shape
+// key (flowmodel keeps shapes per destination, so the pair names one endpoint of one
+// destination). It is a fixed function: scope keys may be persisted.
+func ScopeOf(a, b uint64) uint64 { return mix(mix(a^k1, k2)^b, k3) }

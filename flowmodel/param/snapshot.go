@@ -267,23 +267,20 @@ func (s *Set) Merge(snap Snapshot) error {
 			pp := &p.params[j]
 			m := sp.params[pp.key]
 			if m == nil {
-				if len(sp.params) >= s.cfg.MaxParams {
-					if sp.other == nil {
-						sp.other = &model{name: "{other}"}
-					}
-					m = sp.other
-				} else {
-					m = &model{name: pp.key[1:]}
-					sp.params[pp.key] = m
-				}
+				m = s.newModel(sp, []byte(pp.key))
 			}
-			m.merge(&pp.m, s.cfg.MaxValues)
+			if m != nil {
+				m.merge(&pp.m, s.cfg.MaxValues)
+			}
 		}
 		if p.other != nil {
-			if sp.other == nil {
+			if sp.other == nil && s.models < s.cfg.MaxModels {
 				sp.other = &model{name: "{other}"}
+				s.models++
 			}
-			sp.other.merge(&p.other.m, s.cfg.MaxValues)
+			if sp.other != nil {
+				sp.other.merge(&p.other.m, s.cfg.MaxValues)
+			}
 		}
 		sp.names = stats{}
 		for k := range sp.params {
