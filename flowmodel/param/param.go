@@ -44,6 +44,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"strings"
 	"sync"
 )
 
@@ -273,27 +274,25 @@ func (s *Set) value(sc *scratch, p *param) Value {
 	return analyse(sc.val, len(sc.val), s.cfg.Seed)
 }
 
-// split returns the query of a request target.
+// split returns the query of a request target: what follows the first '?' (up to a '#')
+// of a target that starts with '/' or is absolute ("http://..."); anything else is taken
+// as a raw query already.
 func split(q string) string {
-	for i := 0; i < len(q); i++ {
-		switch q[i] {
-		case '?':
-			q = q[i+1:]
-			for j := 0; j < len(q); j++ {
-				if q[j] == '#' {
-					return q[:j]
-				}
-			}
-			return q
-		case '=', '&':
-			return q // already a query
-		}
+	if len(q) == 0 || q[0] != '/' && !hasPrefixFold(q, "http://") && !hasPrefixFold(q, "https://") {
+		return q
 	}
-	if len(q) > 0 && q[0] == '/' {
-		return "" // a path without query
+	i := strings.IndexByte(q, '?')
+	if i < 0 {
+		return ""
+	}
+	q = q[i+1:]
+	if j := strings.IndexByte(q, '#'); j >= 0 {
+		q = q[:j]
 	}
 	return q
 }
+
+func hasPrefixFold(s, p string) bool { return len(s) >= len(p) && strings.EqualFold(s[:len(p)], p) }
 
 func (s *Set) start(sc *scratch, r *Request) {
 	sc.p.reset(s.cfg.Limits, split(r.Query), r.Body, bodyTypeOf(r.ContentType))

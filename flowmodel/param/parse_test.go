@@ -185,3 +185,22 @@ func TestDecodeRounds(t *testing.T) {
 		})
 	}
 }
+
+func TestSplit(t *testing.T) {
+	for in, want := range map[string]string{
+		"a=1&b=2":                 "a=1&b=2",
+		"/v1/x?a=1":               "a=1",
+		"/v1/x?a=1#frag":          "a=1",
+		"/a=b/c":                  "",
+		"/v1/x":                   "",
+		"HTTPS://h.example/p?q=1": "q=1",
+		"http://h.example/p":      "",
+		"1660088970000":           "1660088970000",
+		"/search?q=a/b?c":         "q=a/b?c",
+		"":                        "",
+	} {
+		if got := split(in); got != want {
+			t.Errorf("split(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
