@@ -25,11 +25,11 @@ const (
 	kindDuration // a string that Go's time.ParseDuration reads
 )
 
-// knownOptions are the option names of `meshguard serve` and the YAML type of each, copied
-// from the configuration contract (the lead's options.md) and the flags of serve at the base
-// commit. The option list itself lives in cmd/meshguard (package main, not importable) and is
-// being rewritten; the lead will connect this list to the real declarations there, so that
-// a layout naming an option serve does not know fails this package's tests.
+// knownOptions are the option names of `meshguard serve` and the YAML type of each. The
+// option table itself lives in cmd/meshguard (package main, not importable): this list is
+// kept equal to values.schema.json here (TestHelmSchemaKnowsEveryOption), and the schema to
+// the option table there (cmd/meshguard TestInstallSchemaKnowsEveryOption), so a layout
+// naming an option serve does not know fails a test.
 var knownOptions = map[string]optionKind{
 	// Existing options.
 	"listen":                  kindString,
