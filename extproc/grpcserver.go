@@ -15,19 +15,13 @@ import (
 // long-lived HTTP/2 connections, so the per-connection stream limit, not the connection
 // count, bounds concurrency.
 const (
-	// maxConcurrentStreams per HTTP/2 connection. Envoy's own default for its gRPC clients is
-	// unlimited (2^31-1); a bound keeps one connection from monopolising the server, and
-	// Envoy queues further streams on its side until message_timeout. With
-	// Config.MaxStreams set, the bound is raised to MaxStreams+streamHeadroom when that is
-	// higher, so that the admission limit, which fails a stream at once, is met before the
-	// HTTP/2 one, which makes clients wait.
+	// maxConcurrentStreams per HTTP/2 connection of ServerOptions' other users (xDS, access
+	// logs). The ext_proc server's own limit is Config.MaxStreamsPerConnection: a bound keeps
+	// one connection from monopolising the server, and Envoy opens further connections or
+	// queues streams on its side until message_timeout.
 	maxConcurrentStreams = 4096
-	// streamHeadroom is how many streams above Config.MaxStreams one connection may open:
-	// room for health checks and for the excess streams to be refused with
-	// RESOURCE_EXHAUSTED rather than queued by the client.
-	streamHeadroom = 64
-	// maxRecvMsgSize: headers and attributes are small, but a BUFFERED body may be as large as
-	// Envoy's per-request buffer limit (1 MiB by default) plus framing.
+	// maxRecvMsgSize of ServerOptions' other users; the ext_proc server's own is
+	// Config.MaxMessageBytes.
 	maxRecvMsgSize = 8 << 20
 	// keepaliveMinTime is the shortest client ping interval accepted; Envoy's default
 	// connection keepalive pings less often than this.
@@ -50,21 +44,17 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	return append(opts, extra...)
 }
 
-// NewGRPCServer returns a gRPC server with ext_proc and grpc.health.v1 registered. The
-// HTTP/2 stream limit follows ext's MaxStreams (see streamHeadroom); extra options come last.
+// NewGRPCServer returns a gRPC server with ext_proc and grpc.health.v1 registered. Over
+// ServerOptions, ext's configuration sets the HTTP/2 stream limit of a connection
+// (Config.MaxStreamsPerConnection) and the receive message limit (Config.MaxMessageBytes);
+// extra options come last.
 func NewGRPCServer(ext *Server, hs *health.Server, extra ...grpc.ServerOption) *grpc.Server {
-	opts := []grpc.ServerOption{grpc.MaxConcurrentStreams(http2StreamLimit(ext.cfg.MaxStreams))}
+	opts := []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(uint32(ext.cfg.MaxStreamsPerConnection)),
+		grpc.MaxRecvMsgSize(ext.cfg.MaxMessageBytes),
+	}
 	gs := grpc.NewServer(ServerOptions(append(opts, extra...)...)...)
 	extprocv3.RegisterExternalProcessorServer(gs, ext)
 	healthpb.RegisterHealthServer(gs, hs)
 	return gs
-}
-
-// http2StreamLimit is the per-connection stream limit for an admission limit of maxStreams
-// (0: none).
-func http2StreamLimit(maxStreams int) uint32 {
-	if limit := int64(maxStreams) + streamHeadroom; maxStreams > 0 && limit > maxConcurrentStreams {
-		return uint32(min(limit, math.MaxUint32))
-	}
-	return maxConcurrentStreams
 }

@@ -97,7 +97,7 @@ func BenchmarkDecideWithin(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				st.answeredBy.Store(answerPending)
-				if _, inTime := srv.decideWithin(st, flowmodel.Verdict{}, true); !inTime {
+				if _, inTime := srv.decideWithin(st, incomplete{}); !inTime {
 					b.Fatal("cut")
 				}
 			}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -82,9 +83,43 @@ type Config struct {
 	// CONTINUE, recorded as an alert) or "block" (a 403 with details BudgetDetails).
 	OnBudget string
 	// MaxStreams bounds the ext_proc streams served at once; further streams fail at once
-	// with RESOURCE_EXHAUSTED instead of queueing. Zero: no bound but the HTTP/2 one.
+	// with RESOURCE_EXHAUSTED instead of queueing. A stream counts from its first message
+	// on, so that streams that never send one cannot hold the slots of real requests (they
+	// are bounded by MaxStreamsPerConnection and FirstMessageTimeout). Zero: no bound but
+	// the HTTP/2 one.
 	MaxStreams int
+	// FirstMessageTimeout is how long a new stream may stay silent: Envoy sends its first
+	// message as soon as it opens a stream, so a stream without one after this long is
+	// closed with DEADLINE_EXCEEDED. Default: DefaultFirstMessageTimeout.
+	FirstMessageTimeout time.Duration
+	// MaxStreamsPerConnection is the HTTP/2 concurrent-stream limit of one connection to
+	// the ext_proc server (grpc.MaxConcurrentStreams, see NewGRPCServer). Default:
+	// DefaultMaxStreamsPerConnection.
+	MaxStreamsPerConnection int
+	// MaxMessageBytes is the largest ext_proc message accepted (the gRPC receive limit, see
+	// NewGRPCServer); a larger one is answered with a 403. Default: DefaultMaxMessageBytes.
+	MaxMessageBytes int
 }
+
+// Defaults of the stream bounds.
+const (
+	// DefaultFirstMessageTimeout: Envoy sends the first message of a stream at once; a
+	// second or two is ample even on a loaded node, and short enough that silent streams
+	// cost little.
+	DefaultFirstMessageTimeout = 2 * time.Second
+	// DefaultMaxStreamsPerConnection: Envoy spreads its streams over several connections
+	// when the server's limit is reached, so one connection needs no more than a busy
+	// sidecar's concurrent requests.
+	DefaultMaxStreamsPerConnection = 1000
+	// DefaultMaxMessageBytes: request headers are limited to 60 KiB by Envoy's default
+	// (max_request_headers_kb), attributes are small; 1 MiB leaves room for large header
+	// sets and small BUFFERED bodies. A BUFFERED body as large as Envoy's default buffer
+	// limit (1 MiB) needs a larger value.
+	DefaultMaxMessageBytes = 1 << 20
+	// MinMaxMessageBytes is the smallest MaxMessageBytes accepted: below Envoy's default
+	// header limit, ordinary requests would be refused.
+	MinMaxMessageBytes = 64 << 10
+)
 
 // Check applies defaults and reports every problem.
 func (c Config) Check() (Config, error) {
@@ -123,6 +158,25 @@ func (c Config) Check() (Config, error) {
 	}
 	if c.MaxStreams < 0 {
 		errs = append(errs, fmt.Errorf("max streams %d must not be negative", c.MaxStreams))
+	}
+	switch {
+	case c.FirstMessageTimeout == 0:
+		c.FirstMessageTimeout = DefaultFirstMessageTimeout
+	case c.FirstMessageTimeout < 0:
+		errs = append(errs, fmt.Errorf("first-message-timeout %v must be positive", c.FirstMessageTimeout))
+	}
+	switch {
+	case c.MaxStreamsPerConnection == 0:
+		c.MaxStreamsPerConnection = DefaultMaxStreamsPerConnection
+	case c.MaxStreamsPerConnection < 0 || int64(c.MaxStreamsPerConnection) > math.MaxUint32:
+		errs = append(errs, fmt.Errorf("max-streams-per-connection %d must be between 1 and %d", c.MaxStreamsPerConnection, uint32(math.MaxUint32)))
+	}
+	switch {
+	case c.MaxMessageBytes == 0:
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	case c.MaxMessageBytes < MinMaxMessageBytes || c.MaxMessageBytes > math.MaxInt32:
+		errs = append(errs, fmt.Errorf("max-message-bytes %d must be between %d (Envoy's default header limit fits) and %d",
+			c.MaxMessageBytes, MinMaxMessageBytes, math.MaxInt32))
 	}
 	return c, errors.Join(errs...)
 }
@@ -197,6 +251,7 @@ type stream struct {
 	md            metadata.MD
 	attrs         attrs
 	reqHeaders    headers
+	sawReqHeaders bool // a request_headers message came: reqHeaders are the request's
 	started       bool
 	observability bool
 	reqBodyMode   extprocfilterv3.ProcessingMode_BodySendMode
@@ -222,17 +277,28 @@ type stream struct {
 
 // Process handles one ext_proc stream.
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	st := &stream{ps: ps, ctx: ps.Context()}
+	first, err := s.recvFirst(st)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // opened and closed without a message: nothing to answer
+		}
+		if isCanceled(err) {
+			return status.Error(codes.Canceled, "stream canceled by the client")
+		}
+		s.metrics.streamError(status.Code(err))
+		return s.undecodable(st, err)
+	}
 	if !s.admit() {
 		s.metrics.streamRejected()
 		return status.Errorf(codes.ResourceExhausted,
 			"meshguard: %d ext_proc streams in progress, the limit; retry on another meshguard", s.cfg.MaxStreams)
 	}
 	defer s.release()
-	st := &stream{ps: ps, ctx: ps.Context()}
 	st.md, _ = metadata.FromIncomingContext(st.ctx)
 	s.metrics.streamStarted()
 	defer s.metrics.streamEnded()
-	err := s.serve(st)
+	err = s.serve(st, first)
 	if errors.Is(err, errHandedOver) {
 		// The watchdog answered the deciding message and served the rest of the stream;
 		// the decider has returned at last, and the stream is ours again once the
@@ -243,23 +309,86 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	return err
 }
 
+// recvResult is the outcome of one Recv.
+type recvResult struct {
+	req *extprocv3.ProcessingRequest
+	err error
+}
+
+// errFirstMessageTimeout ends a stream that sent nothing within FirstMessageTimeout.
+var errFirstMessageTimeout = status.Error(codes.DeadlineExceeded, "meshguard: no ext_proc message within the first-message timeout")
+
+// recvFirst receives the stream's first message, or fails with errFirstMessageTimeout when
+// none comes in time. A blocked Recv cannot be interrupted but by the handler's return, so
+// it runs in a goroutine of its own, which ends with the stream.
+func (s *Server) recvFirst(st *stream) (*extprocv3.ProcessingRequest, error) {
+	ch := make(chan recvResult, 1)
+	go func() {
+		req, err := st.ps.Recv()
+		ch <- recvResult{req, err}
+	}()
+	t := time.NewTimer(s.cfg.FirstMessageTimeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.req, r.err
+	case <-t.C:
+		return nil, errFirstMessageTimeout
+	}
+}
+
+func isCanceled(err error) bool {
+	return status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled)
+}
+
+// refuseUndecodable answers a Recv error. A message that could not be decoded (over
+// MaxMessageBytes: RESOURCE_EXHAUSTED; not valid protobuf, such as invalid UTF-8 in a string
+// field: INTERNAL) gets a 403, not a stream error that Envoy's failure_mode_allow would turn
+// into an allow; the decision is recorded (invalid_request). Other errors end the stream as
+// they are. In observability mode nothing can be answered.
+func (s *Server) undecodable(st *stream, err error) error {
+	if c := status.Code(err); (c != codes.ResourceExhausted && c != codes.Internal) || st.observability {
+		return err
+	}
+	st.received = s.cfg.Now()
+	st.decided = true
+	v := flowmodel.Verdict{Action: flowmodel.Block, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}
+	if st.flow.Service != "" {
+		v.Mode, _ = s.decider.Mode(st.flow.Service)
+	}
+	st.endSpan()
+	st.verdict = v
+	s.metrics.decided(v)
+	s.startSpan(st)
+	s.logDecision(st)
+	if serr := st.ps.Send(forbidden(BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}, st.traceID, UndecodableDetails)); serr != nil {
+		return errors.Join(err, serr)
+	}
+	st.endSpan()
+	return nil
+}
+
 // errHandedOver tells serve's caller that the watchdog now owns the stream.
 var errHandedOver = errors.New("extproc: stream handed over to the budget watchdog")
 
-// serve reads and answers messages until the stream ends.
-func (s *Server) serve(st *stream) error {
+// serve answers req (when not nil) and then reads and answers messages until the stream ends.
+func (s *Server) serve(st *stream, req *extprocv3.ProcessingRequest) error {
 	for {
-		req, err := st.ps.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil // Envoy closed its side; every message so far was answered
-		}
-		if err != nil {
-			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
-				return status.Error(codes.Canceled, "stream canceled by the client")
+		if req == nil {
+			var err error
+			if req, err = st.ps.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil // Envoy closed its side; every message so far was answered
+				}
+				if isCanceled(err) {
+					return status.Error(codes.Canceled, "stream canceled by the client")
+				}
+				s.metrics.streamError(status.Code(err))
+				return s.undecodable(st, err)
 			}
-			return err
 		}
 		resp, final, err := s.handle(st, req)
+		req = nil
 		if errors.Is(err, errHandedOver) {
 			return err
 		}
@@ -317,6 +446,13 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		st.attrs.merge(r.RequestHeaders.GetAttributes())
 		st.reqHeaders = r.RequestHeaders.GetHeaders().GetHeaders()
+		st.sawReqHeaders = true
+		if st.decided {
+			// One stream is one request, but a second request_headers is decided as the
+			// first was, never let through on the first one's verdict.
+			st.endSpan()
+			st.decided = false
+		}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		// Envoy may be configured to skip every request phase: then the response decides.
 		st.attrs.merge(r.ResponseHeaders.GetAttributes())
@@ -423,42 +559,79 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	f := &st.flow
 	*f = flowmodel.Flow{Time: now, RequestBytes: -1, ResponseBytes: -1, Source: "ext_proc"}
 	h := st.reqHeaders
-	f.Method = h.get(":method")
-	f.Path = h.get(":path")
-	f.ContentType = h.get("content-type")
-	if n, ok := h.contentLength(); ok {
+	var rh requestHead
+	if len(h) > 0 {
+		f.HeaderKeys = rh.scan(h, make([]string, 0, len(h)))
+	}
+	f.Method, f.Path, f.ContentType = rh.method, rh.path, rh.contentType
+	if n, ok := parseContentLength(rh.contentLength); ok {
 		f.RequestBytes = n
 	}
-	if len(h) > 0 {
-		f.HeaderKeys = make([]string, 0, len(h))
-		for _, hv := range h {
-			if k := hv.GetKey(); k != "" && k[0] != ':' {
-				f.HeaderKeys = append(f.HeaderKeys, k)
-			}
-		}
-	}
 
-	svc, idSource := identify(s.cfg.IdentityOrder, st.md, &st.attrs)
-	dest, destOK := destination(&st.attrs, h)
-	f.Service, f.Destination = svc, dest
-	st.idSource = idSource
-	if svc == "" || !destOK {
-		v = flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}
-		if svc == "" {
-			return v, true // the decider is not asked
-		}
+	id := identify(s.cfg.IdentityOrder, st.md, &st.attrs)
+	dest, fault := destination(&st.attrs, &rh)
+	f.Service, f.Destination = id.service, dest
+	st.idSource = id.source
+	if id.service == "" {
+		// No service, no mode to judge by: the configured answer, and the decider is not
+		// asked.
+		return flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}, true
 	}
-	return s.decideWithin(st, v, destOK)
+	var inc incomplete
+	if id.other != "" {
+		inc.reasons = inc.reasons.With(flowmodel.ReasonIdentityMismatch)
+		inc.other = id.other
+	}
+	if fault != destOK {
+		inc.reasons = inc.reasons.With(flowmodel.ReasonUnknownDestination)
+	}
+	if st.sawReqHeaders && !rh.wellFormed() {
+		inc.reasons = inc.reasons.With(flowmodel.ReasonInvalidRequest)
+	}
+	return s.decideWithin(st, inc)
 }
 
-// ask asks the decider: the verdict for f, or, for a flow without destination (invalid
-// holds its verdict), only the service's mode.
-func (s *Server) ask(f *flowmodel.Flow, invalid flowmodel.Verdict, destOK bool) flowmodel.Verdict {
-	if !destOK {
-		invalid.Mode, _ = s.decider.Mode(f.Service)
-		return invalid
+// incomplete says why a stream's flow cannot go to the decider as it is.
+type incomplete struct {
+	// reasons is empty for a complete flow; else it holds unknown_destination,
+	// identity_mismatch and invalid_request, as they apply.
+	reasons flowmodel.Reasons
+	// other is, with identity_mismatch, the service the other identity source named.
+	other string
+}
+
+// UndecidableDecider is implemented by deciders that judge requests the server cannot turn into a
+// complete flow; flowmodel.Model does (see flowmodel.Model.Undecidable). A decider without it
+// is asked only for the service's mode, and an unknown service is blocked.
+type UndecidableDecider interface {
+	Undecidable(service string, rs flowmodel.Reasons) flowmodel.Verdict
+}
+
+// ask asks the decider: the verdict for f, or, for an incomplete flow, the verdict that
+// fails closed in the service's mode (and, with two identities, in the stricter of their
+// modes).
+func (s *Server) ask(f *flowmodel.Flow, inc incomplete) flowmodel.Verdict {
+	if inc.reasons.Empty() {
+		return s.decider.Decide(f)
 	}
-	return s.decider.Decide(f)
+	v := s.undecidable(f.Service, inc.reasons)
+	if inc.other != "" {
+		if o := s.undecidable(inc.other, inc.reasons); o.Action > v.Action {
+			v = o
+		}
+	}
+	return v
+}
+
+func (s *Server) undecidable(service string, rs flowmodel.Reasons) flowmodel.Verdict {
+	if u, ok := s.decider.(UndecidableDecider); ok {
+		return u.Undecidable(service, rs)
+	}
+	v := flowmodel.Verdict{Score: 1, Reasons: rs, Action: flowmodel.Block}
+	if m, known := s.decider.Mode(service); known {
+		v.Mode, v.Action = m, flowmodel.UndecidableAction(m)
+	}
+	return v
 }
 
 // settle records the verdict of the stream (metrics, span, log line). It returns the

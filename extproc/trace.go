@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/flowmodel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -67,7 +68,7 @@ func (c headerCarrier) Keys() []string {
 // parentContext returns ctx with the remote parent of the decision: the traceparent in the
 // stream's gRPC metadata, else the request's traceparent header.
 func parentContext(ctx context.Context, md metadata.MD, h headers) context.Context {
-	if len(md.Get("traceparent")) > 0 {
+	if len(md.Get(contract.TraceparentKey)) > 0 {
 		if pc := traceContext.Extract(ctx, mdCarrier(md)); trace.SpanContextFromContext(pc).IsValid() {
 			return pc
 		}
