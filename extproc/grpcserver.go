@@ -1,14 +1,20 @@
 package extproc
 
 import (
+	"bytes"
 	"math"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // gRPC server settings for Envoy clients. Envoy opens one stream per HTTP request over a few
@@ -46,15 +52,81 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 
 // NewGRPCServer returns a gRPC server with ext_proc and grpc.health.v1 registered. Over
 // ServerOptions, ext's configuration sets the HTTP/2 stream limit of a connection
-// (Config.MaxStreamsPerConnection) and the receive message limit (Config.MaxMessageBytes);
-// extra options come last.
+// (Config.MaxStreamsPerConnection) and the message limit (Config.MaxMessageBytes, see
+// extprocCodec); extra options come last.
 func NewGRPCServer(ext *Server, hs *health.Server, extra ...grpc.ServerOption) *grpc.Server {
 	opts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(uint32(ext.cfg.MaxStreamsPerConnection)),
-		grpc.MaxRecvMsgSize(ext.cfg.MaxMessageBytes),
+		grpc.MaxRecvMsgSize(transportLimit(ext.cfg.MaxMessageBytes)),
+		grpc.ForceServerCodecV2(newExtprocCodec(ext.cfg.MaxMessageBytes)),
 	}
 	gs := grpc.NewServer(ServerOptions(append(opts, extra...)...)...)
 	extprocv3.RegisterExternalProcessorServer(gs, ext)
 	healthpb.RegisterHealthServer(gs, hs)
 	return gs
+}
+
+// A message Envoy sends that cannot be decoded (over Config.MaxMessageBytes, or not valid
+// protobuf, such as invalid UTF-8 in a string field, which Go's protobuf refuses) must get a
+// 403, not a stream error that Envoy's failure_mode_allow would turn into an allow. grpc-go
+// ends a stream at once, with an error status, when Recv fails, so the ext_proc server's
+// codec never fails on a ProcessingRequest: it hands over an empty one marked as
+// undecodable (see undecodable), and the server answers it with a 403.
+//
+// The gRPC receive limit itself is set above MaxMessageBytes (transportLimit), so that a
+// message somewhat over the limit is still read and answered; one over the transport limit,
+// which Envoy's own header and buffer limits keep from happening unless they are raised,
+// ends its stream with RESOURCE_EXHAUSTED.
+
+// Markers of undecodable messages: an unknown field that no ext_proc version uses (the
+// largest field number) with a fixed value.
+var (
+	markTooLarge = protowire.AppendString(protowire.AppendTag(nil, protowire.MaxValidNumber, protowire.BytesType), "meshguard: over max-message-bytes")
+	markInvalid  = protowire.AppendString(protowire.AppendTag(nil, protowire.MaxValidNumber, protowire.BytesType), "meshguard: undecodable")
+)
+
+// transportLimit is the gRPC receive limit for a MaxMessageBytes of max.
+func transportLimit(max int) int { return int(min(2*int64(max), math.MaxInt32)) }
+
+// extprocCodec is grpc's proto codec, except that a ProcessingRequest that cannot be decoded
+// is handed over marked instead of failing the stream.
+type extprocCodec struct {
+	encoding.CodecV2
+	maxBytes int
+}
+
+func newExtprocCodec(maxBytes int) extprocCodec {
+	return extprocCodec{CodecV2: encoding.GetCodecV2(grpcproto.Name), maxBytes: maxBytes}
+}
+
+// Unmarshal implements encoding.CodecV2.
+func (c extprocCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	req, ok := v.(*extprocv3.ProcessingRequest)
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	mark := markTooLarge
+	if data.Len() <= c.maxBytes {
+		if err := c.CodecV2.Unmarshal(data, v); err == nil {
+			return nil
+		}
+		mark = markInvalid
+	}
+	proto.Reset(req)
+	req.ProtoReflect().SetUnknown(mark)
+	return nil
+}
+
+// undecodable says whether req stands for a message that could not be decoded, and why.
+func undecodable(req *extprocv3.ProcessingRequest) (why string, ok bool) {
+	u := req.ProtoReflect().GetUnknown()
+	switch {
+	case len(u) == 0:
+		return "", false
+	case bytes.Equal(u, markTooLarge):
+		return "over max-message-bytes", true
+	case bytes.Equal(u, markInvalid):
+		return "not valid protobuf", true
+	}
+	return "", false
 }

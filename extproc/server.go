@@ -264,6 +264,9 @@ type stream struct {
 	span     trace.Span
 	traceID  trace.TraceID
 	observe  bool // response facts are in flow, to be passed to the decider after the reply
+	// incomplete is set when the flow was decided without the decider's judgement (no
+	// identity, an unknown destination, an identity mismatch): it teaches nothing.
+	incomplete bool
 	idSource IdentitySource
 
 	// With a decision budget: the request being decided, the copy of the flow the decider
@@ -278,7 +281,9 @@ type stream struct {
 // Process handles one ext_proc stream.
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	st := &stream{ps: ps, ctx: ps.Context()}
+	s.metrics.awaitFirst(1)
 	first, err := s.recvFirst(st)
+	s.metrics.awaitFirst(-1)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil // opened and closed without a message: nothing to answer
@@ -287,7 +292,10 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 			return status.Error(codes.Canceled, "stream canceled by the client")
 		}
 		s.metrics.streamError(status.Code(err))
-		return s.undecodable(st, err)
+		return err
+	}
+	if why, bad := undecodable(first); bad {
+		return s.refuseUndecodable(st, why)
 	}
 	if !s.admit() {
 		s.metrics.streamRejected()
@@ -341,15 +349,10 @@ func isCanceled(err error) bool {
 	return status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled)
 }
 
-// refuseUndecodable answers a Recv error. A message that could not be decoded (over
-// MaxMessageBytes: RESOURCE_EXHAUSTED; not valid protobuf, such as invalid UTF-8 in a string
-// field: INTERNAL) gets a 403, not a stream error that Envoy's failure_mode_allow would turn
-// into an allow; the decision is recorded (invalid_request). Other errors end the stream as
-// they are. In observability mode nothing can be answered.
-func (s *Server) undecodable(st *stream, err error) error {
-	if c := status.Code(err); (c != codes.ResourceExhausted && c != codes.Internal) || st.observability {
-		return err
-	}
+// refuseUndecodable answers a message that could not be decoded (see extprocCodec) with a
+// 403, and records the decision (invalid_request), in place of a stream error that Envoy's
+// failure_mode_allow would turn into an allow. In observability mode nothing is answered.
+func (s *Server) refuseUndecodable(st *stream, why string) error {
 	st.received = s.cfg.Now()
 	st.decided = true
 	v := flowmodel.Verdict{Action: flowmodel.Block, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}
@@ -361,11 +364,14 @@ func (s *Server) undecodable(st *stream, err error) error {
 	s.metrics.decided(v)
 	s.startSpan(st)
 	s.logDecision(st)
-	if serr := st.ps.Send(forbidden(BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}, st.traceID, UndecodableDetails)); serr != nil {
-		return errors.Join(err, serr)
+	if st.span != nil {
+		st.span.SetAttributes(AttrKeyUndecodable.String(why))
 	}
-	st.endSpan()
-	return nil
+	defer st.endSpan()
+	if st.observability {
+		return nil
+	}
+	return st.ps.Send(forbidden(BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}, st.traceID, UndecodableDetails))
 }
 
 // errHandedOver tells serve's caller that the watchdog now owns the stream.
@@ -384,7 +390,10 @@ func (s *Server) serve(st *stream, req *extprocv3.ProcessingRequest) error {
 					return status.Error(codes.Canceled, "stream canceled by the client")
 				}
 				s.metrics.streamError(status.Code(err))
-				return s.undecodable(st, err)
+				return err
+			}
+			if why, bad := undecodable(req); bad {
+				return s.refuseUndecodable(st, why)
 			}
 		}
 		resp, final, err := s.handle(st, req)
@@ -572,6 +581,7 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	dest, fault := destination(&st.attrs, &rh)
 	f.Service, f.Destination = id.service, dest
 	st.idSource = id.source
+	st.incomplete = true
 	if id.service == "" {
 		// No service, no mode to judge by: the configured answer, and the decider is not
 		// asked.
@@ -588,6 +598,7 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	if st.sawReqHeaders && !rh.wellFormed() {
 		inc.reasons = inc.reasons.With(flowmodel.ReasonInvalidRequest)
 	}
+	st.incomplete = !inc.reasons.Empty()
 	return s.decideWithin(st, inc)
 }
 
@@ -657,8 +668,9 @@ func (s *Server) settle(st *stream, v flowmodel.Verdict) *extprocv3.ProcessingRe
 // once the response is on its way.
 func (s *Server) responseFacts(st *stream, h headers) {
 	f := &st.flow
-	if f.Service == "" || st.budgetExceeded {
-		// No identity, or the decider is stuck on this service: nothing to observe.
+	if st.incomplete || st.budgetExceeded {
+		// No identity, no destination or two identities, or the decider is stuck on this
+		// service: nothing to observe.
 		return
 	}
 	if code, err := strconv.Atoi(h.get(":status")); err == nil {

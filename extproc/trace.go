@@ -27,6 +27,9 @@ const (
 	// AttrKeyBudgetExceeded is set (true) on the span of a decision cut by the decision
 	// budget; its verdict is then the budget's answer, with no reason codes.
 	AttrKeyBudgetExceeded = attribute.Key("meshguard.budget_exceeded")
+	// AttrKeyUndecodable is set on the span of a 403 sent because a message could not be
+	// decoded; its value says why ("over max-message-bytes", "not valid protobuf").
+	AttrKeyUndecodable = attribute.Key("meshguard.undecodable")
 )
 
 // SpanName is the name of decision spans.
