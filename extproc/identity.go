@@ -429,6 +429,9 @@ func destination(a *attrs, r *requestHead) (d flowmodel.Destination, fault destF
 // made of valid DNS labels. The host is normalised (lower case, no trailing dot) and an
 // IPv4-mapped IPv6 address is IPv4.
 func parseAuthority(s string) (host string, ip netip.Addr, port uint16, ok bool) {
+	if s == "" {
+		return "", ip, 0, false
+	}
 	var portText string
 	hasPort := false
 	if s[0] == '[' {

@@ -267,7 +267,7 @@ type stream struct {
 	// incomplete is set when the flow was decided without the decider's judgement (no
 	// identity, an unknown destination, an identity mismatch): it teaches nothing.
 	incomplete bool
-	idSource IdentitySource
+	idSource   IdentitySource
 
 	// With a decision budget: the request being decided, the copy of the flow the decider
 	// reads, who answers the deciding message, and the watchdog's result when it did.
