@@ -50,20 +50,25 @@ func ServerOptions(extra ...grpc.ServerOption) []grpc.ServerOption {
 	return append(opts, extra...)
 }
 
-// NewGRPCServer returns a gRPC server with ext_proc and grpc.health.v1 registered. Over
-// ServerOptions, ext's configuration sets the HTTP/2 stream limit of a connection
-// (Config.MaxStreamsPerConnection) and the message limit (Config.MaxMessageBytes, see
-// extprocCodec); extra options come last.
+// NewGRPCServer returns a gRPC server with ext_proc and grpc.health.v1 registered, with
+// ServerOptions, then StreamOptions of ext's configuration, then extra.
 func NewGRPCServer(ext *Server, hs *health.Server, extra ...grpc.ServerOption) *grpc.Server {
-	opts := []grpc.ServerOption{
-		grpc.MaxConcurrentStreams(uint32(ext.cfg.MaxStreamsPerConnection)),
-		grpc.MaxRecvMsgSize(transportLimit(ext.cfg.MaxMessageBytes)),
-		grpc.ForceServerCodecV2(newExtprocCodec(ext.cfg.MaxMessageBytes)),
-	}
-	gs := grpc.NewServer(ServerOptions(append(opts, extra...)...)...)
+	gs := grpc.NewServer(ServerOptions(append(StreamOptions(ext.cfg), extra...)...)...)
 	extprocv3.RegisterExternalProcessorServer(gs, ext)
 	healthpb.RegisterHealthServer(gs, hs)
 	return gs
+}
+
+// StreamOptions returns the gRPC server options of an ext_proc server with configuration cfg
+// (defaults applied, see Config.Check): the HTTP/2 stream limit of a connection
+// (MaxStreamsPerConnection) and the message limit (MaxMessageBytes, through extprocCodec).
+// The null server of bench/load uses them too, so that both are measured alike.
+func StreamOptions(cfg Config) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConnection)),
+		grpc.MaxRecvMsgSize(transportLimit(cfg.MaxMessageBytes)),
+		grpc.ForceServerCodecV2(newExtprocCodec(cfg.MaxMessageBytes)),
+	}
 }
 
 // A message Envoy sends that cannot be decoded (over Config.MaxMessageBytes, or not valid
