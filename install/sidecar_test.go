@@ -9,6 +9,7 @@ import (
 	"testing"
 	"text/template"
 
+	"github.com/meshguard/meshguard/extproc/contract"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	istionetv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
@@ -63,12 +64,12 @@ func renderInjectionTemplate(t *testing.T) *corev1.Pod {
 func listenAddr(host string, port uint32) string { return fmt.Sprintf("%s:%d", host, port) }
 
 var sidecarAttributes = []string{
-	"xds.node.id",
-	"xds.node.metadata['NAMESPACE']",
-	"xds.node.metadata['WORKLOAD_NAME']",
-	"destination.address",
-	"source.address",
-	"connection.requested_server_name",
+	contract.AttrNodeID,
+	contract.AttrNodeNamespace,
+	contract.AttrNodeWorkload,
+	contract.AttrDestination,
+	contract.AttrSourceAddress,
+	contract.AttrRequestedServer,
 }
 
 func TestIstioSidecar(t *testing.T) {

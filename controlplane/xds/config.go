@@ -11,6 +11,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 )
 
 // Defaults used for zero Config fields.
@@ -26,18 +27,10 @@ const (
 )
 
 // DefaultRequestAttributes are the ext_proc request attributes meshguard reads (DESIGN.md).
-var DefaultRequestAttributes = []string{
-	"xds.node.id",
-	"xds.node.metadata['NAMESPACE']",
-	"xds.node.metadata['WORKLOAD_NAME']",
-	"destination.address",
-	"source.address",
-	"connection.requested_server_name",
-	"connection.uri_san_peer_certificate",
-}
+var DefaultRequestAttributes = contract.RequestAttributes()
 
 // DefaultResponseAttributes are the ext_proc response attributes meshguard reads.
-var DefaultResponseAttributes = []string{"upstream.address"}
+var DefaultResponseAttributes = contract.ResponseAttributes()
 
 // DefaultServerFirstPorts are ports of protocols in which the server speaks first (FTP, SMTP,
 // POP3, IMAP, submission, MySQL). See Config.ServerFirstPorts.
