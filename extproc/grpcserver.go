@@ -61,10 +61,13 @@ func NewGRPCServer(ext *Server, hs *health.Server, extra ...grpc.ServerOption) *
 
 // StreamOptions returns the gRPC server options of an ext_proc server with configuration cfg
 // (defaults applied, see Config.Check): the HTTP/2 stream limit of a connection
-// (MaxStreamsPerConnection) and the message limit (MaxMessageBytes, through extprocCodec).
-// The null server of bench/load uses them too, so that both are measured alike.
+// (MaxStreamsPerConnection), the message limit (MaxMessageBytes, through extprocCodec) and
+// the tap handle that lets the server end a stream silent for FirstMessageTimeout (see
+// tapFirstMessage; grpc-go takes one tap handle per server). The null server of bench/load
+// uses them too, so that both are measured alike.
 func StreamOptions(cfg Config) []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.InTapHandle(tapFirstMessage),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConnection)),
 		grpc.MaxRecvMsgSize(transportLimit(cfg.MaxMessageBytes)),
 		grpc.ForceServerCodecV2(newExtprocCodec(cfg.MaxMessageBytes)),

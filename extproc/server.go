@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 )
 
 // Decider decides flows. flowmodel.Model satisfies it. Implementations must be safe for
@@ -185,16 +186,18 @@ func (c Config) Check() (Config, error) {
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
-	decider   Decider
-	cfg       Config
-	onMissing flowmodel.Action
-	tracer    trace.Tracer
-	log       *slog.Logger
-	logLimit  logLimiter
-	metrics   *Metrics
-	onBudget  flowmodel.Action
-	watchdogs sync.Pool    // of *watchdog
-	streams   atomic.Int64 // streams being served, for MaxStreams
+	decider    Decider
+	cfg        Config
+	onMissing  flowmodel.Action
+	tracer     trace.Tracer
+	log        *slog.Logger
+	logLimit   logLimiter
+	metrics    *Metrics
+	onBudget   flowmodel.Action
+	watchdogs  sync.Pool    // of *watchdog
+	firstRecvs sync.Pool    // of *firstRecv
+	idleTimers sync.Pool    // of *idleTimer
+	streams    atomic.Int64 // streams being served, for MaxStreams
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -282,7 +285,13 @@ type stream struct {
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	st := &stream{ps: ps, ctx: ps.Context()}
 	s.metrics.awaitFirst(1)
-	first, err := s.recvFirst(st)
+	var first *extprocv3.ProcessingRequest
+	var err error
+	if cancel, ok := st.ctx.Value(firstMessageKey{}).(context.CancelCauseFunc); ok {
+		first, err = s.recvFirstCancel(st, cancel)
+	} else {
+		first, err = s.recvFirst(st)
+	}
 	s.metrics.awaitFirst(-1)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -326,23 +335,104 @@ type recvResult struct {
 // errFirstMessageTimeout ends a stream that sent nothing within FirstMessageTimeout.
 var errFirstMessageTimeout = status.Error(codes.DeadlineExceeded, "meshguard: no ext_proc message within the first-message timeout")
 
-// recvFirst receives the stream's first message, or fails with errFirstMessageTimeout when
-// none comes in time. A blocked Recv cannot be interrupted but by the handler's return, so
-// it runs in a goroutine of its own, which ends with the stream.
-func (s *Server) recvFirst(st *stream) (*extprocv3.ProcessingRequest, error) {
-	ch := make(chan recvResult, 1)
-	go func() {
-		req, err := st.ps.Recv()
-		ch <- recvResult{req, err}
-	}()
-	t := time.NewTimer(s.cfg.FirstMessageTimeout)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		return r.req, r.err
-	case <-t.C:
+// The first-message timeout. A blocked Recv returns only when the stream's context is done
+// (or a message or the end of the stream comes). grpc-go gives the handler no way to cancel
+// that context, but a tap handle (grpc.InTapHandle) may replace it: tapFirstMessage, one of
+// StreamOptions, gives every ext_proc stream a context the server can cancel, and
+// recvFirstCancel arms a pooled timer that cancels it when no message came in time. A stream
+// served without the tap (a server not built with StreamOptions) falls back to recvFirst,
+// which waits for its first message in a goroutine: about 2.5 µs more per stream.
+
+// firstMessageKey is the context key of the context.CancelCauseFunc tapFirstMessage sets.
+type firstMessageKey struct{}
+
+// tapFirstMessage is the tap handle of StreamOptions: it makes the context of every ext_proc
+// stream cancellable by the server.
+func tapFirstMessage(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName != extprocv3.ExternalProcessor_Process_FullMethodName {
+		return ctx, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	return context.WithValue(ctx, firstMessageKey{}, cancel), nil
+}
+
+// idleTimer cancels a stream's context when its first message does not come in time. It is
+// reused only when it was stopped before it fired.
+type idleTimer struct {
+	timer  *time.Timer
+	mu     sync.Mutex
+	cancel context.CancelCauseFunc // the stream being timed; nil when none
+}
+
+func (t *idleTimer) fire() {
+	t.mu.Lock()
+	cancel := t.cancel
+	t.mu.Unlock()
+	if cancel != nil {
+		cancel(errFirstMessageTimeout)
+	}
+}
+
+// recvFirstCancel receives the stream's first message, cancelling the stream's context
+// (cancel, from tapFirstMessage) when none comes within FirstMessageTimeout.
+func (s *Server) recvFirstCancel(st *stream, cancel context.CancelCauseFunc) (*extprocv3.ProcessingRequest, error) {
+	t, _ := s.idleTimers.Get().(*idleTimer)
+	if t == nil {
+		t = &idleTimer{}
+		t.timer = time.AfterFunc(time.Hour, t.fire)
+		t.timer.Stop()
+	}
+	t.mu.Lock()
+	t.cancel = cancel
+	t.mu.Unlock()
+	t.timer.Reset(s.cfg.FirstMessageTimeout)
+	req, err := st.ps.Recv()
+	if !t.timer.Stop() {
+		// It fired: the stream's context is cancelled, whatever Recv returned.
 		return nil, errFirstMessageTimeout
 	}
+	t.mu.Lock()
+	t.cancel = nil
+	t.mu.Unlock()
+	s.idleTimers.Put(t)
+	return req, err
+}
+
+// recvFirst receives the stream's first message, or fails with errFirstMessageTimeout when
+// none comes in time. A blocked Recv cannot be interrupted but by the handler's return, so
+// it runs in a goroutine of its own, which ends with the stream. Its channel and timer are
+// pooled: they go back to the pool when the message came in time (the goroutine is done with
+// them), and stay with the goroutine otherwise.
+func (s *Server) recvFirst(st *stream) (*extprocv3.ProcessingRequest, error) {
+	fr, _ := s.firstRecvs.Get().(*firstRecv)
+	if fr == nil {
+		fr = &firstRecv{ch: make(chan recvResult, 1), timer: time.NewTimer(time.Hour)}
+		fr.timer.Stop()
+	}
+	fr.ps = st.ps
+	fr.timer.Reset(s.cfg.FirstMessageTimeout)
+	go fr.run()
+	select {
+	case r := <-fr.ch:
+		fr.timer.Stop() // from Go 1.23 on, no stale tick can be received after Stop
+		fr.ps = nil
+		s.firstRecvs.Put(fr)
+		return r.req, r.err
+	case <-fr.timer.C:
+		return nil, errFirstMessageTimeout
+	}
+}
+
+// firstRecv receives the first message of a stream in a goroutine.
+type firstRecv struct {
+	ps    extprocv3.ExternalProcessor_ProcessServer
+	ch    chan recvResult // buffered: run never blocks on it
+	timer *time.Timer
+}
+
+func (fr *firstRecv) run() {
+	req, err := fr.ps.Recv()
+	fr.ch <- recvResult{req, err}
 }
 
 func isCanceled(err error) bool {
