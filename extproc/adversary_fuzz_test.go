@@ -48,6 +48,7 @@ func FuzzAdversaryEnforce(f *testing.F) {
 		{"[::ffff:203.0.113.8]:443", "", "", "", "/", "GET", "", 0},
 		{"a@api.example.com", "", "", "", "/", "GET", "", 0},
 		{"0", "", "", "", "0", "0", " ", 0},
+		{"198.51.100.1", "", "203.0.113.7:443", "", "/", "GET", "", 0},
 	} {
 		f.Add(s.authority, s.host, s.dest, s.sni, s.path, s.method, s.meta, s.flags)
 	}

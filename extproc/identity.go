@@ -401,9 +401,12 @@ func destination(a *attrs, r *requestHead) (d flowmodel.Destination, fault destF
 	}
 	switch {
 	case ip.IsValid():
-		// An IP literal in the authority: it is the destination when nothing else says so.
+		// An IP literal in the authority: it is the destination when nothing else says so,
+		// and it must be the one the request goes to when destination.address says so.
 		if !d.IP.IsValid() {
 			d.IP = ip
+		} else if d.IP != ip {
+			return d, destAmbiguous
 		}
 	case host != "":
 		d.Host = host

@@ -114,6 +114,10 @@ func TestDestination(t *testing.T) {
 		{"bad authority beside a good destination.address", map[string]string{AttrDestination: "203.0.113.7:443"},
 			hdr(":authority", "evil2.example!"), flowmodel.Destination{IP: netip.MustParseAddr("203.0.113.7"), Port: 443}, false},
 		{"bad sni", map[string]string{AttrRequestedServer: "a..b"}, nil, flowmodel.Destination{}, false},
+		{"ip authority agrees with destination.address", map[string]string{AttrDestination: "203.0.113.7:443"},
+			hdr(":authority", "[::ffff:203.0.113.7]:443"), flowmodel.Destination{IP: netip.MustParseAddr("203.0.113.7"), Port: 443}, true},
+		{"ip authority disagrees with destination.address", map[string]string{AttrDestination: "203.0.113.7:443"},
+			hdr(":authority", "198.51.100.1"), flowmodel.Destination{IP: netip.MustParseAddr("203.0.113.7"), Port: 443}, false},
 		{"nothing", nil, nil, flowmodel.Destination{}, false},
 	}
 	for _, tt := range tests {
