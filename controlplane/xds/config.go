@@ -294,9 +294,9 @@ func (m ProcessingMode) parse() (ProcessingMode, *extprocv3.ProcessingMode, erro
 		}
 		return extprocv3.ProcessingMode_HeaderSendMode(v)
 	}
-	body := func(name string, s *string) extprocv3.ProcessingMode_BodySendMode {
+	body := func(name string, s *string, def string) extprocv3.ProcessingMode_BodySendMode {
 		if *s == "" {
-			*s = "NONE"
+			*s = def
 		}
 		*s = strings.ToUpper(*s)
 		v, ok := extprocv3.ProcessingMode_BodySendMode_value[*s]
@@ -305,13 +305,14 @@ func (m ProcessingMode) parse() (ProcessingMode, *extprocv3.ProcessingMode, erro
 		}
 		return extprocv3.ProcessingMode_BodySendMode(v)
 	}
+	rec := contract.RecommendedProcessingMode()
 	pm := &extprocv3.ProcessingMode{
-		RequestHeaderMode:   header("request_header", &m.RequestHeader, "SEND"),
-		ResponseHeaderMode:  header("response_header", &m.ResponseHeader, "SEND"),
-		RequestBodyMode:     body("request_body", &m.RequestBody),
-		ResponseBodyMode:    body("response_body", &m.ResponseBody),
-		RequestTrailerMode:  header("request_trailer", &m.RequestTrailer, "SKIP"),
-		ResponseTrailerMode: header("response_trailer", &m.ResponseTrailer, "SKIP"),
+		RequestHeaderMode:   header("request_header", &m.RequestHeader, rec.RequestHeader),
+		ResponseHeaderMode:  header("response_header", &m.ResponseHeader, rec.ResponseHeader),
+		RequestBodyMode:     body("request_body", &m.RequestBody, rec.RequestBody),
+		ResponseBodyMode:    body("response_body", &m.ResponseBody, rec.ResponseBody),
+		RequestTrailerMode:  header("request_trailer", &m.RequestTrailer, rec.RequestTrailer),
+		ResponseTrailerMode: header("response_trailer", &m.ResponseTrailer, rec.ResponseTrailer),
 	}
 	return m, pm, errors.Join(errs...)
 }
