@@ -6,7 +6,17 @@
 //
 // The contract with Envoy: every message gets exactly one response of the matching kind,
 // except in observability mode, where none is sent; a stream never ends cleanly with a
-// message unanswered, so a clean end never means "allow" by accident.
+// message unanswered, so a clean end never means "allow" by accident. Envoy's names
+// (attributes, metadata keys, header and details strings) live in package contract.
+//
+// The workload behind Envoy may be compromised, and it controls the request: the server
+// fails closed on what it cannot establish. A destination that cannot be established
+// (malformed, ambiguous or smuggled :authority, host or destination.address), two identity
+// sources naming different services, or malformed pseudo-headers are decided in the
+// service's mode without the model's judgement (flowmodel.Model.Undecidable: blocked in
+// enforce and quarantine, alerted otherwise, never learned). Every request_headers is
+// decided; a message that cannot be decoded gets a 403; a stream silent past
+// Config.FirstMessageTimeout is closed and never holds a Config.MaxStreams slot.
 package extproc
 
 import (
