@@ -5,6 +5,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
@@ -46,7 +47,7 @@ const (
 
 // BudgetDetails is the ImmediateResponse details string of a 403 sent because the decision
 // overran its budget.
-const BudgetDetails = "meshguard_budget_exceeded"
+const BudgetDetails = contract.BudgetDetails
 
 // watchdog is a timer armed for one decision at a time. It is reused only when it was stopped
 // before it fired, so a firing watchdog always sees the stream it was armed for.
@@ -57,15 +58,22 @@ type watchdog struct {
 	mu    sync.Mutex
 }
 
-// decideWithin asks the decider, within the budget when one is set. invalid is the verdict
-// for a flow without destination (destOK false).
-func (s *Server) decideWithin(st *stream, invalid flowmodel.Verdict, destOK bool) (flowmodel.Verdict, bool) {
+// decideWithin asks the decider, within the budget when one is set. inc says whether the
+// flow is complete (see ask).
+func (s *Server) decideWithin(st *stream, inc incomplete) (flowmodel.Verdict, bool) {
 	budget := s.cfg.DecisionBudget
 	if budget <= 0 {
-		return s.ask(&st.flow, invalid, destOK), true
+		return s.ask(&st.flow, inc), true
 	}
-	// The decider reads a copy: if the watchdog takes over, the stream's flow is its own.
+	if st.budgetExceeded {
+		// A later request_headers on a stream the watchdog serves: the decider is stuck on
+		// this service, and only one watchdog may own a stream. The budget's answer, at once.
+		return flowmodel.Verdict{Action: s.onBudget}, true
+	}
+	// The decider reads a copy: if the watchdog takes over, the stream's flow is its own. A
+	// stream may be decided more than once (one decision per request_headers).
 	st.decideFlow = st.flow
+	st.answeredBy.Store(answerPending)
 	w, _ := s.watchdogs.Get().(*watchdog)
 	if w == nil {
 		w = &watchdog{srv: s}
@@ -78,7 +86,7 @@ func (s *Server) decideWithin(st *stream, invalid flowmodel.Verdict, destOK bool
 	} else {
 		w.timer.Reset(budget)
 	}
-	v := s.ask(&st.decideFlow, invalid, destOK)
+	v := s.ask(&st.decideFlow, inc)
 	if w.timer.Stop() {
 		// It did not fire and never will for this decision: reusable.
 		w.mu.Lock()
@@ -130,7 +138,7 @@ func (s *Server) rescue(st *stream) {
 	if err == nil {
 		var done bool
 		if done, err = s.send(st, resp, final); !done {
-			err = s.serve(st)
+			err = s.serve(st, nil)
 		}
 	}
 	st.handedOver <- err

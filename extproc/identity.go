@@ -4,43 +4,44 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/extproc/nodeid"
 	"github.com/meshguard/meshguard/flowmodel"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// AttributesKey is the key of ProcessingRequest.attributes under which Envoy's ext_proc
-// filter puts the request and response attributes it was asked for.
-const AttributesKey = "envoy.filters.http.ext_proc"
-
-// ServiceMetadataKey is the gRPC metadata key that names the calling service outright.
-const ServiceMetadataKey = nodeid.ServiceMetadataKey
+// The names of Envoy's contract (see package contract), kept here for extproc's callers.
+const (
+	// AttributesKey is the key of ProcessingRequest.attributes under which Envoy's ext_proc
+	// filter puts the request and response attributes it was asked for.
+	AttributesKey = contract.AttributesKey
+	// ServiceMetadataKey is the gRPC metadata key that names the calling service outright.
+	ServiceMetadataKey = contract.ServiceMetadataKey
+)
 
 // Attribute names (CEL expressions, as listed in request_attributes; Envoy keys the values by
 // the expression text).
 const (
-	AttrNodeID          = "xds.node.id"
-	AttrNodeNamespace   = "xds.node.metadata['NAMESPACE']"
-	AttrNodeWorkload    = "xds.node.metadata['WORKLOAD_NAME']"
-	AttrPeerURISAN      = "connection.uri_san_peer_certificate"
-	AttrSourceAddress   = "source.address"
-	AttrDestination     = "destination.address"
-	AttrRequestedServer = "connection.requested_server_name"
-	AttrUpstreamAddress = "upstream.address"
+	AttrNodeID          = contract.AttrNodeID
+	AttrNodeNamespace   = contract.AttrNodeNamespace
+	AttrNodeWorkload    = contract.AttrNodeWorkload
+	AttrPeerURISAN      = contract.AttrPeerURISAN
+	AttrSourceAddress   = contract.AttrSourceAddress
+	AttrDestination     = contract.AttrDestination
+	AttrRequestedServer = contract.AttrRequestedServer
+	AttrUpstreamAddress = contract.AttrUpstreamAddress
 )
 
 // RequestAttributes and ResponseAttributes are what the ext_proc filter should send.
 var (
-	RequestAttributes = []string{
-		AttrNodeID, AttrNodeNamespace, AttrNodeWorkload, AttrDestination, AttrSourceAddress,
-		AttrRequestedServer, AttrPeerURISAN,
-	}
-	ResponseAttributes = []string{AttrUpstreamAddress}
+	RequestAttributes  = contract.RequestAttributes()
+	ResponseAttributes = contract.ResponseAttributes()
 )
 
 // IdentitySource is one place the calling service's identity can come from.
@@ -129,10 +130,13 @@ func (a *attrs) nodeMeta(key, expr string) string {
 	if s := a.str(expr); s != "" {
 		return s
 	}
-	if s := a.str(`xds.node.metadata["` + key + `"]`); s != "" {
+	if a.fields == nil {
+		return ""
+	}
+	if s := a.str(contract.NodeMetaQuoted(key)); s != "" {
 		return s
 	}
-	if v := a.fields["xds.node.metadata"]; v != nil {
+	if v := a.fields[contract.AttrNodeMetadata]; v != nil {
 		if st := v.GetStructValue(); st != nil {
 			return st.Fields[key].GetStringValue()
 		}
@@ -140,33 +144,92 @@ func (a *attrs) nodeMeta(key, expr string) string {
 	return ""
 }
 
-// identify returns the calling service and the source it came from, or "" when no source in
-// order yields one.
-func identify(order []IdentitySource, md metadata.MD, a *attrs) (string, IdentitySource) {
+// identity is who a stream says its service is.
+type identity struct {
+	service string
+	source  IdentitySource
+	// other is set when two identity sources both named a service and disagreed: the
+	// gRPC-metadata service and the node's, the one of them that service is not.
+	other string
+}
+
+// identify returns the calling service and the source it came from (service "" when no
+// source in order yields one). When the order lists both metadata and node and both name a
+// service, they must agree; when they do not, other names the service that lost.
+func identify(order []IdentitySource, md metadata.MD, a *attrs) identity {
+	var id identity
+	var meta, node string
+	var metaDone, nodeDone, checkBoth bool
 	for _, src := range order {
 		var s string
 		switch src {
 		case IdentityMetadata:
-			if v := md.Get(ServiceMetadataKey); len(v) > 0 {
-				s = strings.TrimSpace(v[0])
-			}
+			meta, metaDone = metadataService(md), true
+			s = meta
 		case IdentityNode:
-			ns, wl := a.nodeMeta("NAMESPACE", AttrNodeNamespace), a.nodeMeta("WORKLOAD_NAME", AttrNodeWorkload)
-			if ns != "" && wl != "" {
-				s = ns + "/" + wl
-			} else if _, svc, ok := nodeid.ParseIstioID(a.str(AttrNodeID)); ok {
-				s = svc
-			}
+			node, nodeDone = nodeService(a), true
+			s = node
 		case IdentityPeerSAN:
 			s, _ = nodeid.ServiceFromSPIFFE(a.str(AttrPeerURISAN))
 		case IdentitySourceAddress:
 			s = ipOf(a.str(AttrSourceAddress))
 		}
 		if s != "" && len(s) <= maxServiceName {
-			return s, src
+			id.service, id.source = s, src
+			checkBoth = src == IdentityMetadata || src == IdentityNode
+			break
 		}
 	}
-	return "", ""
+	if !checkBoth || !slices.Contains(order, IdentityMetadata) || !slices.Contains(order, IdentityNode) {
+		return id
+	}
+	if !metaDone {
+		meta = metadataService(md)
+	}
+	if !nodeDone {
+		node = nodeService(a)
+	}
+	if meta != "" && node != "" && meta != node {
+		id.other = meta
+		if id.service == meta {
+			id.other = node
+		}
+	}
+	return id
+}
+
+// metadataService is the service named by the stream's x-meshguard-service metadata; ""
+// when absent or when it is sent more than once with different values.
+func metadataService(md metadata.MD) string {
+	v := md.Get(ServiceMetadataKey)
+	if len(v) == 0 {
+		return ""
+	}
+	s := strings.TrimSpace(v[0])
+	for _, o := range v[1:] {
+		if strings.TrimSpace(o) != s {
+			return invalidIdentity
+		}
+	}
+	return s
+}
+
+// invalidIdentity stands for an identity source that said two different things. It is a
+// service name no source can produce (identities never contain a space), so it matches
+// nothing, and it is too long to be taken as an identity (see maxServiceName).
+var invalidIdentity = strings.Repeat(" ", maxServiceName+1)
+
+// nodeService is the service named by the node: NAMESPACE/WORKLOAD_NAME node metadata, else
+// the Istio node id.
+func nodeService(a *attrs) string {
+	ns, wl := a.nodeMeta(contract.NodeMetaNamespace, AttrNodeNamespace), a.nodeMeta(contract.NodeMetaWorkloadName, AttrNodeWorkload)
+	if ns != "" && wl != "" {
+		return ns + "/" + wl
+	}
+	if _, svc, ok := nodeid.ParseIstioID(a.str(AttrNodeID)); ok {
+		return svc
+	}
+	return ""
 }
 
 // maxServiceName bounds identities taken from the stream.
@@ -191,18 +254,25 @@ type headers []*corev3.HeaderValue
 func (h headers) get(name string) string {
 	for _, hv := range h {
 		if hv.GetKey() == name {
-			if rv := hv.GetRawValue(); len(rv) > 0 {
-				return string(rv)
-			}
-			return hv.GetValue()
+			return headerValue(hv)
 		}
 	}
 	return ""
 }
 
+func headerValue(hv *corev3.HeaderValue) string {
+	if rv := hv.GetRawValue(); len(rv) > 0 {
+		return string(rv)
+	}
+	return hv.GetValue()
+}
+
 // contentLength returns the content-length header, when it is a valid non-negative number.
 func (h headers) contentLength() (int64, bool) {
-	cl := h.get("content-length")
+	return parseContentLength(h.get("content-length"))
+}
+
+func parseContentLength(cl string) (int64, bool) {
 	if cl == "" {
 		return 0, false // no header: no ParseInt, whose error would allocate
 	}
@@ -210,87 +280,254 @@ func (h headers) contentLength() (int64, bool) {
 	return n, err == nil && n >= 0
 }
 
-// destination builds the flow's destination from destination.address (the original
-// destination in a sidecar), :authority and the TLS SNI. ok is false when neither an IP nor
-// a host could be found.
-func destination(a *attrs, h headers) (d flowmodel.Destination, ok bool) {
-	if s := a.str(AttrDestination); s != "" {
-		if ap, err := netip.ParseAddrPort(s); err == nil {
-			d.IP, d.Port = flowmodel.NormalizeIP(ap.Addr()), ap.Port()
-		} else if ip, err := netip.ParseAddr(s); err == nil {
-			d.IP = flowmodel.NormalizeIP(ip)
+// requestHead is what one pass over the request headers finds: the pseudo-headers and the
+// headers that name the destination, with how often each came, and the other header names.
+type requestHead struct {
+	method, path, authority, host, scheme string
+	contentType, contentLength            string
+	nMethod, nPath, nAuthority, nHost     int
+	nScheme                               int
+}
+
+// scan reads h into r and appends the names of the regular headers to keys.
+func (r *requestHead) scan(h headers, keys []string) []string {
+	for _, hv := range h {
+		k := hv.GetKey()
+		if k == "" {
+			continue
 		}
-	}
-	host, port := splitAuthority(h.get(":authority"))
-	if host == "" {
-		host = a.str(AttrRequestedServer)
-	}
-	if host != "" {
-		if ip, err := netip.ParseAddr(host); err == nil {
-			// An IP literal in the authority: it is the destination when nothing else says so.
-			if !d.IP.IsValid() {
-				d.IP = flowmodel.NormalizeIP(ip)
+		if k[0] != ':' {
+			keys = append(keys, k)
+		}
+		switch k {
+		case ":method":
+			r.nMethod++
+			r.method = headerValue(hv)
+		case ":path":
+			r.nPath++
+			r.path = headerValue(hv)
+		case ":authority":
+			r.nAuthority++
+			r.authority = headerValue(hv)
+		case ":scheme":
+			r.nScheme++
+			r.scheme = headerValue(hv)
+		case "host":
+			r.nHost++
+			r.host = headerValue(hv)
+		case "content-type":
+			if r.contentType == "" {
+				r.contentType = headerValue(hv)
 			}
-		} else if hn := flowmodel.NormalizeHost(host); validHost(hn) {
-			d.Host = hn
+		case "content-length":
+			if r.contentLength == "" {
+				r.contentLength = headerValue(hv)
+			}
 		}
+	}
+	return keys
+}
+
+// wellFormed reports whether the pseudo-headers describe one HTTP request, as Envoy's codecs
+// would pass it: exactly one :method, at most one :path and :scheme, and a :path in origin
+// form ("/...") except for CONNECT (a tunnel: no path, or any) and "OPTIONS *".
+func (r *requestHead) wellFormed() bool {
+	if r.nMethod != 1 || r.method == "" || r.nPath > 1 || r.nScheme > 1 {
+		return false
+	}
+	if r.method == "CONNECT" {
+		return true
+	}
+	if r.nPath == 0 {
+		return false
+	}
+	return strings.HasPrefix(r.path, "/") || (r.path == "*" && r.method == "OPTIONS")
+}
+
+// destFault says why a request's destination could not be established.
+type destFault uint8
+
+const (
+	destOK           destFault = iota
+	destMissing                // neither an address nor a host
+	destBadAddress             // destination.address is present but not an IP (and port)
+	destBadAuthority           // :authority (or host, or the SNI) is not a valid host[:port]
+	destAmbiguous              // several :authority or host headers, or the two disagree
+)
+
+// destination builds the flow's destination from destination.address (the original
+// destination in a sidecar), :authority (or host) and the TLS SNI, and says what was wrong
+// when it could not. Any destination input that is present but malformed or ambiguous is a
+// fault, even when another input would do: a request must not be judged by the part of what
+// it says that suits it.
+func destination(a *attrs, r *requestHead) (d flowmodel.Destination, fault destFault) {
+	if s := a.str(AttrDestination); s != "" {
+		if ap, err := netip.ParseAddrPort(s); err == nil && ap.Addr().Zone() == "" {
+			d.IP, d.Port = flowmodel.NormalizeIP(ap.Addr()), ap.Port()
+		} else if ip, err := netip.ParseAddr(s); err == nil && ip.Zone() == "" {
+			d.IP = flowmodel.NormalizeIP(ip)
+		} else {
+			return d, destBadAddress
+		}
+	}
+	if r.nAuthority > 1 || r.nHost > 1 {
+		return d, destAmbiguous
+	}
+	auth := r.authority
+	if r.nAuthority == 0 {
+		auth = r.host
+	}
+	var host string
+	var ip netip.Addr
+	var port uint16
+	if auth != "" {
+		var ok bool
+		if host, ip, port, ok = parseAuthority(auth); !ok {
+			return d, destBadAuthority
+		}
+		if r.nAuthority == 1 && r.nHost == 1 {
+			h2, ip2, port2, ok := parseAuthority(r.host)
+			if !ok || h2 != host || ip2 != ip || (port != 0 && port2 != 0 && port != port2) {
+				return d, destAmbiguous
+			}
+		}
+	} else if r.nAuthority+r.nHost > 0 {
+		return d, destBadAuthority // an empty :authority or host
+	} else if sni := a.str(AttrRequestedServer); sni != "" {
+		var ok bool
+		if host, ok = parseHostName(sni); !ok {
+			return d, destBadAuthority
+		}
+	}
+	switch {
+	case ip.IsValid():
+		// An IP literal in the authority: it is the destination when nothing else says so,
+		// and it must be the one the request goes to when destination.address says so.
+		if !d.IP.IsValid() {
+			d.IP = ip
+		} else if d.IP != ip {
+			return d, destAmbiguous
+		}
+	case host != "":
+		d.Host = host
 	}
 	if d.Port == 0 {
 		switch {
 		case port != 0:
 			d.Port = port
-		case h.get(":scheme") == "https":
+		case r.scheme == "https":
 			d.Port = 443
-		case h.get(":scheme") == "http":
+		case r.scheme == "http":
 			d.Port = 80
 		}
 	}
-	return d, d.Valid()
+	if !d.Valid() {
+		return d, destMissing
+	}
+	return d, destOK
 }
 
-// splitAuthority splits "host:port", "[v6]:port", "host" or "[v6]" into host and port (0 when
-// absent or bad).
-func splitAuthority(s string) (string, uint16) {
+// parseAuthority parses an HTTP authority, "host", "host:port", "ipv4[:port]" or
+// "[ipv6][:port]", strictly: no userinfo, no empty or zero port, no zone, a host name
+// made of valid DNS labels. The host is normalised (lower case, no trailing dot) and an
+// IPv4-mapped IPv6 address is IPv4.
+func parseAuthority(s string) (host string, ip netip.Addr, port uint16, ok bool) {
 	if s == "" {
-		return "", 0
+		return "", ip, 0, false
 	}
+	var portText string
+	hasPort := false
 	if s[0] == '[' {
 		end := strings.IndexByte(s, ']')
 		if end < 0 {
-			return "", 0
+			return "", ip, 0, false
 		}
-		host, rest := s[1:end], s[end+1:]
-		if p, ok := strings.CutPrefix(rest, ":"); ok {
-			n, err := strconv.ParseUint(p, 10, 16)
-			if err != nil {
-				return host, 0
+		a, err := netip.ParseAddr(s[1:end])
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return "", ip, 0, false
+		}
+		ip = flowmodel.NormalizeIP(a)
+		rest := s[end+1:]
+		if rest != "" {
+			if rest[0] != ':' {
+				return "", ip, 0, false
 			}
-			return host, uint16(n)
+			portText, hasPort = rest[1:], true
 		}
-		return host, 0
+	} else {
+		h := s
+		if i := strings.IndexByte(s, ':'); i >= 0 {
+			h, portText, hasPort = s[:i], s[i+1:], true
+		}
+		if a, err := netip.ParseAddr(h); err == nil {
+			if !a.Is4() {
+				return "", ip, 0, false
+			}
+			ip = a
+		} else if host, ok = parseHostName(h); !ok {
+			return "", ip, 0, false
+		}
 	}
-	i := strings.LastIndexByte(s, ':')
-	if i < 0 || strings.Count(s, ":") > 1 {
-		return s, 0 // a bare IPv6 address or a host without port
+	if hasPort {
+		if port, ok = parsePort(portText); !ok {
+			return "", netip.Addr{}, 0, false
+		}
 	}
-	n, err := strconv.ParseUint(s[i+1:], 10, 16)
-	if err != nil {
-		return s[:i], 0
-	}
-	return s[:i], uint16(n)
+	return host, ip, port, true
 }
 
-func validHost(h string) bool {
-	if h == "" || len(h) > 253 {
-		return false
+// parsePort parses a decimal port, 1 to 65535, digits only.
+func parsePort(s string) (uint16, bool) {
+	if s == "" || len(s) > 5 {
+		return 0, false
 	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if n == 0 || n > 65535 {
+		return 0, false
+	}
+	return uint16(n), true
+}
+
+// parseHostName normalises a DNS host name (lower case, one trailing dot dropped) and checks
+// it: at most 253 characters of labels of 1 to 63 letters, digits, '-' and '_', the last of
+// which is not all digits (a name like 127.1 or 0x7f.1 is an IP address to some resolvers).
+func parseHostName(s string) (string, bool) {
+	h := flowmodel.NormalizeHost(s)
+	if h == "" || len(h) > 253 {
+		return "", false
+	}
+	label, digits := 0, true
 	for i := 0; i < len(h); i++ {
 		c := h[i]
 		switch {
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '.', c == '_':
+		case c == '.':
+			if label == 0 {
+				return "", false
+			}
+			label, digits = 0, true
+			continue
+		case '0' <= c && c <= '9':
+		case 'a' <= c && c <= 'z', c == '-', c == '_':
+			digits = false
 		default:
-			return false
+			return "", false
+		}
+		if label++; label > 63 {
+			return "", false
 		}
 	}
-	return true
+	if label == 0 || digits {
+		return "", false
+	}
+	if i := strings.LastIndexByte(h, '.'); strings.HasPrefix(h[i+1:], "0x") {
+		return "", false
+	}
+	return h, true
 }

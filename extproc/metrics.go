@@ -25,6 +25,10 @@ import (
 //	                                                   budget's answer had been sent
 //	meshguard_extproc_streams_rejected_total           streams refused (RESOURCE_EXHAUSTED)
 //	                                                   because MaxStreams were being served
+//	meshguard_extproc_streams_awaiting_first_message   streams opened that have not sent
+//	                                                   their first message yet (closed after
+//	                                                   FirstMessageTimeout, counted in
+//	                                                   stream_errors_total{code="DeadlineExceeded"})
 type Metrics struct {
 	decisions [3]prometheus.Counter // by flowmodel.Action
 	reasons   [3][]prometheus.Counter
@@ -35,6 +39,7 @@ type Metrics struct {
 	budgetCut prometheus.Counter
 	late      [3]prometheus.Counter // by flowmodel.Action
 	rejected  prometheus.Counter
+	awaiting  prometheus.Gauge
 }
 
 // NewMetrics registers the metrics with reg.
@@ -68,12 +73,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	rejected := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meshguard_extproc_streams_rejected_total", Help: "ext_proc streams refused with RESOURCE_EXHAUSTED because the stream limit was reached.",
 	})
-	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs, logsDrop, budgetCut, late, rejected} {
+	awaiting := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "meshguard_extproc_streams_awaiting_first_message", Help: "ext_proc streams opened that have not sent their first message yet.",
+	})
+	for _, c := range []prometheus.Collector{decisions, reasons, latency, active, errs, logsDrop, budgetCut, late, rejected, awaiting} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop, budgetCut: budgetCut, rejected: rejected}
+	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop, budgetCut: budgetCut, rejected: rejected, awaiting: awaiting}
 	all := flowmodel.AllReasons()
 	for a := flowmodel.Allow; a <= flowmodel.Block; a++ {
 		m.late[a] = late.WithLabelValues(a.String())
@@ -146,5 +154,11 @@ func (m *Metrics) budgetLate(v flowmodel.Verdict) {
 func (m *Metrics) streamRejected() {
 	if m != nil {
 		m.rejected.Inc()
+	}
+}
+
+func (m *Metrics) awaitFirst(d float64) {
+	if m != nil {
+		m.awaiting.Add(d)
 	}
 }

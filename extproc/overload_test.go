@@ -57,22 +57,3 @@ func TestStreamsOverTheLimitFailFast(t *testing.T) {
 		t.Fatalf("after a held stream ended: %v", err)
 	}
 }
-
-func TestHTTP2StreamLimitLeavesRoomForRefusals(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		maxStreams int
-		want       uint32
-	}{
-		{"no admission limit", 0, maxConcurrentStreams},
-		{"admission limit below the default", 100, maxConcurrentStreams},
-		{"admission limit above the default", 10000, 10000 + streamHeadroom},
-		{"huge", 1 << 40, 1<<32 - 1},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := http2StreamLimit(tc.maxStreams); got != tc.want {
-				t.Errorf("http2StreamLimit(%d) = %d, want %d", tc.maxStreams, got, tc.want)
-			}
-		})
-	}
-}

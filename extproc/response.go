@@ -6,15 +6,20 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/flowmodel"
 	"go.opentelemetry.io/otel/trace"
 )
 
 // VerdictHeader is set on every response meshguard makes in Envoy's place.
-const VerdictHeader = "x-meshguard-verdict"
+const VerdictHeader = contract.VerdictHeader
 
 // BlockDetails is the ImmediateResponse details string (Envoy's %RESPONSE_CODE_DETAILS%).
-const BlockDetails = "meshguard_blocked"
+const BlockDetails = contract.BlockDetails
+
+// UndecodableDetails is the details string of the 403 that answers a message that could not
+// be decoded.
+const UndecodableDetails = contract.UndecodableDetails
 
 // BlockBody is the JSON body of a 403.
 type BlockBody struct {

@@ -6,7 +6,17 @@
 //
 // The contract with Envoy: every message gets exactly one response of the matching kind,
 // except in observability mode, where none is sent; a stream never ends cleanly with a
-// message unanswered, so a clean end never means "allow" by accident.
+// message unanswered, so a clean end never means "allow" by accident. Envoy's names
+// (attributes, metadata keys, header and details strings) live in package contract.
+//
+// The workload behind Envoy may be compromised, and it controls the request: the server
+// fails closed on what it cannot establish. A destination that cannot be established
+// (malformed, ambiguous or smuggled :authority, host or destination.address), two identity
+// sources naming different services, or malformed pseudo-headers are decided in the
+// service's mode without the model's judgement (flowmodel.Model.Undecidable: blocked in
+// enforce and quarantine, alerted otherwise, never learned). Every request_headers is
+// decided; a message that cannot be decoded gets a 403; a stream silent past
+// Config.FirstMessageTimeout is closed and never holds a Config.MaxStreams slot.
 package extproc
 
 import (
@@ -15,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -30,6 +41,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 )
 
 // Decider decides flows. flowmodel.Model satisfies it. Implementations must be safe for
@@ -82,9 +94,43 @@ type Config struct {
 	// CONTINUE, recorded as an alert) or "block" (a 403 with details BudgetDetails).
 	OnBudget string
 	// MaxStreams bounds the ext_proc streams served at once; further streams fail at once
-	// with RESOURCE_EXHAUSTED instead of queueing. Zero: no bound but the HTTP/2 one.
+	// with RESOURCE_EXHAUSTED instead of queueing. A stream counts from its first message
+	// on, so that streams that never send one cannot hold the slots of real requests (they
+	// are bounded by MaxStreamsPerConnection and FirstMessageTimeout). Zero: no bound but
+	// the HTTP/2 one.
 	MaxStreams int
+	// FirstMessageTimeout is how long a new stream may stay silent: Envoy sends its first
+	// message as soon as it opens a stream, so a stream without one after this long is
+	// closed with DEADLINE_EXCEEDED. Default: DefaultFirstMessageTimeout.
+	FirstMessageTimeout time.Duration
+	// MaxStreamsPerConnection is the HTTP/2 concurrent-stream limit of one connection to
+	// the ext_proc server (grpc.MaxConcurrentStreams, see NewGRPCServer). Default:
+	// DefaultMaxStreamsPerConnection.
+	MaxStreamsPerConnection int
+	// MaxMessageBytes is the largest ext_proc message accepted (the gRPC receive limit, see
+	// NewGRPCServer); a larger one is answered with a 403. Default: DefaultMaxMessageBytes.
+	MaxMessageBytes int
 }
+
+// Defaults of the stream bounds.
+const (
+	// DefaultFirstMessageTimeout: Envoy sends the first message of a stream at once; a
+	// second or two is ample even on a loaded node, and short enough that silent streams
+	// cost little.
+	DefaultFirstMessageTimeout = 2 * time.Second
+	// DefaultMaxStreamsPerConnection: Envoy spreads its streams over several connections
+	// when the server's limit is reached, so one connection needs no more than a busy
+	// sidecar's concurrent requests.
+	DefaultMaxStreamsPerConnection = 1000
+	// DefaultMaxMessageBytes: request headers are limited to 60 KiB by Envoy's default
+	// (max_request_headers_kb), attributes are small; 1 MiB leaves room for large header
+	// sets and small BUFFERED bodies. A BUFFERED body as large as Envoy's default buffer
+	// limit (1 MiB) needs a larger value.
+	DefaultMaxMessageBytes = 1 << 20
+	// MinMaxMessageBytes is the smallest MaxMessageBytes accepted: below Envoy's default
+	// header limit, ordinary requests would be refused.
+	MinMaxMessageBytes = 64 << 10
+)
 
 // Check applies defaults and reports every problem.
 func (c Config) Check() (Config, error) {
@@ -124,6 +170,25 @@ func (c Config) Check() (Config, error) {
 	if c.MaxStreams < 0 {
 		errs = append(errs, fmt.Errorf("max streams %d must not be negative", c.MaxStreams))
 	}
+	switch {
+	case c.FirstMessageTimeout == 0:
+		c.FirstMessageTimeout = DefaultFirstMessageTimeout
+	case c.FirstMessageTimeout < 0:
+		errs = append(errs, fmt.Errorf("first-message-timeout %v must be positive", c.FirstMessageTimeout))
+	}
+	switch {
+	case c.MaxStreamsPerConnection == 0:
+		c.MaxStreamsPerConnection = DefaultMaxStreamsPerConnection
+	case c.MaxStreamsPerConnection < 0 || int64(c.MaxStreamsPerConnection) > math.MaxUint32:
+		errs = append(errs, fmt.Errorf("max-streams-per-connection %d must be between 1 and %d", c.MaxStreamsPerConnection, uint32(math.MaxUint32)))
+	}
+	switch {
+	case c.MaxMessageBytes == 0:
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	case c.MaxMessageBytes < MinMaxMessageBytes || c.MaxMessageBytes > math.MaxInt32:
+		errs = append(errs, fmt.Errorf("max-message-bytes %d must be between %d (Envoy's default header limit fits) and %d",
+			c.MaxMessageBytes, MinMaxMessageBytes, math.MaxInt32))
+	}
 	return c, errors.Join(errs...)
 }
 
@@ -131,16 +196,18 @@ func (c Config) Check() (Config, error) {
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
-	decider   Decider
-	cfg       Config
-	onMissing flowmodel.Action
-	tracer    trace.Tracer
-	log       *slog.Logger
-	logLimit  logLimiter
-	metrics   *Metrics
-	onBudget  flowmodel.Action
-	watchdogs sync.Pool    // of *watchdog
-	streams   atomic.Int64 // streams being served, for MaxStreams
+	decider    Decider
+	cfg        Config
+	onMissing  flowmodel.Action
+	tracer     trace.Tracer
+	log        *slog.Logger
+	logLimit   logLimiter
+	metrics    *Metrics
+	onBudget   flowmodel.Action
+	watchdogs  sync.Pool    // of *watchdog
+	firstRecvs sync.Pool    // of *firstRecv
+	idleTimers sync.Pool    // of *idleTimer
+	streams    atomic.Int64 // streams being served, for MaxStreams
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -197,6 +264,7 @@ type stream struct {
 	md            metadata.MD
 	attrs         attrs
 	reqHeaders    headers
+	sawReqHeaders bool // a request_headers message came: reqHeaders are the request's
 	started       bool
 	observability bool
 	reqBodyMode   extprocfilterv3.ProcessingMode_BodySendMode
@@ -209,7 +277,10 @@ type stream struct {
 	span     trace.Span
 	traceID  trace.TraceID
 	observe  bool // response facts are in flow, to be passed to the decider after the reply
-	idSource IdentitySource
+	// incomplete is set when the flow was decided without the decider's judgement (no
+	// identity, an unknown destination, an identity mismatch): it teaches nothing.
+	incomplete bool
+	idSource   IdentitySource
 
 	// With a decision budget: the request being decided, the copy of the flow the decider
 	// reads, who answers the deciding message, and the watchdog's result when it did.
@@ -222,17 +293,39 @@ type stream struct {
 
 // Process handles one ext_proc stream.
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	st := &stream{ps: ps, ctx: ps.Context()}
+	s.metrics.awaitFirst(1)
+	var first *extprocv3.ProcessingRequest
+	var err error
+	if cancel, ok := st.ctx.Value(firstMessageKey{}).(context.CancelCauseFunc); ok {
+		first, err = s.recvFirstCancel(st, cancel)
+	} else {
+		first, err = s.recvFirst(st)
+	}
+	s.metrics.awaitFirst(-1)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // opened and closed without a message: nothing to answer
+		}
+		if isCanceled(err) {
+			return status.Error(codes.Canceled, "stream canceled by the client")
+		}
+		s.metrics.streamError(status.Code(err))
+		return err
+	}
+	if why, bad := undecodable(first); bad {
+		return s.refuseUndecodable(st, why)
+	}
 	if !s.admit() {
 		s.metrics.streamRejected()
 		return status.Errorf(codes.ResourceExhausted,
 			"meshguard: %d ext_proc streams in progress, the limit; retry on another meshguard", s.cfg.MaxStreams)
 	}
 	defer s.release()
-	st := &stream{ps: ps, ctx: ps.Context()}
 	st.md, _ = metadata.FromIncomingContext(st.ctx)
 	s.metrics.streamStarted()
 	defer s.metrics.streamEnded()
-	err := s.serve(st)
+	err = s.serve(st, first)
 	if errors.Is(err, errHandedOver) {
 		// The watchdog answered the deciding message and served the rest of the stream;
 		// the decider has returned at last, and the stream is ours again once the
@@ -243,23 +336,168 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	return err
 }
 
+// recvResult is the outcome of one Recv.
+type recvResult struct {
+	req *extprocv3.ProcessingRequest
+	err error
+}
+
+// errFirstMessageTimeout ends a stream that sent nothing within FirstMessageTimeout.
+var errFirstMessageTimeout = status.Error(codes.DeadlineExceeded, "meshguard: no ext_proc message within the first-message timeout")
+
+// The first-message timeout. A blocked Recv returns only when the stream's context is done
+// (or a message or the end of the stream comes). grpc-go gives the handler no way to cancel
+// that context, but a tap handle (grpc.InTapHandle) may replace it: tapFirstMessage, one of
+// StreamOptions, gives every ext_proc stream a context the server can cancel, and
+// recvFirstCancel arms a pooled timer that cancels it when no message came in time. A stream
+// served without the tap (a server not built with StreamOptions) falls back to recvFirst,
+// which waits for its first message in a goroutine: about 2.5 µs more per stream.
+
+// firstMessageKey is the context key of the context.CancelCauseFunc tapFirstMessage sets.
+type firstMessageKey struct{}
+
+// tapFirstMessage is the tap handle of StreamOptions: it makes the context of every ext_proc
+// stream cancellable by the server.
+func tapFirstMessage(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName != extprocv3.ExternalProcessor_Process_FullMethodName {
+		return ctx, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	return context.WithValue(ctx, firstMessageKey{}, cancel), nil
+}
+
+// idleTimer cancels a stream's context when its first message does not come in time. It is
+// reused only when it was stopped before it fired.
+type idleTimer struct {
+	timer  *time.Timer
+	mu     sync.Mutex
+	cancel context.CancelCauseFunc // the stream being timed; nil when none
+}
+
+func (t *idleTimer) fire() {
+	t.mu.Lock()
+	cancel := t.cancel
+	t.mu.Unlock()
+	if cancel != nil {
+		cancel(errFirstMessageTimeout)
+	}
+}
+
+// recvFirstCancel receives the stream's first message, cancelling the stream's context
+// (cancel, from tapFirstMessage) when none comes within FirstMessageTimeout.
+func (s *Server) recvFirstCancel(st *stream, cancel context.CancelCauseFunc) (*extprocv3.ProcessingRequest, error) {
+	t, _ := s.idleTimers.Get().(*idleTimer)
+	if t == nil {
+		t = &idleTimer{}
+		t.timer = time.AfterFunc(time.Hour, t.fire)
+		t.timer.Stop()
+	}
+	t.mu.Lock()
+	t.cancel = cancel
+	t.mu.Unlock()
+	t.timer.Reset(s.cfg.FirstMessageTimeout)
+	req, err := st.ps.Recv()
+	if !t.timer.Stop() {
+		// It fired: the stream's context is cancelled, whatever Recv returned.
+		return nil, errFirstMessageTimeout
+	}
+	t.mu.Lock()
+	t.cancel = nil
+	t.mu.Unlock()
+	s.idleTimers.Put(t)
+	return req, err
+}
+
+// recvFirst receives the stream's first message, or fails with errFirstMessageTimeout when
+// none comes in time. A blocked Recv cannot be interrupted but by the handler's return, so
+// it runs in a goroutine of its own, which ends with the stream. Its channel and timer are
+// pooled: they go back to the pool when the message came in time (the goroutine is done with
+// them), and stay with the goroutine otherwise.
+func (s *Server) recvFirst(st *stream) (*extprocv3.ProcessingRequest, error) {
+	fr, _ := s.firstRecvs.Get().(*firstRecv)
+	if fr == nil {
+		fr = &firstRecv{ch: make(chan recvResult, 1), timer: time.NewTimer(time.Hour)}
+		fr.timer.Stop()
+	}
+	fr.ps = st.ps
+	fr.timer.Reset(s.cfg.FirstMessageTimeout)
+	go fr.run()
+	select {
+	case r := <-fr.ch:
+		fr.timer.Stop() // from Go 1.23 on, no stale tick can be received after Stop
+		fr.ps = nil
+		s.firstRecvs.Put(fr)
+		return r.req, r.err
+	case <-fr.timer.C:
+		return nil, errFirstMessageTimeout
+	}
+}
+
+// firstRecv receives the first message of a stream in a goroutine.
+type firstRecv struct {
+	ps    extprocv3.ExternalProcessor_ProcessServer
+	ch    chan recvResult // buffered: run never blocks on it
+	timer *time.Timer
+}
+
+func (fr *firstRecv) run() {
+	req, err := fr.ps.Recv()
+	fr.ch <- recvResult{req, err}
+}
+
+func isCanceled(err error) bool {
+	return status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled)
+}
+
+// refuseUndecodable answers a message that could not be decoded (see extprocCodec) with a
+// 403, and records the decision (invalid_request), in place of a stream error that Envoy's
+// failure_mode_allow would turn into an allow. In observability mode nothing is answered.
+func (s *Server) refuseUndecodable(st *stream, why string) error {
+	st.received = s.cfg.Now()
+	st.decided = true
+	v := flowmodel.Verdict{Action: flowmodel.Block, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}
+	if st.flow.Service != "" {
+		v.Mode, _ = s.decider.Mode(st.flow.Service)
+	}
+	st.endSpan()
+	st.verdict = v
+	s.metrics.decided(v)
+	s.startSpan(st)
+	s.logDecision(st)
+	if st.span != nil {
+		st.span.SetAttributes(AttrKeyUndecodable.String(why))
+	}
+	defer st.endSpan()
+	if st.observability {
+		return nil
+	}
+	return st.ps.Send(forbidden(BlockBody{Verdict: v.Action.String(), Reasons: v.Reasons.Strings()}, st.traceID, UndecodableDetails))
+}
+
 // errHandedOver tells serve's caller that the watchdog now owns the stream.
 var errHandedOver = errors.New("extproc: stream handed over to the budget watchdog")
 
-// serve reads and answers messages until the stream ends.
-func (s *Server) serve(st *stream) error {
+// serve answers req (when not nil) and then reads and answers messages until the stream ends.
+func (s *Server) serve(st *stream, req *extprocv3.ProcessingRequest) error {
 	for {
-		req, err := st.ps.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil // Envoy closed its side; every message so far was answered
-		}
-		if err != nil {
-			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
-				return status.Error(codes.Canceled, "stream canceled by the client")
+		if req == nil {
+			var err error
+			if req, err = st.ps.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil // Envoy closed its side; every message so far was answered
+				}
+				if isCanceled(err) {
+					return status.Error(codes.Canceled, "stream canceled by the client")
+				}
+				s.metrics.streamError(status.Code(err))
+				return err
 			}
-			return err
+			if why, bad := undecodable(req); bad {
+				return s.refuseUndecodable(st, why)
+			}
 		}
 		resp, final, err := s.handle(st, req)
+		req = nil
 		if errors.Is(err, errHandedOver) {
 			return err
 		}
@@ -317,6 +555,13 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		st.attrs.merge(r.RequestHeaders.GetAttributes())
 		st.reqHeaders = r.RequestHeaders.GetHeaders().GetHeaders()
+		st.sawReqHeaders = true
+		if st.decided {
+			// One stream is one request, but a second request_headers is decided as the
+			// first was, never let through on the first one's verdict.
+			st.endSpan()
+			st.decided = false
+		}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		// Envoy may be configured to skip every request phase: then the response decides.
 		st.attrs.merge(r.ResponseHeaders.GetAttributes())
@@ -423,42 +668,81 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	f := &st.flow
 	*f = flowmodel.Flow{Time: now, RequestBytes: -1, ResponseBytes: -1, Source: "ext_proc"}
 	h := st.reqHeaders
-	f.Method = h.get(":method")
-	f.Path = h.get(":path")
-	f.ContentType = h.get("content-type")
-	if n, ok := h.contentLength(); ok {
+	var rh requestHead
+	if len(h) > 0 {
+		f.HeaderKeys = rh.scan(h, make([]string, 0, len(h)))
+	}
+	f.Method, f.Path, f.ContentType = rh.method, rh.path, rh.contentType
+	if n, ok := parseContentLength(rh.contentLength); ok {
 		f.RequestBytes = n
 	}
-	if len(h) > 0 {
-		f.HeaderKeys = make([]string, 0, len(h))
-		for _, hv := range h {
-			if k := hv.GetKey(); k != "" && k[0] != ':' {
-				f.HeaderKeys = append(f.HeaderKeys, k)
-			}
-		}
-	}
 
-	svc, idSource := identify(s.cfg.IdentityOrder, st.md, &st.attrs)
-	dest, destOK := destination(&st.attrs, h)
-	f.Service, f.Destination = svc, dest
-	st.idSource = idSource
-	if svc == "" || !destOK {
-		v = flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}
-		if svc == "" {
-			return v, true // the decider is not asked
-		}
+	id := identify(s.cfg.IdentityOrder, st.md, &st.attrs)
+	dest, fault := destination(&st.attrs, &rh)
+	f.Service, f.Destination = id.service, dest
+	st.idSource = id.source
+	st.incomplete = true
+	if id.service == "" {
+		// No service, no mode to judge by: the configured answer, and the decider is not
+		// asked.
+		return flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}, true
 	}
-	return s.decideWithin(st, v, destOK)
+	var inc incomplete
+	if id.other != "" {
+		inc.reasons = inc.reasons.With(flowmodel.ReasonIdentityMismatch)
+		inc.other = id.other
+	}
+	if fault != destOK {
+		inc.reasons = inc.reasons.With(flowmodel.ReasonUnknownDestination)
+	}
+	if st.sawReqHeaders && !rh.wellFormed() {
+		inc.reasons = inc.reasons.With(flowmodel.ReasonInvalidRequest)
+	}
+	st.incomplete = !inc.reasons.Empty()
+	return s.decideWithin(st, inc)
 }
 
-// ask asks the decider: the verdict for f, or, for a flow without destination (invalid
-// holds its verdict), only the service's mode.
-func (s *Server) ask(f *flowmodel.Flow, invalid flowmodel.Verdict, destOK bool) flowmodel.Verdict {
-	if !destOK {
-		invalid.Mode, _ = s.decider.Mode(f.Service)
-		return invalid
+// incomplete says why a stream's flow cannot go to the decider as it is.
+type incomplete struct {
+	// reasons is empty for a complete flow; else it holds unknown_destination,
+	// identity_mismatch and invalid_request, as they apply.
+	reasons flowmodel.Reasons
+	// other is, with identity_mismatch, the service the other identity source named.
+	other string
+}
+
+// UndecidableDecider is implemented by deciders that judge requests the server cannot turn into a
+// complete flow; flowmodel.Model does (see flowmodel.Model.Undecidable). A decider without it
+// is asked only for the service's mode, and an unknown service is blocked.
+type UndecidableDecider interface {
+	Undecidable(service string, rs flowmodel.Reasons) flowmodel.Verdict
+}
+
+// ask asks the decider: the verdict for f, or, for an incomplete flow, the verdict that
+// fails closed in the service's mode (and, with two identities, in the stricter of their
+// modes).
+func (s *Server) ask(f *flowmodel.Flow, inc incomplete) flowmodel.Verdict {
+	if inc.reasons.Empty() {
+		return s.decider.Decide(f)
 	}
-	return s.decider.Decide(f)
+	v := s.undecidable(f.Service, inc.reasons)
+	if inc.other != "" {
+		if o := s.undecidable(inc.other, inc.reasons); o.Action > v.Action {
+			v = o
+		}
+	}
+	return v
+}
+
+func (s *Server) undecidable(service string, rs flowmodel.Reasons) flowmodel.Verdict {
+	if u, ok := s.decider.(UndecidableDecider); ok {
+		return u.Undecidable(service, rs)
+	}
+	v := flowmodel.Verdict{Score: 1, Reasons: rs, Action: flowmodel.Block}
+	if m, known := s.decider.Mode(service); known {
+		v.Mode, v.Action = m, flowmodel.UndecidableAction(m)
+	}
+	return v
 }
 
 // settle records the verdict of the stream (metrics, span, log line). It returns the
@@ -484,8 +768,9 @@ func (s *Server) settle(st *stream, v flowmodel.Verdict) *extprocv3.ProcessingRe
 // once the response is on its way.
 func (s *Server) responseFacts(st *stream, h headers) {
 	f := &st.flow
-	if f.Service == "" || st.budgetExceeded {
-		// No identity, or the decider is stuck on this service: nothing to observe.
+	if st.incomplete || st.budgetExceeded {
+		// No identity, no destination or two identities, or the decider is stuck on this
+		// service: nothing to observe.
 		return
 	}
 	if code, err := strconv.Atoi(h.get(":status")); err == nil {

@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/flowmodel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -26,6 +27,9 @@ const (
 	// AttrKeyBudgetExceeded is set (true) on the span of a decision cut by the decision
 	// budget; its verdict is then the budget's answer, with no reason codes.
 	AttrKeyBudgetExceeded = attribute.Key("meshguard.budget_exceeded")
+	// AttrKeyUndecodable is set on the span of a 403 sent because a message could not be
+	// decoded; its value says why ("over max-message-bytes", "not valid protobuf").
+	AttrKeyUndecodable = attribute.Key("meshguard.undecodable")
 )
 
 // SpanName is the name of decision spans.
@@ -67,7 +71,7 @@ func (c headerCarrier) Keys() []string {
 // parentContext returns ctx with the remote parent of the decision: the traceparent in the
 // stream's gRPC metadata, else the request's traceparent header.
 func parentContext(ctx context.Context, md metadata.MD, h headers) context.Context {
-	if len(md.Get("traceparent")) > 0 {
+	if len(md.Get(contract.TraceparentKey)) > 0 {
 		if pc := traceContext.Extract(ctx, mdCarrier(md)); trace.SpanContextFromContext(pc).IsValid() {
 			return pc
 		}

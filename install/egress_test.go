@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshguard/meshguard/extproc/contract"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	istionetv1 "istio.io/client-go/pkg/apis/networking/v1"
 	istionetv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
@@ -15,9 +16,9 @@ import (
 )
 
 var gatewayAttributes = []string{
-	"connection.uri_san_peer_certificate",
-	"connection.requested_server_name",
-	"source.address",
+	contract.AttrPeerURISAN,
+	contract.AttrRequestedServer,
+	contract.AttrSourceAddress,
 }
 
 func TestIstioEgressGateway(t *testing.T) {
@@ -38,7 +39,7 @@ func TestIstioEgressGateway(t *testing.T) {
 	checkExtProc(t, ep, gatewayAttributes)
 	for _, a := range ep.GetRequestAttributes() {
 		// In a gateway these describe the gateway, not the caller or the destination.
-		if a == "destination.address" || strings.HasPrefix(a, "xds.node") {
+		if a == contract.AttrDestination || strings.HasPrefix(a, contract.AttrNodeMetadata) || a == contract.AttrNodeID {
 			t.Errorf("gateway filter sends %s", a)
 		}
 	}

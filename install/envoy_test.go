@@ -14,6 +14,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"google.golang.org/protobuf/proto"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	istionetv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
@@ -25,7 +26,7 @@ const (
 	extprocCluster = "meshguard_ext_proc"
 	alsCluster     = "meshguard_access_log"
 	alsLogName     = "meshguard"
-	extprocFilter  = "envoy.filters.http.ext_proc"
+	extprocFilter  = contract.FilterName
 	routerFilter   = "envoy.filters.http.router"
 )
 
@@ -179,8 +180,8 @@ func checkExtProc(t *testing.T, ep *extprocv3.ExternalProcessor, wantAttrs []str
 	if got := ep.GetRequestAttributes(); !slices.Equal(sorted(got), sorted(wantAttrs)) {
 		t.Errorf("request_attributes = %q, want %q", got, wantAttrs)
 	}
-	if got := ep.GetResponseAttributes(); !slices.Equal(got, []string{"upstream.address"}) {
-		t.Errorf("response_attributes = %q, want [upstream.address]", got)
+	if got, want := ep.GetResponseAttributes(), contract.ResponseAttributes(); !slices.Equal(got, want) {
+		t.Errorf("response_attributes = %q, want %q", got, want)
 	}
 }
 

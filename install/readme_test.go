@@ -65,8 +65,7 @@ func TestProjectReadmeEnvoyConfig(t *testing.T) {
 	if err := filter.GetTypedConfig().UnmarshalTo(&ep); err != nil {
 		t.Fatal(err)
 	}
-	checkExtProc(t, &ep, []string{"xds.node.id", "xds.node.metadata['NAMESPACE']", "xds.node.metadata['WORKLOAD_NAME']",
-		"destination.address", "source.address", "connection.requested_server_name"})
+	checkExtProc(t, &ep, sidecarAttributes)
 	var cluster clusterv3.Cluster
 	if err := envoyFromYAML(block("ext_proc cluster"), &cluster); err != nil {
 		t.Fatalf("ext_proc cluster: %v", err)

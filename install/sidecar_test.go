@@ -13,7 +13,7 @@ import (
 	"text/template"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-
+	"github.com/meshguard/meshguard/extproc/contract"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	istionetv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -71,12 +71,12 @@ func renderInjectionTemplate(t *testing.T) *corev1.Pod {
 func listenAddr(host string, port uint32) string { return fmt.Sprintf("%s:%d", host, port) }
 
 var sidecarAttributes = []string{
-	"xds.node.id",
-	"xds.node.metadata['NAMESPACE']",
-	"xds.node.metadata['WORKLOAD_NAME']",
-	"destination.address",
-	"source.address",
-	"connection.requested_server_name",
+	contract.AttrNodeID,
+	contract.AttrNodeNamespace,
+	contract.AttrNodeWorkload,
+	contract.AttrDestination,
+	contract.AttrSourceAddress,
+	contract.AttrRequestedServer,
 }
 
 // sidecarSockets is where the sidecar layout puts ext_proc and the access-log service.

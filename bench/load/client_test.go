@@ -13,6 +13,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/extproc/envoysim"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,7 +39,7 @@ func (s *loggingStream) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)
 	if err == nil {
 		req := m.(*extprocv3.ProcessingRequest)
-		if len(s.phases) == 0 && req.GetAttributes()[attributesKey] == nil {
+		if len(s.phases) == 0 && req.GetAttributes()[contract.AttributesKey] == nil {
 			s.log.mu.Lock()
 			s.log.noAttrs++
 			s.log.mu.Unlock()

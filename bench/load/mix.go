@@ -13,21 +13,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"google.golang.org/protobuf/types/known/structpb"
-)
-
-// attributesKey is the key Envoy's ext_proc filter files its attributes under.
-const attributesKey = "envoy.filters.http.ext_proc"
-
-// Attribute expressions, as configured in the filter's request_attributes and
-// response_attributes; Envoy keys each value by its expression.
-const (
-	attrNodeID       = "xds.node.id"
-	attrNamespace    = "xds.node.metadata['NAMESPACE']"
-	attrWorkload     = "xds.node.metadata['WORKLOAD_NAME']"
-	attrDestination  = "destination.address"
-	attrSource       = "source.address"
-	attrUpstreamAddr = "upstream.address"
 )
 
 // MixConfig describes the traffic: which services send to which destinations, and which
@@ -221,7 +208,7 @@ func (m *Mix) Build(req Req, r *rand.Rand) Exchange {
 		hv("accept-encoding", "gzip, deflate"),
 		hv("x-forwarded-proto", "http"),
 		hv("x-request-id", reqID),
-		hv("traceparent", traceparent),
+		hv(contract.TraceparentKey, traceparent),
 		hv("x-envoy-peer-metadata-id", svc.nodeID),
 		hv("x-envoy-peer-metadata", svc.peerMeta),
 	}
@@ -229,18 +216,18 @@ func (m *Mix) Build(req Req, r *rand.Rand) Exchange {
 		hdrs = append(hdrs, hv("content-type", "application/json"), hv("content-length", strconv.Itoa(m.cfg.BodyBytes)))
 	}
 	attrs := &structpb.Struct{Fields: map[string]*structpb.Value{
-		attrNodeID:      structpb.NewStringValue(svc.nodeID),
-		attrNamespace:   structpb.NewStringValue(svc.namespace),
-		attrWorkload:    structpb.NewStringValue(svc.workload),
-		attrDestination: structpb.NewStringValue(netip.AddrPortFrom(ip, uint16(port)).String()),
-		attrSource:      structpb.NewStringValue(svc.podIP + ":" + strconv.Itoa(32768+r.IntN(28000))),
+		contract.AttrNodeID:        structpb.NewStringValue(svc.nodeID),
+		contract.AttrNodeNamespace: structpb.NewStringValue(svc.namespace),
+		contract.AttrNodeWorkload:  structpb.NewStringValue(svc.workload),
+		contract.AttrDestination:   structpb.NewStringValue(netip.AddrPortFrom(ip, uint16(port)).String()),
+		contract.AttrSourceAddress: structpb.NewStringValue(svc.podIP + ":" + strconv.Itoa(32768+r.IntN(28000))),
 	}}
 	first := &extprocv3.ProcessingRequest{
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{
 			Headers:     &corev3.HeaderMap{Headers: hdrs},
 			EndOfStream: !hasBody,
 		}},
-		Attributes: map[string]*structpb.Struct{attributesKey: attrs},
+		Attributes: map[string]*structpb.Struct{contract.AttributesKey: attrs},
 	}
 	if m.cfg.ProtocolConfig {
 		mode := extprocfilterv3.ProcessingMode_NONE
@@ -277,8 +264,8 @@ func (m *Mix) Build(req Req, r *rand.Rand) Exchange {
 				}},
 				EndOfStream: false,
 			}},
-			Attributes: map[string]*structpb.Struct{attributesKey: {Fields: map[string]*structpb.Value{
-				attrUpstreamAddr: structpb.NewStringValue(netip.AddrPortFrom(ip, uint16(port)).String()),
+			Attributes: map[string]*structpb.Struct{contract.AttributesKey: {Fields: map[string]*structpb.Value{
+				contract.AttrUpstreamAddress: structpb.NewStringValue(netip.AddrPortFrom(ip, uint16(port)).String()),
 			}}},
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"github.com/meshguard/meshguard/extproc/envoysim"
 )
 
@@ -63,21 +64,21 @@ func TestBuildIsEnvoyShaped(t *testing.T) {
 				t.Fatalf("phases %v, want %v", phases, tc.wantPhases)
 			}
 			first := ex.Msgs[0]
-			attrs := first.GetAttributes()[attributesKey].GetFields()
-			ns, wl := attrs[attrNamespace].GetStringValue(), attrs[attrWorkload].GetStringValue()
+			attrs := first.GetAttributes()[contract.AttributesKey].GetFields()
+			ns, wl := attrs[contract.AttrNodeNamespace].GetStringValue(), attrs[contract.AttrNodeWorkload].GetStringValue()
 			if ns+"/"+wl != tc.wantService {
 				t.Fatalf("NAMESPACE/WORKLOAD_NAME attributes %s/%s, want %s", ns, wl, tc.wantService)
 			}
-			nodeID := attrs[attrNodeID].GetStringValue()
+			nodeID := attrs[contract.AttrNodeID].GetStringValue()
 			parts := strings.Split(nodeID, "~")
 			if len(parts) != 4 || parts[0] != "sidecar" || !strings.HasSuffix(parts[2], "."+ns) || parts[3] != ns+".svc.cluster.local" {
 				t.Fatalf("node id %q is not in Istio form sidecar~IP~POD.NS~NS.svc.cluster.local", nodeID)
 			}
-			dst, err := netip.ParseAddrPort(attrs[attrDestination].GetStringValue())
+			dst, err := netip.ParseAddrPort(attrs[contract.AttrDestination].GetStringValue())
 			if err != nil || !strings.HasPrefix(dst.Addr().String(), tc.wantDestPref) {
-				t.Fatalf("destination.address %q (%v), want prefix %s", attrs[attrDestination].GetStringValue(), err, tc.wantDestPref)
+				t.Fatalf("destination.address %q (%v), want prefix %s", attrs[contract.AttrDestination].GetStringValue(), err, tc.wantDestPref)
 			}
-			if _, err := netip.ParseAddrPort(attrs[attrSource].GetStringValue()); err != nil {
+			if _, err := netip.ParseAddrPort(attrs[contract.AttrSourceAddress].GetStringValue()); err != nil {
 				t.Fatalf("source.address: %v", err)
 			}
 			h := headerMap(first.GetRequestHeaders())
@@ -102,7 +103,7 @@ func TestBuildIsEnvoyShaped(t *testing.T) {
 				if headerMap(last.GetResponseHeaders())[":status"] == "" {
 					t.Errorf("response headers without :status")
 				}
-				up := last.GetAttributes()[attributesKey].GetFields()[attrUpstreamAddr].GetStringValue()
+				up := last.GetAttributes()[contract.AttributesKey].GetFields()[contract.AttrUpstreamAddress].GetStringValue()
 				if up != dst.String() {
 					t.Errorf("upstream.address %q, want %q", up, dst)
 				}

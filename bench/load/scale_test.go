@@ -18,6 +18,7 @@ import (
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"google.golang.org/grpc"
 
 	"github.com/meshguard/meshguard/bench/load/nullproc"
@@ -52,9 +53,9 @@ func (g *fakeGuard) Process(s grpc.BidiStreamingServer[extprocv3.ProcessingReque
 		}
 		if first {
 			first = false
-			attrs := req.GetAttributes()[attributesKey].GetFields()
-			svc := attrs[attrNamespace].GetStringValue() + "/" + attrs[attrWorkload].GetStringValue()
-			dst := attrs[attrDestination].GetStringValue()
+			attrs := req.GetAttributes()[contract.AttributesKey].GetFields()
+			svc := attrs[contract.AttrNodeNamespace].GetStringValue() + "/" + attrs[contract.AttrNodeWorkload].GetStringValue()
+			dst := attrs[contract.AttrDestination].GetStringValue()
 			g.mu.Lock()
 			block := false
 			switch g.modes[svc] {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 )
 
 // Defaults used for zero Config fields.
@@ -26,18 +27,10 @@ const (
 )
 
 // DefaultRequestAttributes are the ext_proc request attributes meshguard reads (DESIGN.md).
-var DefaultRequestAttributes = []string{
-	"xds.node.id",
-	"xds.node.metadata['NAMESPACE']",
-	"xds.node.metadata['WORKLOAD_NAME']",
-	"destination.address",
-	"source.address",
-	"connection.requested_server_name",
-	"connection.uri_san_peer_certificate",
-}
+var DefaultRequestAttributes = contract.RequestAttributes()
 
 // DefaultResponseAttributes are the ext_proc response attributes meshguard reads.
-var DefaultResponseAttributes = []string{"upstream.address"}
+var DefaultResponseAttributes = contract.ResponseAttributes()
 
 // DefaultServerFirstPorts are ports of protocols in which the server speaks first (FTP, SMTP,
 // POP3, IMAP, submission, MySQL). See Config.ServerFirstPorts.
@@ -308,9 +301,9 @@ func (m ProcessingMode) parse() (ProcessingMode, *extprocv3.ProcessingMode, erro
 		}
 		return extprocv3.ProcessingMode_HeaderSendMode(v)
 	}
-	body := func(name string, s *string) extprocv3.ProcessingMode_BodySendMode {
+	body := func(name string, s *string, def string) extprocv3.ProcessingMode_BodySendMode {
 		if *s == "" {
-			*s = "NONE"
+			*s = def
 		}
 		*s = strings.ToUpper(*s)
 		v, ok := extprocv3.ProcessingMode_BodySendMode_value[*s]
@@ -319,13 +312,14 @@ func (m ProcessingMode) parse() (ProcessingMode, *extprocv3.ProcessingMode, erro
 		}
 		return extprocv3.ProcessingMode_BodySendMode(v)
 	}
+	rec := contract.RecommendedProcessingMode()
 	pm := &extprocv3.ProcessingMode{
-		RequestHeaderMode:   header("request_header", &m.RequestHeader, "SEND"),
-		ResponseHeaderMode:  header("response_header", &m.ResponseHeader, "SEND"),
-		RequestBodyMode:     body("request_body", &m.RequestBody),
-		ResponseBodyMode:    body("response_body", &m.ResponseBody),
-		RequestTrailerMode:  header("request_trailer", &m.RequestTrailer, "SKIP"),
-		ResponseTrailerMode: header("response_trailer", &m.ResponseTrailer, "SKIP"),
+		RequestHeaderMode:   header("request_header", &m.RequestHeader, rec.RequestHeader),
+		ResponseHeaderMode:  header("response_header", &m.ResponseHeader, rec.ResponseHeader),
+		RequestBodyMode:     body("request_body", &m.RequestBody, rec.RequestBody),
+		ResponseBodyMode:    body("response_body", &m.ResponseBody, rec.ResponseBody),
+		RequestTrailerMode:  header("request_trailer", &m.RequestTrailer, rec.RequestTrailer),
+		ResponseTrailerMode: header("response_trailer", &m.ResponseTrailer, rec.ResponseTrailer),
 	}
 	return m, pm, errors.Join(errs...)
 }

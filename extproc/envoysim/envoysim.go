@@ -14,12 +14,13 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // AttributesKey is where Envoy's ext_proc filter puts attributes.
-const AttributesKey = "envoy.filters.http.ext_proc"
+const AttributesKey = contract.AttributesKey
 
 // Header is one HTTP header.
 type Header struct{ Key, Value string }

@@ -11,14 +11,15 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/meshguard/meshguard/extproc/contract"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // Node metadata keys read by Identify.
 const (
 	// MetaNamespace and MetaWorkloadName are the keys Istio sets on every proxy.
-	MetaNamespace    = "NAMESPACE"
-	MetaWorkloadName = "WORKLOAD_NAME"
+	MetaNamespace    = contract.NodeMetaNamespace
+	MetaWorkloadName = contract.NodeMetaWorkloadName
 	// MetaRole is meshguard's own key: "sidecar" or "gateway". It overrides the role taken
 	// from an Istio node id.
 	MetaRole = "MESHGUARD_ROLE"
@@ -27,7 +28,7 @@ const (
 // ServiceMetadataKey is the gRPC metadata key (set with GrpcService.initial_metadata) that
 // names the service of a whole ext_proc or access-log stream outright: identity source 1
 // of DESIGN.md.
-const ServiceMetadataKey = "x-meshguard-service"
+const ServiceMetadataKey = contract.ServiceMetadataKey
 
 // Role is the part an Envoy plays.
 type Role uint8

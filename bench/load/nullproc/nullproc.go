@@ -9,31 +9,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"strings"
-	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/meshguard/meshguard/extproc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 )
 
-// The gRPC server settings, the same as meshguard's (extproc.ServerOptions on main): the
-// comparison is only fair while the two agree. Once both live on one branch, ServerOptions
-// should call extproc.ServerOptions instead of repeating its values.
-const (
-	// DefaultMaxConcurrentStreams caps the concurrent ext_proc streams per HTTP/2 connection.
-	DefaultMaxConcurrentStreams = 4096
-	maxRecvMsgSize              = 8 << 20
-	keepaliveMinTime            = 10 * time.Second
-	keepaliveTime               = 30 * time.Second
-	keepaliveTimeout            = 10 * time.Second
-)
+// DefaultMaxConcurrentStreams caps the concurrent ext_proc streams per HTTP/2 connection,
+// as meshguard's default max-streams-per-connection does.
+const DefaultMaxConcurrentStreams = extproc.DefaultMaxStreamsPerConnection
 
 // Config holds the server options shared with meshguard. The zero value of a field means its
 // default.
@@ -42,19 +32,15 @@ type Config struct {
 	MaxConcurrentStreams uint32
 }
 
-// ServerOptions returns the grpc-go server options meshguard uses: stream limit, message
-// sizes and keepalive.
+// ServerOptions returns the grpc-go server options meshguard's ext_proc server uses
+// (extproc.ServerOptions and extproc.StreamOptions: stream limit, message sizes and codec,
+// keepalive), so that the comparison measures only meshguard's own work.
 func ServerOptions(c Config) []grpc.ServerOption {
 	if c.MaxConcurrentStreams == 0 {
 		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
-	return []grpc.ServerOption{
-		grpc.MaxConcurrentStreams(c.MaxConcurrentStreams),
-		grpc.MaxRecvMsgSize(maxRecvMsgSize),
-		grpc.MaxSendMsgSize(math.MaxInt32),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
-	}
+	cfg := extproc.Config{MaxStreamsPerConnection: int(c.MaxConcurrentStreams), MaxMessageBytes: extproc.DefaultMaxMessageBytes}
+	return extproc.ServerOptions(extproc.StreamOptions(cfg)...)
 }
 
 // NewServer returns a gRPC server with the null ext_proc service and grpc.health.v1
