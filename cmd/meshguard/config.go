@@ -195,7 +195,7 @@ func (f *serveFlags) options() []option {
 		{"max-streams", &c.extproc.MaxStreams, 10000, "ext_proc streams served at once; more fail at once with RESOURCE_EXHAUSTED instead of queueing (0: no limit)"},
 		{"max-streams-per-connection", &c.maxStreamsPerConnection, 1000, "concurrent ext_proc streams on one connection"},
 		{"first-message-timeout", &c.firstMessageTimeout, 2 * time.Second, "an ext_proc stream silent this long after opening is closed"},
-		{"max-message-bytes", &c.maxMessageBytes, 1 << 20, "largest ext_proc message accepted (gRPC receive limit)"},
+		{"max-message-bytes", &c.maxMessageBytes, 1 << 20, "largest ext_proc message accepted; a larger one is answered with a 403 (at least 65536; raise it when bodies are buffered)"},
 		{"max-body-bytes", &c.maxBodyBytes, 8192, "request body bytes inspected for parameter values (Envoy BUFFERED body)"},
 		{"tls-cert", &c.tls.cert, "", "serve ext_proc over TLS with this certificate (PEM, reloaded when it changes)"},
 		{"tls-key", &c.tls.key, "", "private key of --tls-cert (PEM)"},
@@ -271,6 +271,9 @@ func (f *serveFlags) validate() (serveConfig, error) {
 	if c.extproc.IdentityOrder, err = extproc.ParseIdentityOrder(f.identityOrder); err != nil {
 		errs = append(errs, fmt.Errorf("--identity-order: %w", err))
 	}
+	c.extproc.FirstMessageTimeout = c.firstMessageTimeout
+	c.extproc.MaxStreamsPerConnection = c.maxStreamsPerConnection
+	c.extproc.MaxMessageBytes = c.maxMessageBytes
 	if c.extproc, err = c.extproc.Check(); err != nil {
 		errs = append(errs, err)
 	}

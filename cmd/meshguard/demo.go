@@ -164,6 +164,19 @@ func (t tapDecider) Decide(f *flowmodel.Flow) flowmodel.Verdict {
 	return v
 }
 
+// Undecidable forwards to the model, so the demo fails closed exactly as serve does: in the
+// service's mode, not as an unknown service.
+func (t tapDecider) Undecidable(service string, rs flowmodel.Reasons) flowmodel.Verdict {
+	if u, ok := t.Decider.(extproc.UndecidableDecider); ok {
+		return u.Undecidable(service, rs)
+	}
+	v := flowmodel.Verdict{Action: flowmodel.Block, Score: 1, Reasons: rs}
+	if m, known := t.Decider.Mode(service); known {
+		v.Mode, v.Action = m, flowmodel.UndecidableAction(m)
+	}
+	return v
+}
+
 func (d *demo) play(ctx context.Context, learnFor time.Duration) error {
 	section := func(s string) { fmt.Fprintf(d.out, "\n== %s\n", s) }
 

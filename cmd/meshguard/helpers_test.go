@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +72,7 @@ func (s sidecar) request(dstIP string, port int, host, method, path, traceparent
 		attrs[extproc.AttrNodeNamespace], attrs[extproc.AttrNodeWorkload] = s.ns, s.workload
 	}
 	if dstIP != "" {
-		attrs[extproc.AttrDestination] = fmt.Sprintf("%s:%d", dstIP, port)
+		attrs[extproc.AttrDestination] = net.JoinHostPort(dstIP, strconv.Itoa(port))
 	}
 	md := map[string]string{}
 	if traceparent != "" {
@@ -79,15 +81,19 @@ func (s sidecar) request(dstIP string, port int, host, method, path, traceparent
 	if s.serviceMetadata != "" {
 		md[extproc.ServiceMetadataKey] = s.serviceMetadata
 	}
+	headers := []envoysim.Header{{Key: ":method", Value: method}, {Key: ":path", Value: path}}
+	if host != "" {
+		// No host: no :authority at all, as Envoy sends it; an empty one fails closed.
+		headers = append(headers, envoysim.Header{Key: ":authority", Value: host})
+	}
+	headers = append(headers, envoysim.Header{Key: ":scheme", Value: "https"},
+		envoysim.Header{Key: "user-agent", Value: "test"}, envoysim.Header{Key: "x-request-id", Value: "r1"})
 	return envoysim.Request{
 		Metadata:   md,
 		Attributes: attrs,
-		Headers: []envoysim.Header{
-			{Key: ":method", Value: method}, {Key: ":path", Value: path}, {Key: ":authority", Value: host},
-			{Key: ":scheme", Value: "https"}, {Key: "user-agent", Value: "test"}, {Key: "x-request-id", Value: "r1"},
-		},
+		Headers:    headers,
 		ResponseHeaders:    []envoysim.Header{{Key: ":status", Value: "200"}},
-		ResponseAttributes: map[string]string{extproc.AttrUpstreamAddress: fmt.Sprintf("%s:%d", dstIP, port)},
+		ResponseAttributes: map[string]string{extproc.AttrUpstreamAddress: net.JoinHostPort(dstIP, strconv.Itoa(port))},
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 var (
 	checkout = sidecar{ns: "shop", workload: "checkout", podIP: "10.1.0.11"}
 	cart     = sidecar{ns: "shop", workload: "cart", podIP: "10.1.0.12", useNodeIDOnly: true}
-	batch    = sidecar{ns: "jobs", workload: "nightly", podIP: "10.1.0.13", serviceMetadata: "jobs/batch-export"}
+	batch    = sidecar{ns: "jobs", workload: "batch-export", podIP: "10.1.0.13", serviceMetadata: "jobs/batch-export"}
 )
 
 const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
