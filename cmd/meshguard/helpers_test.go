@@ -89,9 +89,9 @@ func (s sidecar) request(dstIP string, port int, host, method, path, traceparent
 	headers = append(headers, envoysim.Header{Key: ":scheme", Value: "https"},
 		envoysim.Header{Key: "user-agent", Value: "test"}, envoysim.Header{Key: "x-request-id", Value: "r1"})
 	return envoysim.Request{
-		Metadata:   md,
-		Attributes: attrs,
-		Headers:    headers,
+		Metadata:           md,
+		Attributes:         attrs,
+		Headers:            headers,
 		ResponseHeaders:    []envoysim.Header{{Key: ":status", Value: "200"}},
 		ResponseAttributes: map[string]string{extproc.AttrUpstreamAddress: net.JoinHostPort(dstIP, strconv.Itoa(port))},
 	}
