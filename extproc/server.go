@@ -69,8 +69,9 @@ type Config struct {
 	// IdentityOrder is the order in which identity sources are tried. Default:
 	// DefaultIdentityOrder.
 	IdentityOrder []IdentitySource
-	// OnMissing is the action for a request without identity or destination: "alert"
-	// (default), "allow" or "block". Its reason is invalid_request.
+	// OnMissing is the action for a request without identity (no source names a service):
+	// "block" (default: meshguard fails closed when it cannot decide), "alert" or "allow".
+	// Its reason is invalid_request.
 	OnMissing string
 	// Logger receives a line per alert and block (and per allow at debug level). Default:
 	// slog.Default().
@@ -140,7 +141,7 @@ func (c Config) Check() (Config, error) {
 	}
 	switch c.OnMissing {
 	case "":
-		c.OnMissing = OnMissingAlert
+		c.OnMissing = OnMissingBlock
 	case OnMissingAllow, OnMissingAlert, OnMissingBlock:
 	default:
 		errs = append(errs, fmt.Errorf("on-missing %q: valid values are allow, alert, block", c.OnMissing))

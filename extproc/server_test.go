@@ -248,7 +248,7 @@ func TestMissingIdentityPolicy(t *testing.T) {
 	for _, tc := range []struct {
 		policy    string
 		immediate bool
-	}{{"", false}, {OnMissingAllow, false}, {OnMissingBlock, true}} {
+	}{{"", true}, {OnMissingAlert, false}, {OnMissingAllow, false}, {OnMissingBlock, true}} { // "": the default fails closed
 		t.Run("policy="+tc.policy, func(t *testing.T) {
 			d := &fakeDecider{}
 			c := startServer(t, d, Config{OnMissing: tc.policy})

@@ -187,7 +187,7 @@ func (f *serveFlags) options() []option {
 		{"xds-tls-key", &c.xds.tls.key, "", "private key of --xds-tls-cert (PEM)"},
 		{"xds-tls-client-ca", &c.xds.tls.clientCA, "", "require client certificates issued by these CAs (PEM): mutual TLS for xDS and access logs"},
 		{"xds-trust-domain", &c.xds.trustDomain, xds.DefaultTrustDomain, "SPIFFE trust domain whose spiffe://<td>/ns/<ns>/sa/<sa> client certificates name xDS and access-log nodes"},
-		{"on-missing", &f.onMissing, extproc.OnMissingAlert, "verdict for a request whose service or destination is unknown: allow, alert or block"},
+		{"on-missing", &f.onMissing, extproc.OnMissingBlock, "verdict for a request no identity source names a service for: block (fail closed), alert or allow"},
 		{"decision-log-rate", &c.extproc.DecisionLogsPerSecond, 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)"},
 		{"identity-order", &f.identityOrder, "metadata,node,peer-san,source-address", "identity sources, in order"},
 		{"decision-budget", &c.extproc.DecisionBudget, time.Duration(0), "answer a request whose decision takes longer than this with --on-budget, well before Envoy's message_timeout (0: no budget; Envoy's timeout and failure_mode_allow decide)"},
