@@ -90,8 +90,9 @@ const minTokenLen = 16
 // a new random one there (mode 0600, its directory created 0700) and reports created. It
 // refuses a file that others may read or write (permissions beyond 0600), that is empty
 // or too short, or that is not a regular file: the token gives full control of meshguard.
+// A symlink is followed (a Kubernetes Secret mounts its files so; give it defaultMode 0400).
 func LoadOrCreateToken(path string) (token string, created bool, err error) {
-	fi, err := os.Lstat(path)
+	fi, err := os.Stat(path) // a Kubernetes Secret's file is a symlink
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return createToken(path)
