@@ -1,0 +1,66 @@
+package flowmodel
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestApproveKnown(t *testing.T) {
+	res := fakeResolver{"api.example.com": {netip.MustParseAddr("203.0.113.5")}}
+	m := mustModel(t, Config{Resolver: res})
+	if _, err := m.ApproveKnown("ghost", Feedback{Destination: "api.example.com:443"}, nil); !errors.Is(err, ErrUnknownService) {
+		t.Fatalf("unknown service: %v", err)
+	}
+	if m.HasService("ghost") {
+		t.Fatal("approval created a service")
+	}
+	m.Decide(flow("svc", "198.51.100.1", 80, "", 0))
+	m.SetMode("svc", ModeChange{Mode: ModeEnforce})
+	a, err := m.ApproveKnown("svc", Feedback{Destination: "API.example.com.:443"}, []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.7")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Destination != "api.example.com:443" || strings.Join(a.Addresses, ",") != "192.0.2.7:443,203.0.113.5:443" || !a.Resolved {
+		t.Fatalf("approval %+v", a)
+	}
+	for _, ip := range []string{"192.0.2.7", "203.0.113.5"} {
+		f := flow("svc", ip, 443, "api.example.com", time.Second)
+		if v := m.Decide(f); v.Reasons.Has(ReasonNewDestination) || v.Action == Block {
+			t.Fatalf("%s after approval: %s %v", ip, v.Action, v.Reasons)
+		}
+	}
+	if _, err := m.ApproveKnown("svc", Feedback{Destination: "192.0.2.1:443"}, []netip.Addr{netip.MustParseAddr("192.0.2.2")}); err == nil {
+		t.Fatal("addresses with an IP destination accepted")
+	}
+}
+
+// TestEncodable covers issue 10 case 6 at encoding: a record with times past year 9999,
+// before the epoch and NaN numbers encodes as JSON, and the caller's slices are untouched.
+func TestEncodable(t *testing.T) {
+	y10k := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	old := time.Date(1, 1, 2, 0, 0, 0, 0, time.UTC)
+	dests := []DestinationRecord{{Destination: "a:1", FirstSeen: old, LastSeen: y10k}}
+	r := ServiceRecord{Name: "s", Mode: ModeLearn, LastSeen: y10k, Destinations: dests,
+		Shapes:      []ShapeRecord{{Destination: "a:1", Shape: "GET /", Weight: math.NaN(), LastSeen: y10k}},
+		Calibration: &Calibration{Threshold: math.Inf(1), Histogram: []float64{1, math.NaN()}, Until: y10k}}
+	if _, err := json.Marshal(r); err == nil {
+		t.Fatal("the test record encodes as it is: the test tests nothing")
+	}
+	if n := r.Encodable(); n != 8 {
+		t.Fatalf("changed %d values, want 8", n)
+	}
+	if _, err := json.Marshal(r); err != nil {
+		t.Fatal(err)
+	}
+	if !dests[0].LastSeen.Equal(y10k) {
+		t.Fatal("Encodable wrote the caller's slice")
+	}
+	if !r.Destinations[0].FirstSeen.Equal(MinEncodedTime) || !r.LastSeen.Equal(MaxEncodedTime) {
+		t.Fatalf("clamped to %v, %v", r.Destinations[0].FirstSeen, r.LastSeen)
+	}
+}
