@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // ErrUnknownService is returned (wrapped) for a service the model does not track.
@@ -83,4 +84,19 @@ func (m *Model) ApproveKnown(service string, fb Feedback, addrs []netip.Addr) (A
 	}
 	m.markDirty(s)
 	return out, nil
+}
+
+// hostIP returns the IP a host name spells when it is an IP literal. A DNS name is never
+// all digits and dots, nor has a colon, so other names are turned away without parsing.
+func hostIP(h string) (netip.Addr, bool) {
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; (c < '0' || c > '9') && c != '.' && c != ':' && !(c >= 'a' && c <= 'f') {
+			return netip.Addr{}, false
+		}
+	}
+	ip, err := netip.ParseAddr(strings.Trim(h, "[]"))
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return NormalizeIP(ip), true
 }

@@ -64,3 +64,31 @@ func TestEncodable(t *testing.T) {
 		t.Fatalf("clamped to %v, %v", r.Destinations[0].FirstSeen, r.LastSeen)
 	}
 }
+
+// TestIPLiteralHostCountedOnce covers issue 11's review fix: a flow whose host is an IP
+// literal (an access log's SNI, a Host header) is one destination, not an IP and a "host"
+// spelled the same, listed and counted twice.
+func TestIPLiteralHostCountedOnce(t *testing.T) {
+	tests := []struct {
+		name string
+		d    Destination
+		want string
+	}{
+		{"same IP", Destination{IP: netip.MustParseAddr("203.0.113.7"), Host: "203.0.113.7", Port: 443}, "203.0.113.7:443"},
+		{"host only", Destination{Host: "203.0.113.8", Port: 443}, "203.0.113.8:443"},
+		{"v6 host only", Destination{Host: "2001:db8::1", Port: 443}, "[2001:db8::1]:443"},
+		{"other IP in host", Destination{IP: netip.MustParseAddr("203.0.113.9"), Host: "198.51.100.1", Port: 443}, "203.0.113.9:443"},
+		{"hex-looking name", Destination{Host: "cafe.bad", Port: 443}, "cafe.bad:443"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := mustModel(t, Config{})
+			m.Decide(&Flow{Service: "s", Time: time.Unix(1, 0), Destination: tt.d})
+			m.Decide(&Flow{Service: "s", Time: time.Unix(2, 0), Destination: tt.d})
+			r, _ := m.Service("s")
+			if len(r.Destinations) != 1 || r.Destinations[0].Destination != tt.want || r.Destinations[0].Count != 2 {
+				t.Fatalf("destinations %+v, want one %s counted 2", r.Destinations, tt.want)
+			}
+		})
+	}
+}
