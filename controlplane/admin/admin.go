@@ -92,6 +92,9 @@ type Options struct {
 	// Hosts are the names by which clients reach the listener (the Host header), beside
 	// IP literals and "localhost", which are always accepted.
 	Hosts []string
+	// Backup, when set, writes a backup of the running store (POST /v1/backup, admin
+	// role), e.g. func() (string, store.Report, error) { return st.BackupNow(schedule) }.
+	Backup func() (path string, r store.Report, err error)
 	// ResolveWait bounds how long an approval of a host waits for the resolver's first
 	// answer about the host. Default: 2s.
 	ResolveWait time.Duration
@@ -114,6 +117,7 @@ type Handler struct {
 	certDefault Role
 	hosts       map[string]bool
 	resolveWait time.Duration
+	backupFn    func() (string, store.Report, error)
 
 	tokMu  sync.RWMutex
 	tokens map[[sha256.Size]byte]tokenInfo
@@ -135,7 +139,7 @@ func New(m Model, o Options) (*Handler, error) {
 	h := &Handler{model: m, commit: o.Committer, store: o.Store, log: o.Logger, gather: o.Gatherer, now: o.Now,
 		mux: http.NewServeMux(), tokenName: o.TokenName, certDefault: o.CertDefaultRole,
 		certRoles: make(map[string]Role, len(o.CertRoles)), hosts: map[string]bool{},
-		tokens: map[[sha256.Size]byte]tokenInfo{}, resolveWait: o.ResolveWait}
+		tokens: map[[sha256.Size]byte]tokenInfo{}, resolveWait: o.ResolveWait, backupFn: o.Backup}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -207,6 +211,7 @@ func New(m Model, o Options) (*Handler, error) {
 	route("GET /v1/tokens", RoleAdmin, h.listTokens)
 	route("POST /v1/tokens", RoleAdmin, h.createToken)
 	route("DELETE /v1/tokens/{name}", RoleAdmin, h.revokeToken)
+	route("POST /v1/backup", RoleAdmin, h.backup)
 	// Anything else under /v1 asks for a credential before it says "not found".
 	route("/v1/", RoleViewer, func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")

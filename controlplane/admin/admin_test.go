@@ -646,4 +646,42 @@ func TestNewRefusesBadOptions(t *testing.T) {
 	}
 }
 
-var _ = filepath.Join
+
+// TestBackupEndpoint: an admin takes a consistent backup of the running store, audited
+// in the backup itself; an operator may not.
+func TestBackupEndpoint(t *testing.T) {
+	var st *store.Bolt
+	bdir := filepath.Join(t.TempDir(), "backups")
+	e := newEnv(t, func(_ *flowmodel.Config, o *Options) {
+		o.Backup = func() (string, store.Report, error) { return st.BackupNow(store.BackupSchedule{Dir: bdir, Keep: 3}) }
+	})
+	st = e.store
+	wantError(t, e.do("POST", "/v1/backup", e.tokens[RoleOperator], nil), http.StatusForbidden, "needs admin")
+	var br BackupResult
+	e.mustJSON(e.do("POST", "/v1/backup", adminToken, RevokeRequest{Reason: "before upgrade"}), &br)
+	rep, err := store.Check(br.Path)
+	if err != nil || rep.Services != 2 || rep.Audit != 3 || rep.Tokens != 2 {
+		t.Fatalf("backup %s: %+v %v", br.Path, rep, err)
+	}
+}
+
+// TestStoreCollector: the persister's state is exported as gauges.
+func TestStoreCollector(t *testing.T) {
+	e := newEnv(t)
+	fs := &failingStore{Bolt: e.store, bad: map[string]bool{"shop/cart": true}}
+	p := &flowmodel.Persister{Model: e.model, Store: fs}
+	p.Flush()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(StoreCollector(p))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
+	}
+	if got["meshguard_store_failing_services"] != 1 || got["meshguard_store_pending_services"] != 1 || got["meshguard_store_save_failures_in_row"] != 1 {
+		t.Fatalf("metrics %v", got)
+	}
+}
