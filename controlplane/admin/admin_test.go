@@ -646,7 +646,6 @@ func TestNewRefusesBadOptions(t *testing.T) {
 	}
 }
 
-
 // TestBackupEndpoint: an admin takes a consistent backup of the running store, audited
 // in the backup itself; an operator may not.
 func TestBackupEndpoint(t *testing.T) {
