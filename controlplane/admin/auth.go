@@ -131,6 +131,11 @@ func createToken(path string) (string, bool, error) {
 	}
 	// O_EXCL: never overwrite a token another process has just written.
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		// Another process wrote it meanwhile: use that one.
+		tok, _, err := LoadOrCreateToken(path)
+		return tok, false, err
+	}
 	if err != nil {
 		return "", false, fmt.Errorf("admin token %s: %w", path, err)
 	}

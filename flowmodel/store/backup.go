@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshguard/meshguard/flowmodel"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // BackupDir is the folder of scheduled backups inside a data directory.
@@ -130,9 +131,14 @@ func Restore(src, path string) (Report, error) {
 	}
 	// Hold the store's lock while replacing it, so that no meshguard starts meanwhile.
 	if _, err := os.Stat(path); err == nil {
-		lock, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: defaultLockTimeout, ReadOnly: true})
+		var lock *bolt.DB
+		err := guard(path, func() error {
+			var err error
+			lock, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: defaultLockTimeout, ReadOnly: true})
+			return err
+		})
 		if err != nil {
-			if errors.Is(err, bolt.ErrTimeout) {
+			if errors.Is(err, berrors.ErrTimeout) {
 				return rep, fmt.Errorf("restore %s: %w (stop the meshguard using it first)", path, ErrLocked)
 			}
 			// A damaged file cannot be opened: it is what restore replaces.

@@ -29,11 +29,17 @@ func TestAdversaryOneBadRecordSavesTheRest(t *testing.T) {
 			Shapes:       []flowmodel.ShapeRecord{{Destination: "api.example.com:443", Shape: huge, Method: "GET", Path: "/x", Count: 1, LastSeen: y10k}}},
 		{Name: "shop/checkout", Mode: flowmodel.ModeQuarantine, ModeSetBy: "alice", QuarantineAllow: []string{"vault:8200"}},
 		{Name: strings.Repeat("n", 40000), Mode: flowmodel.ModeLearn},
+		// Its state is too large: it fails inside the transaction, which is then retried
+		// one service at a time.
+		{Name: "evil/state", Mode: flowmodel.ModeQuarantine, QuarantineAllow: []string{strings.Repeat("a", 2<<20)}},
 	}
-	err = st.Save(recs)
+	err = st.SaveAudited(recs, []flowmodel.AuditRecord{{Action: "mode", Service: "shop/checkout"}})
 	var se flowmodel.SaveErrors
-	if !errors.As(err, &se) || len(se) != 1 || se[recs[2].Name] == nil {
-		t.Fatalf("err = %.300v, want SaveErrors naming only the service with a 40 KB name", err)
+	if !errors.As(err, &se) || len(se) != 2 || se[recs[2].Name] == nil || se["evil/state"] == nil {
+		t.Fatalf("err = %.300v, want SaveErrors naming only the service with a 40 KB name and the one with 2 MB of state", err)
+	}
+	if audit, _ := st.Audit(AuditQuery{}); len(audit) != 1 {
+		t.Fatalf("audit records %d, want 1", len(audit))
 	}
 	got := loadAll(t, st)
 	if q := got["shop/checkout"]; q.Mode != flowmodel.ModeQuarantine {

@@ -337,7 +337,7 @@ func (b *Bolt) SaveAudited(records []flowmodel.ServiceRecord, audit []flowmodel.
 				bad[r.Name] = err
 			}
 		}
-		if len(bad) == len(records) {
+		if len(bad) == len(records) && len(audit) == 0 {
 			return err // nothing saved: the store itself fails
 		}
 	} else if err != nil {
