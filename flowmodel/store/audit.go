@@ -35,7 +35,7 @@ func appendAudit(tx *bolt.Tx, records []flowmodel.AuditRecord) error {
 		if err != nil {
 			return fmt.Errorf("audit log: %w", err)
 		}
-		if err := ab.Put(seqKey(seq), v); err != nil {
+		if err := ab.Put(seqKey(seq), seal(v, bucketAudit, seqKey(seq))); err != nil {
 			return fmt.Errorf("audit log: %w", err)
 		}
 		records[i].Seq = seq
@@ -92,8 +92,12 @@ func (b *Bolt) Audit(q AuditQuery) ([]flowmodel.AuditRecord, error) {
 			}
 			for ; k != nil && len(out) < q.Limit; k, v = c.Prev() {
 				var a flowmodel.AuditRecord
+				v, err := b.unseal(v, bucketAudit, k)
+				if err != nil {
+					return b.undecodable(fmt.Errorf("audit record %d: %w", binary.BigEndian.Uint64(k), err))
+				}
 				if err := json.Unmarshal(v, &a); err != nil {
-					return fmt.Errorf("audit record %d: %w", binary.BigEndian.Uint64(k), err)
+					return b.undecodable(fmt.Errorf("audit record %d: %w", binary.BigEndian.Uint64(k), err))
 				}
 				if q.Service != "" && a.Service != q.Service {
 					continue
@@ -126,8 +130,12 @@ func (b *Bolt) Tokens() ([]Token, error) {
 			}
 			return tb.ForEach(func(k, v []byte) error {
 				var t Token
+				v, err := b.unseal(v, bucketTokens, k)
+				if err != nil {
+					return b.undecodable(fmt.Errorf("token %.100q: %w", k, err))
+				}
 				if err := json.Unmarshal(v, &t); err != nil {
-					return fmt.Errorf("token %q: %w", k, err)
+					return b.undecodable(fmt.Errorf("token %.100q: %w", k, err))
 				}
 				t.Name = string(k)
 				out = append(out, t)
@@ -156,7 +164,7 @@ func (b *Bolt) PutToken(t Token, a *flowmodel.AuditRecord) error {
 			if err != nil {
 				return err
 			}
-			if err := tb.Put([]byte(t.Name), v); err != nil {
+			if err := tb.Put([]byte(t.Name), seal(v, bucketTokens, []byte(t.Name))); err != nil {
 				return err
 			}
 			return auditOne(tx, a)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel"
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestAdversaryOneBadRecordSavesTheRest covers issue 10 cases 5 and 6: a service whose
@@ -190,5 +192,59 @@ func TestBackupAndRestore(t *testing.T) {
 	aside, _ := filepath.Glob(path + ".before-restore-*")
 	if len(aside) != 1 {
 		t.Fatalf("replaced file kept aside: %v", aside)
+	}
+}
+
+// TestFormat1IsSealedOnOpen: a store of format 1 (values without checksums) reads as it is
+// read-only, and is sealed when opened for writing; then a flipped value is refused.
+func TestFormat1IsSealedOnOpen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := `{"name":"","mode":"enforce","learn_requests":0,"requests":3,"alerted":0,"blocked":0,"destinations":null}`
+	dest := `{"destination":"","count":3,"first_seen":"2026-01-02T15:00:00Z","last_seen":"2026-01-02T15:00:00Z"}`
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, _ := tx.CreateBucket(bucketMeta)
+		meta.Put(keyFormat, []byte(formatName))
+		meta.Put(keyVersion, []byte("1"))
+		root, _ := tx.CreateBucket(bucketServices)
+		sb, _ := root.CreateBucket([]byte("shop/checkout"))
+		sb.Put(keyState, []byte(state))
+		db, _ := sb.CreateBucket(bucketDestinations)
+		return db.Put([]byte("api.example.com:443"), []byte(dest))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(opts Options) {
+		t.Helper()
+		st, err := Open(dir, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		got := loadAll(t, st)
+		c := got["shop/checkout"]
+		if c.Mode != flowmodel.ModeEnforce || len(c.Destinations) != 1 || c.Destinations[0].Count != 3 {
+			t.Fatalf("read-only=%v: %+v", opts.ReadOnly, c)
+		}
+	}
+	check(Options{ReadOnly: true})
+	check(Options{}) // seals
+	check(Options{ReadOnly: true})
+	data, _ := os.ReadFile(path)
+	i := bytes.Index(data, []byte(`"count":3`))
+	if i < 0 {
+		t.Fatal("value not found in the file")
+	}
+	data[i+8] = '4' // a count that still parses
+	os.WriteFile(path, data, 0o600)
+	_, err = openAndRead(t, dir)
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("flipped value: %v", err)
 	}
 }

@@ -4,7 +4,15 @@
 // Layout: bucket "meshguard" holds the format marker and version; bucket "services" holds one
 // nested bucket per service, with the service's fields as JSON under "state" and a nested
 // bucket "destinations" mapping "host:port" or "ip:port" to a JSON DestinationRecord, and a
-// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord.
+// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord; bucket
+// "audit" holds the audit log (8-byte big-endian sequence → JSON flowmodel.AuditRecord) and
+// bucket "tokens" the admin API's tokens (name → JSON Token, the token's SHA-256 only).
+// From format version 2 every value ends with a CRC-32C of its place and content (see
+// checksum.go).
+//
+// A store no request can break: Open refuses a damaged file (ErrDamaged) with the file's
+// name and the way back (Check, Backup, Restore, the scheduled backups of RunBackups),
+// bbolt's panics become errors, and Save isolates a service that cannot be saved.
 package store
 
 import (
@@ -28,7 +36,7 @@ const FileName = "meshguard.db"
 
 const (
 	formatName    = "meshguard-baselines"
-	formatVersion = 1
+	formatVersion = 2
 	// defaultLockTimeout bounds the wait for the file lock held by another process.
 	defaultLockTimeout = 2 * time.Second
 )
@@ -55,8 +63,9 @@ var ErrNotStore = errors.New("not a meshguard store")
 
 // Bolt is a flowmodel.Store in a bbolt file. Its methods are safe for concurrent use.
 type Bolt struct {
-	db  *bolt.DB
-	log *slog.Logger
+	db      *bolt.DB
+	log     *slog.Logger
+	version int // of the file's format
 }
 
 var _ flowmodel.Store = (*Bolt)(nil)
@@ -168,6 +177,7 @@ func (b *Bolt) checkFormat(path string, readOnly bool) error {
 		if meta == nil {
 			empty := true
 			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			b.version = formatVersion
 			if !empty {
 				return fmt.Errorf("open %s: %w: it has data but no meshguard marker; move it away to start afresh", path, ErrNotStore)
 			}
@@ -204,11 +214,21 @@ func (b *Bolt) checkFormat(path string, readOnly bool) error {
 		if tx.Bucket(bucketServices) == nil {
 			return fmt.Errorf("open %s: %w: services bucket missing", path, ErrNotStore)
 		}
+		b.version = v
 		if !readOnly {
 			for _, name := range [][]byte{bucketAudit, bucketTokens} {
 				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 					return err
 				}
+			}
+			if v < 2 {
+				if err := sealAll(tx); err != nil {
+					return fmt.Errorf("open %s: seal values (format 1 to 2): %w", path, err)
+				}
+				if err := meta.Put(keyVersion, []byte(strconv.Itoa(formatVersion))); err != nil {
+					return err
+				}
+				b.version = formatVersion
 			}
 		}
 		return nil
@@ -240,7 +260,8 @@ type serviceState struct {
 func shapeKey(dest, shape string) []byte { return append(shapePrefix(dest), shape...) }
 func shapePrefix(dest string) []byte     { return append([]byte(dest), 0) }
 
-// Load calls fn for every stored service.
+// Load calls fn for every stored service. A record that does not decode is an error
+// wrapping ErrDamaged; an error of fn is returned as it is.
 func (b *Bolt) Load(fn func(flowmodel.ServiceRecord) error) error {
 	return guard(b.db.Path(), func() error { return b.db.View(func(tx *bolt.Tx) error { return b.load(tx, fn) }) })
 }
@@ -250,8 +271,12 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 		return tx.Bucket(bucketServices).ForEachBucket(func(name []byte) error {
 			sb := tx.Bucket(bucketServices).Bucket(name)
 			var st serviceState
-			if err := json.Unmarshal(sb.Get(keyState), &st); err != nil {
-				return fmt.Errorf("service %q: state: %w", name, err)
+			raw, err := b.unseal(sb.Get(keyState), name, keyState)
+			if err != nil {
+				return b.undecodable(fmt.Errorf("service %.100q: state: %w", name, err))
+			}
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return b.undecodable(fmt.Errorf("service %.100q: state: %w", name, err))
 			}
 			r := st.ServiceRecord
 			r.Name = string(name)
@@ -259,8 +284,12 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 				r.Destinations = make([]flowmodel.DestinationRecord, 0, db.Stats().KeyN)
 				err := db.ForEach(func(k, v []byte) error {
 					var d flowmodel.DestinationRecord
+					v, err := b.unseal(v, name, bucketDestinations, k)
+					if err != nil {
+						return b.undecodable(fmt.Errorf("service %.100q: destination %.100q: %w", name, k, err))
+					}
 					if err := json.Unmarshal(v, &d); err != nil {
-						return fmt.Errorf("service %q: destination %q: %w", name, k, err)
+						return b.undecodable(fmt.Errorf("service %.100q: destination %.100q: %w", name, k, err))
 					}
 					d.Destination = string(k)
 					r.Destinations = append(r.Destinations, d)
@@ -273,12 +302,16 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 			if sb := sb.Bucket(bucketShapes); sb != nil {
 				err := sb.ForEach(func(k, v []byte) error {
 					var sh flowmodel.ShapeRecord
+					v, err := b.unseal(v, name, bucketShapes, k)
+					if err != nil {
+						return b.undecodable(fmt.Errorf("service %.100q: shape %.100q: %w", name, k, err))
+					}
 					if err := json.Unmarshal(v, &sh); err != nil {
-						return fmt.Errorf("service %q: shape %q: %w", name, k, err)
+						return b.undecodable(fmt.Errorf("service %.100q: shape %.100q: %w", name, k, err))
 					}
 					dest, text, ok := bytes.Cut(k, []byte{0})
 					if !ok {
-						return fmt.Errorf("service %q: bad shape key %q", name, k)
+						return b.undecodable(fmt.Errorf("service %.100q: bad shape key %.100q", name, k))
 					}
 					sh.Destination, sh.Shape = string(dest), string(text)
 					r.Shapes = append(r.Shapes, sh)
@@ -292,6 +325,9 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 		})
 	}
 }
+
+// undecodable reports a record that does not decode: the file is damaged.
+func (b *Bolt) undecodable(err error) error { return damaged(b.db.Path(), err.Error()) }
 
 // Save applies records. It checks each record first and drops what cannot be stored
 // (logged), then writes all in one transaction; if that fails, it writes each service in a
@@ -409,7 +445,7 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 	if len(state) > maxStateBytes {
 		return fmt.Errorf("state of %d bytes (at most %d)", len(state), maxStateBytes)
 	}
-	if err := sb.Put(keyState, state); err != nil {
+	if err := sb.Put(keyState, seal(state, []byte(r.Name), keyState)); err != nil {
 		return err
 	}
 	db, err := sb.CreateBucketIfNotExists(bucketDestinations)
@@ -435,7 +471,7 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 		if err != nil {
 			return err
 		}
-		if err := db.Put([]byte(key), v); err != nil {
+		if err := db.Put([]byte(key), seal(v, []byte(r.Name), bucketDestinations, []byte(key))); err != nil {
 			return fmt.Errorf("put %q: %w", key, err)
 		}
 		// A saved destination carries all its shapes: replace what was stored.
@@ -450,7 +486,7 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 		if err != nil {
 			return err
 		}
-		if err := shb.Put(k, v); err != nil {
+		if err := shb.Put(k, seal(v, []byte(r.Name), bucketShapes, k)); err != nil {
 			return fmt.Errorf("put shape: %w", err)
 		}
 	}
