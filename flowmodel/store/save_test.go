@@ -54,6 +54,9 @@ func TestAdversaryOneBadRecordSavesTheRest(t *testing.T) {
 	if !p.LastSeen.Equal(flowmodel.MaxEncodedTime) || !p.Destinations[0].LastSeen.Equal(flowmodel.MaxEncodedTime) {
 		t.Fatalf("year 10000 not clamped: %v %v", p.LastSeen, p.Destinations[0].LastSeen)
 	}
+	if s := st.Stats(); s.Clamped != 3 || s.Dropped != 1 {
+		t.Fatalf("stats %+v, want 3 clamped, 1 dropped", s)
+	}
 	if recs[0].LastSeen != y10k {
 		t.Fatal("Save changed the caller's record")
 	}

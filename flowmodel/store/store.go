@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel"
@@ -66,6 +67,22 @@ type Bolt struct {
 	db      *bolt.DB
 	log     *slog.Logger
 	version int // of the file's format
+
+	clamped, dropped atomic.Uint64
+}
+
+// SaveStats counts what saves had to change to store records.
+type SaveStats struct {
+	// Clamped counts values moved into what can be stored (times outside years 1970 to
+	// 9999, NaN numbers).
+	Clamped uint64 `json:"clamped"`
+	// Dropped counts destinations and shapes too large to store.
+	Dropped uint64 `json:"dropped"`
+}
+
+// Stats returns the counts since Open, e.g. for metrics.
+func (b *Bolt) Stats() SaveStats {
+	return SaveStats{Clamped: b.clamped.Load(), Dropped: b.dropped.Load()}
 }
 
 var _ flowmodel.Store = (*Bolt)(nil)
@@ -415,6 +432,7 @@ func (b *Bolt) storable(r flowmodel.ServiceRecord) (flowmodel.ServiceRecord, err
 		return r, fmt.Errorf("service name of %d bytes (at most %d)", len(r.Name), maxNameBytes)
 	}
 	if n := r.Encodable(); n > 0 {
+		b.clamped.Add(uint64(n))
 		b.log.Warn("store: values out of range clamped", slog.String("service", r.Name), slog.Int("values", n))
 	}
 	dropped := 0
@@ -425,6 +443,7 @@ func (b *Bolt) storable(r flowmodel.ServiceRecord) (flowmodel.ServiceRecord, err
 		return sh.Destination != "" && len(sh.Destination)+1+len(sh.Shape) <= maxShapeKeyBytes
 	})
 	if dropped > 0 {
+		b.dropped.Add(uint64(dropped))
 		b.log.Warn("store: entries too large to store dropped", slog.String("service", r.Name), slog.Int("entries", dropped))
 	}
 	return r, nil
