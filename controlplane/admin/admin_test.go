@@ -684,3 +684,53 @@ func TestStoreCollector(t *testing.T) {
 		t.Fatalf("metrics %v", got)
 	}
 }
+
+// TestAdversaryCredentialTricks covers what a careful attacker tries next against issue 10
+// case 4: a token in the query string, two Authorization headers (one of them valid), an
+// oversized token, another scheme, a cookie, a path spelled around the route: all 401.
+func TestAdversaryCredentialTricks(t *testing.T) {
+	e := newEnv(t)
+	hr := func(method, path string, hdr http.Header) int {
+		t.Helper()
+		r, err := http.NewRequest(method, e.srv.URL+path, strings.NewReader(`{"mode":"learn"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header = hdr
+		r.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	tests := []struct {
+		name, method, path string
+		hdr                http.Header
+	}{
+		{"token in the query", "PUT", modePath + "?token=" + adminToken + "&access_token=" + adminToken, http.Header{}},
+		{"two Authorization headers", "PUT", modePath, http.Header{"Authorization": {"Bearer nope-nope-nope-nope", "Bearer " + adminToken}}},
+		{"oversized token", "PUT", modePath, http.Header{"Authorization": {"Bearer " + strings.Repeat("a", 4096)}}},
+		{"token as Basic password", "PUT", modePath, http.Header{"Authorization": {"Basic " + adminToken}}},
+		{"token with a prefix", "PUT", modePath, http.Header{"Authorization": {"Bearer x" + adminToken}}},
+		{"token in a cookie", "PUT", modePath, http.Header{"Cookie": {"token=" + adminToken}}},
+		{"X-Forwarded-User", "PUT", modePath, http.Header{"X-Forwarded-User": {"admin"}, "X-Remote-User": {"admin"}}},
+		{"HEAD read", "HEAD", "/v1/services", http.Header{}},
+		{"encoded path", "PUT", "/v1/services/shop%2Fcheckout/%6Dode", http.Header{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if code := hr(tt.method, tt.path, tt.hdr); code != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401", code)
+			}
+		})
+	}
+	if m := e.mode("shop/checkout"); m != flowmodel.ModeLearn {
+		t.Fatalf("mode %s", m)
+	}
+	// The scheme is case-insensitive, as RFC 9110 says.
+	if code := hr("GET", "/v1/whoami", http.Header{"Authorization": {"bearer " + adminToken}}); code != http.StatusOK {
+		t.Fatalf("lower-case scheme: %d", code)
+	}
+}
