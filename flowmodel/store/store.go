@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -141,6 +142,9 @@ func OpenFile(path string, opts Options) (*Bolt, error) {
 		return nil, fmt.Errorf("open %s: %w (is another meshguard using this data dir?)", path, ErrLocked)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
 		return nil, fmt.Errorf("open %s: %w (corrupt or foreign file: %v); %s", path, ErrNotStore, err, wayBack(path))
+	case err != nil && existed && !errors.Is(err, fs.ErrPermission):
+		// Whatever else bbolt trips over in a file that exists is damage.
+		return nil, damaged(path, err.Error())
 	case err != nil:
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -150,6 +154,9 @@ func OpenFile(path string, opts Options) (*Bolt, error) {
 	}
 	if err := b.checkFormat(path, opts.ReadOnly); err != nil {
 		db.Close()
+		if !errors.Is(err, ErrNotStore) && !errors.Is(err, ErrDamaged) && existed {
+			err = damaged(path, err.Error())
+		}
 		return nil, err
 	}
 	if !opts.SkipCheck {
