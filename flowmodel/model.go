@@ -203,6 +203,12 @@ func keys(d Destination) (ipKey, hostKey destKey, hasIP, hasHost bool) {
 		ipKey, hasIP = destKey{ip: d.IP, port: d.Port}, true
 	}
 	if d.Host != "" {
+		if ip, ok := hostIP(d.Host); ok { // an IP literal is keyed as the IP, never twice
+			if !hasIP {
+				ipKey, hasIP = destKey{ip: ip, port: d.Port}, true
+			}
+			return
+		}
 		hostKey, hasHost = destKey{host: d.Host, port: d.Port}, true
 	}
 	return
