@@ -33,6 +33,10 @@ const (
 var knownOptions = map[string]optionKind{
 	// Existing options.
 	"listen":                  kindString,
+	"admin-hosts":             kindString,
+	"admin-cert-roles":        kindString,
+	"admin-cert-default-role": kindString,
+	"backup-keep":             kindInt,
 	"admin-listen":            kindString,
 	"admin-allow-remote":      kindBool,
 	"data-dir":                kindString,

@@ -95,7 +95,7 @@ func newAdminClient(base, token string, c *http.Client) (*adminClient, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		}}
-		ac.client, ac.url = &cc, "http://meshguard"
+		ac.client, ac.url = &cc, "http://localhost" // the admin API accepts localhost as its Host
 	}
 	return ac, nil
 }

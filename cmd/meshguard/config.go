@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/controlplane"
+	"github.com/meshguard/meshguard/controlplane/admin"
 	"github.com/meshguard/meshguard/controlplane/xds"
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/extproc/certs"
@@ -118,11 +119,19 @@ type serveConfig struct {
 	insecureListen bool
 	// healthListen is the probe-only HTTP listener (/healthz, /readyz, /metrics); "" is none.
 	healthListen string
-	// adminTokenFile holds the admin API's bearer token: --admin-token-file, else
-	// <data-dir>/admin-token. The lead wires its creation at first start into serve.
+	// adminTokenFile holds the admin API's bearer token (admin role): --admin-token-file,
+	// else <data-dir>/admin-token, created at first start (admin.LoadOrCreateToken).
 	adminTokenFile string
-	dataDir        string
-	model          flowmodel.Config
+	// adminHosts are the Host names the admin API answers to besides IP literals and
+	// localhost (DNS-rebinding defence); adminCertRoles and adminCertDefaultRole give verified
+	// client certificates their role.
+	adminHosts           []string
+	adminCertRoles       map[string]admin.Role
+	adminCertDefaultRole admin.Role
+	// backupKeep is how many scheduled backups are kept.
+	backupKeep int
+	dataDir    string
+	model      flowmodel.Config
 	// maxServicesAction is what a new service gets once model.MaxServices are tracked:
 	// "block" or "alert" (flowmodel implements it; serve hands it over).
 	maxServicesAction string
@@ -157,6 +166,10 @@ type serveFlags struct {
 	identityOrder string
 	logLevel      string
 	dnsServers    string
+
+	adminHosts           string
+	adminCertRoles       string
+	adminCertDefaultRole string
 }
 
 // options is the table of every option of serve, in the order --help, "config print" and
@@ -170,6 +183,9 @@ func (f *serveFlags) options() []option {
 		{"insecure-listen", &c.insecureListen, false, "allow --listen, --admin-listen and --xds-listen beyond loopback without TLS (refused otherwise)"},
 		{"admin-allow-remote", &c.adminAllowRemote, false, "allow the admin API beyond loopback without client certificates (--admin-tls-client-ca)"},
 		{"admin-token-file", &c.adminTokenFile, "", "bearer token of the admin API, created (random, mode 0600) at first start when absent (default <data-dir>/admin-token)"},
+		{"admin-hosts", &f.adminHosts, "", "Host names the admin API answers to, comma-separated, besides IP literals and localhost (a defence against DNS rebinding)"},
+		{"admin-cert-roles", &f.adminCertRoles, "", "roles of verified admin client certificates, IDENTITY=ROLE comma-separated; IDENTITY is a URI SAN or the common name, ROLE viewer, operator or admin"},
+		{"admin-cert-default-role", &f.adminCertDefaultRole, "none", "role of a verified admin client certificate --admin-cert-roles does not name: none (refused), viewer, operator or admin"},
 		{"data-dir", &c.dataDir, "./meshguard-data", "directory of the baseline store"},
 	}
 	opts = append(opts, f.model.options()...)
@@ -207,6 +223,7 @@ func (f *serveFlags) options() []option {
 		{"pprof", &c.pprof, false, "serve net/http/pprof under /debug/pprof/ on the admin listener"},
 		{"flush-interval", &c.flushInterval, time.Second, "how far the store may lag behind the model"},
 		{"backup-interval", &c.backupInterval, time.Hour, "how often a backup of the store is written to <data-dir>/backups (0: never)"},
+		{"backup-keep", &c.backupKeep, 24, "how many scheduled backups are kept, the newest"},
 		{"lameduck", &c.lameduck, 2 * time.Second, "on shutdown, time between reporting NOT_SERVING and refusing new streams"},
 		{"drain-timeout", &c.drainTimeout, 10 * time.Second, "on shutdown, time in-flight streams get to finish"},
 		{"resolve-hosts", &c.resolveHosts, false, "resolve Host names (cached, off the request path) and flag host_ip_mismatch when a name is sent to an IP it does not resolve to"},
@@ -292,6 +309,23 @@ func (f *serveFlags) validate() (serveConfig, error) {
 	if c.backupInterval < 0 {
 		errs = append(errs, errors.New("--backup-interval must not be negative"))
 	}
+	if c.backupKeep <= 0 {
+		errs = append(errs, errors.New("--backup-keep must be positive"))
+	}
+	c.adminHosts = splitList(f.adminHosts)
+	c.adminCertRoles = map[string]admin.Role{}
+	for _, e := range splitList(f.adminCertRoles) {
+		id, role, ok := strings.Cut(e, "=")
+		r, err := admin.ParseRole(role)
+		if !ok || strings.TrimSpace(id) == "" || err != nil || r == admin.RoleNone {
+			errs = append(errs, fmt.Errorf("--admin-cert-roles %q: want IDENTITY=ROLE with ROLE viewer, operator or admin", e))
+			continue
+		}
+		c.adminCertRoles[strings.TrimSpace(id)] = r
+	}
+	if c.adminCertDefaultRole, err = admin.ParseRole(f.adminCertDefaultRole); err != nil {
+		errs = append(errs, fmt.Errorf("--admin-cert-default-role: %w", err))
+	}
 	errs = append(errs, c.checkListeners()...)
 	if err := c.tls.check(""); err != nil {
 		errs = append(errs, err)
@@ -352,6 +386,17 @@ func (c *serveConfig) checkListeners() []error {
 		}
 	}
 	return errs
+}
+
+// splitList splits a comma-separated option into its trimmed, non-empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // checkAddress accepts host:port or unix:///path.

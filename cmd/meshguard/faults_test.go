@@ -68,8 +68,9 @@ func TestServeMutualTLS(t *testing.T) {
 	ts := startTestServer(t, t.TempDir(),
 		"--tls-cert", ep.Cert, "--tls-key", ep.Key, "--tls-client-ca", ep.ClientCA,
 		"--admin-tls-cert", adm.Cert, "--admin-tls-key", adm.Key, "--admin-tls-client-ca", adm.ClientCA,
-		"--tls-reload-interval", "20ms")
+		"--admin-cert-roles", "operator=operator", "--tls-reload-interval", "20ms")
 	envoy, operator, stranger := mesh.Client(t, "envoy"), ops.Client(t, "operator"), other.Client(t, "stranger")
+	intern := ops.Client(t, "intern") // verified, but --admin-cert-roles gives it no role
 	req := checkout.request("203.0.113.10", 443, "api.stripe.com", "GET", "/", "")
 
 	t.Run("ext_proc", func(t *testing.T) {
@@ -100,8 +101,9 @@ func TestServeMutualTLS(t *testing.T) {
 			{"probe without certificate", "/healthz", nil, 200},
 			{"readiness without certificate", "/readyz", nil, 200},
 			{"API without certificate", "/v1/services", nil, 401},
-			{"metrics without certificate", "/metrics", nil, 401},
+			{"metrics without certificate", "/metrics", nil, 200}, // open, as the probes
 			{"API with the operator's certificate", "/v1/services", operator, 200},
+			{"API with a certificate that has no role", "/v1/services", intern, 403},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				if code, body, _ := httpsGet(t, base+tc.path, ops.Pool(), tc.cert); code != tc.want {

@@ -125,7 +125,7 @@ func TestAdminAPI(t *testing.T) {
 		{"PUT", "/v1/services/shop%2Fcart/mode", `{"mode":"lockdown"}`, 400, []string{"learn, monitor, enforce, quarantine"}},
 		{"PUT", "/v1/services/shop%2Fcart/mode", `{"mode":`, 400, []string{"bad JSON"}},
 		{"PUT", "/v1/services/shop%2Fcart/mode", `{"mode":"monitor","allow":["x:1"]}`, 400, []string{"only valid with mode quarantine"}},
-		{"PUT", "/v1/services/shop%2Fcart/mode", `{"mode":"monitor"}`, 200, []string{`"mode": "monitor"`, `"mode_set_by": "admin-api`}},
+		{"PUT", "/v1/services/shop%2Fcart/mode", `{"mode":"monitor"}`, 200, []string{`"mode": "monitor"`, `"mode_set_by": "admin-token`}},
 		{"GET", "/metrics", "", 200, []string{
 			`meshguard_decisions_total{verdict="block"} 1`,
 			`meshguard_decision_reasons_total{reason="new_destination",verdict="block"} 1`,

@@ -98,34 +98,35 @@ func TestLearnFromEvents(t *testing.T) {
 }
 
 func TestApproveAndRejectCommands(t *testing.T) {
-	ts := startTestServer(t, t.TempDir())
+	dir := t.TempDir()
+	ts := startTestServer(t, dir)
 	learn(t, ts)
 	ts.mustSetMode(t, "shop/checkout", "enforce")
 	if code, _ := ts.do(t, checkout.request("198.51.100.66", 443, "partner.example.net", "GET", "/", "")); code != 403 {
 		t.Fatalf("before approval: %d", code)
 	}
 	var out, errOut strings.Builder
-	if err := run(context.Background(), []string{"approve", "--admin", ts.adminURL, "--by", "alice", "shop/checkout", "198.51.100.66:443"}, nil, &out, &errOut); err != nil {
+	if err := run(context.Background(), []string{"approve", "--admin", ts.adminURL, "--data-dir", dir, "--by", "alice", "shop/checkout", "198.51.100.66:443"}, nil, &out, &errOut); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
 	if code, _ := ts.do(t, checkout.request("198.51.100.66", 443, "partner.example.net", "GET", "/", "")); code != 200 {
 		t.Fatalf("after approval: %d", code)
 	}
-	if err := run(context.Background(), []string{"reject", "--admin", ts.adminURL, "--by", "bob", "shop/checkout", "203.0.113.10:443"}, nil, &out, &errOut); err != nil {
+	if err := run(context.Background(), []string{"reject", "--admin", ts.adminURL, "--data-dir", dir, "--by", "bob", "shop/checkout", "203.0.113.10:443"}, nil, &out, &errOut); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
 	if code, _ := ts.do(t, checkout.request("203.0.113.10", 443, "", "GET", "/", "")); code != 403 {
 		t.Fatalf("after rejection: %d", code)
 	}
 	code, body := ts.http(t, "GET", "/v1/services/shop%2Fcheckout", nil)
-	if err := contains(body, `"action": "approve"`, `"by": "alice (admin-api`, `"action": "reject"`, `"destination": "203.0.113.10:443"`); code != 200 || err != nil {
+	if err := contains(body, `"action": "approve"`, `"by": "alice (admin-token`, `"action": "reject"`, `"destination": "203.0.113.10:443"`); code != 200 || err != nil {
 		t.Fatalf("%d %v in:\n%s", code, err, body)
 	}
-	err := run(context.Background(), []string{"reject", "--admin", ts.adminURL, "--by", "bob", "nobody/here", "1.2.3.4:5"}, nil, &out, &errOut)
+	err := run(context.Background(), []string{"reject", "--admin", ts.adminURL, "--data-dir", dir, "--by", "bob", "nobody/here", "1.2.3.4:5"}, nil, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("unknown service: %v", err)
 	}
-	err = run(context.Background(), []string{"approve", "--admin", ts.adminURL, "--by", "x", "shop/checkout", "api.example.com:443", "not a shape"}, nil, &out, &errOut)
+	err = run(context.Background(), []string{"approve", "--admin", ts.adminURL, "--data-dir", dir, "--by", "x", "shop/checkout", "api.example.com:443", "not a shape"}, nil, &out, &errOut)
 	if err == nil || !strings.Contains(err.Error(), "400") {
 		t.Fatalf("bad shape: %v", err)
 	}

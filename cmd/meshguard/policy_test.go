@@ -163,7 +163,7 @@ func TestPolicyExportWhileServing(t *testing.T) {
 		t.Fatalf("got %v, want the lock error with the --admin hint", err)
 	}
 
-	stdout, stderr, err := runCmd(t, "policy", "export", "--format", "networkpolicy", "--admin", ts.adminURL, "--service", "shop/checkout")
+	stdout, stderr, err := runCmd(t, "policy", "export", "--format", "networkpolicy", "--admin", ts.adminURL, "--admin-token-file", filepath.Join(dir, "admin-token"), "--service", "shop/checkout")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
@@ -185,7 +185,12 @@ func TestPolicyExportFromAdmin(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	h := admin.New(model, admin.Options{})
+	const token = "policy-export-test-token-0123456789abcdef"
+	t.Setenv("MESHGUARD_ADMIN_TOKEN", token)
+	h, err := admin.New(model, admin.Options{Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 

@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -69,8 +70,11 @@ type server struct {
 	group  *errgroup.Group
 	failed context.Context
 
+	persister   *flowmodel.Persister
 	stopPersist context.CancelFunc
 	persistDone chan error
+	stopBackups context.CancelFunc // nil without --backup-interval
+	backupsDone chan struct{}
 	stopTLS     context.CancelFunc // stops polling the TLS files
 
 	shutdownOnce sync.Once
@@ -203,7 +207,7 @@ func (s *server) openModel(u *undo) error {
 	if s.model, err = flowmodel.New(cfg.model); err != nil {
 		return err
 	}
-	if s.store, err = store.Open(cfg.dataDir, store.Options{}); err != nil {
+	if s.store, err = store.Open(cfg.dataDir, store.Options{Logger: log}); err != nil {
 		return err
 	}
 	u.push(func() { s.store.Close() })
@@ -213,6 +217,9 @@ func (s *server) openModel(u *undo) error {
 		return fmt.Errorf("%s: %w", s.store.Path(), err)
 	}
 	log.Info("baselines loaded", slog.Int("services", n), slog.String("store", s.store.Path()), slog.Duration("took", time.Since(start)))
+	// The persister saves in the background (startPersister) and, for the admin API, saves
+	// every operator's change with its audit record before the 200.
+	s.persister = &flowmodel.Persister{Model: s.model, Store: s.store, Interval: cfg.flushInterval}
 	return nil
 }
 
@@ -256,21 +263,35 @@ func (s *server) newAdmin(ctx, tlsCtx context.Context, tlsm *tlsMetrics, reg pro
 	cfg := s.cfg
 	var adminTLS *tls.Config
 	if cfg.adminTLS.enabled() {
-		// Probes carry no client certificate: the handshake asks for one, requireClientCert
-		// insists on it for everything but /healthz and /readyz.
+		// Probes carry no client certificate: the handshake asks for one, and the admin
+		// handler takes a verified certificate (by --admin-cert-roles) or a bearer token.
 		src, err := tlsm.source(tlsCtx, "admin", cfg.adminTLS, tls.VerifyClientCertIfGiven, []string{"http/1.1"}, cfg.tlsReload, s.log)
 		if err != nil {
 			return nil, fmt.Errorf("--admin-tls-cert: %w", err)
 		}
 		adminTLS = src.TLSConfig()
 	}
-	s.admin = admin.New(s.model, admin.Options{Gatherer: reg, Logger: s.log})
+	token, created, err := admin.LoadOrCreateToken(cfg.adminTokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("--admin-token-file: %w", err)
+	}
+	if created {
+		s.log.Info("admin token created", slog.String("file", cfg.adminTokenFile))
+	}
+	sched := s.backupSchedule()
+	s.admin, err = admin.New(s.model, admin.Options{
+		Gatherer: reg, Logger: s.log, Committer: s.persister, Store: s.store,
+		Token: token, Hosts: cfg.adminHosts, CertRoles: cfg.adminCertRoles, CertDefaultRole: cfg.adminCertDefaultRole,
+		Backup: func() (string, store.Report, error) { return s.store.BackupNow(sched) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The admin handler authenticates every /v1 call itself: a bearer token or a verified
+	// client certificate (the handshake asks for one; probes and token clients send none).
 	var h http.Handler = s.admin
 	if cfg.pprof {
-		h = withPprof(h)
-	}
-	if cfg.adminTLS.clientCA != "" {
-		h = requireClientCert(h)
+		h = withPprof(h, s.admin)
 	}
 	lis, err := listen(ctx, cfg.adminListen)
 	if err != nil {
@@ -314,17 +335,31 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 // behind, until shutdown makes the last save.
 func (s *server) startPersister(reg prometheus.Registerer) {
 	pm := newPersistMetrics(reg)
+	reg.MustRegister(admin.StoreCollector(s.persister))
 	pctx, stop := context.WithCancel(context.Background())
 	s.stopPersist, s.persistDone = stop, make(chan error, 1)
-	p := &flowmodel.Persister{
-		Model: s.model, Store: s.store, Interval: s.cfg.flushInterval,
-		OnError: func(err error) {
-			pm.failures.Inc()
-			s.log.Error("saving baselines failed; will retry", slog.Any("error", err))
-		},
-		OnSave: func(n int) { pm.saved.Add(float64(n)) },
+	p := s.persister
+	p.OnError = func(err error) {
+		pm.failures.Inc()
+		s.log.Error("saving baselines failed; will retry", slog.Any("error", err))
 	}
+	p.OnSave = func(n int) { pm.saved.Add(float64(n)) }
 	go func() { s.persistDone <- p.Run(pctx) }()
+	if sched := s.backupSchedule(); sched.Interval > 0 {
+		bctx, stop := context.WithCancel(context.Background())
+		s.stopBackups, s.backupsDone = stop, make(chan struct{})
+		go func() { defer close(s.backupsDone); s.store.RunBackups(bctx, sched) }()
+	}
+}
+
+// backupSchedule is when and where backups of the store are written (--backup-interval,
+// --backup-keep, <data-dir>/backups).
+func (s *server) backupSchedule() store.BackupSchedule {
+	return store.BackupSchedule{
+		Interval: s.cfg.backupInterval, Dir: filepath.Join(s.cfg.dataDir, "backups"), Keep: s.cfg.backupKeep,
+		OnBackup: func(path string, _ store.Report) { s.log.Info("store backed up", slog.String("file", path)) },
+		OnError:  func(err error) { s.log.Error("store backup failed", slog.Any("error", err)) },
+	}
 }
 
 // wait serves until ctx is done (a signal) or a part fails, then shuts down. It returns the
@@ -386,6 +421,10 @@ func (s *server) stop(ctx context.Context) error {
 	}
 	errs[0] = s.group.Wait()
 	s.stopTLS()
+	if s.stopBackups != nil {
+		s.stopBackups() // before the last save and the close of the store
+		<-s.backupsDone
+	}
 	s.stopPersist()
 	if err := <-s.persistDone; err != nil {
 		errs = append(errs, fmt.Errorf("last save of baselines: %w", err))
@@ -422,14 +461,16 @@ func (h hostResolver) Lookup(host string) ([]netip.Addr, bool) {
 }
 
 // withPprof serves net/http/pprof under /debug/pprof/ next to h.
-func withPprof(h http.Handler) http.Handler {
+// Profiles need the admin role, as every other call beyond the probes needs a credential.
+func withPprof(h http.Handler, a *admin.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	for path, f := range map[string]http.HandlerFunc{
+		"/debug/pprof/": pprof.Index, "/debug/pprof/cmdline": pprof.Cmdline, "/debug/pprof/profile": pprof.Profile,
+		"/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace,
+	} {
+		mux.Handle(path, a.Require(admin.RoleAdmin, f))
+	}
 	return mux
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/meshguard/meshguard/extproc/certs"
@@ -92,20 +91,4 @@ func (m *tlsMetrics) source(ctx context.Context, name string, f tlsFlags, auth t
 	log.Info("TLS", slog.String("listener", name), slog.String("subject", src.Leaf().Subject.String()),
 		slog.Time("not_after", src.Leaf().NotAfter), slog.Bool("mutual", f.clientCA != ""))
 	return src, nil
-}
-
-// requireClientCert lets requests with a verified client certificate through, and the
-// probes (/healthz, /readyz) without one: the kubelet presents none. The admin listener
-// asks for client certificates with tls.VerifyClientCertIfGiven, so a certificate that is
-// given was verified in the handshake.
-func requireClientCert(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-			if p := r.URL.Path; p != "/healthz" && p != "/readyz" {
-				http.Error(w, "a client certificate is required", http.StatusUnauthorized)
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
 }
