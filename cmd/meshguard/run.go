@@ -85,6 +85,7 @@ learns each service's destinations and request shapes and alerts on or blocks th
 		newFeedbackCommand(e, "approve"),
 		newFeedbackCommand(e, "reject"),
 		newPolicyCommand(e),
+		newStoreCommand(e),
 		&cobra.Command{
 			Use:   "version",
 			Short: "print the version",
