@@ -43,6 +43,9 @@ func meshguard(s *Series, requireApproval bool) (Detection, error) {
 	var ss rate.SeasonalState
 	return detect(s, func(i int) (bool, float64) {
 		r := d.Add(&st, s.Times[i], s.Values[i])
+		if seasonalDisabled {
+			return r.Alarm, r.Score
+		}
 		q := sd.Add(&ss, s.Times[i], s.Values[i])
 		return r.Alarm || q.Alarm, max(r.Score, q.Score)
 	}, "rate and seasonal defaults, interval "+s.Step.String())
@@ -60,6 +63,9 @@ func seasonalConfig(s *Series, requireApproval bool) rate.SeasonalConfig {
 // seasonalBase is the seasonal configuration the evaluation starts from (the defaults; the
 // sensitivity check varies it).
 var seasonalBase rate.SeasonalConfig
+
+// seasonalDisabled runs the rate CUSUM alone (for the sensitivity check).
+var seasonalDisabled bool
 
 // thresholdKs are the multipliers the fixed-threshold baseline chooses k from.
 var thresholdKs = []float64{1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12, 15, 20}

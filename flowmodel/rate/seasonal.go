@@ -20,9 +20,9 @@ import (
 //	y = ln(count + MinRate),  expected = profile[slot] + level,  r = y − expected
 //
 // The profile learns each slot's typical value day after day (a plain average for the first
-// days, then an exponentially weighted one with a half-life of ProfileHalfLife); the level
-// follows the key's overall volume within hours (LevelHalfLife), so a quiet weekend or a
-// slow change of the whole day's traffic does not read as a drop in every hour. The spread
+// days, then an exponentially weighted one with a half-life of ProfileHalfLife); Saturdays
+// and Sundays have slots of their own. The level follows the key's overall volume over days
+// (LevelHalfLife), so a slow change of the whole day's traffic moves every hour at once. The spread
 // of r is learned per slot from day to day, shrunk towards the spread pooled over all slots
 // while a slot has few days of history, and never below the Poisson noise of the count nor
 // MinSpread. Each bucket's z = r/spread feeds two CUSUMs, one for rises and one for drops,
@@ -30,21 +30,24 @@ import (
 //
 // The floor: a drop counts as evidence only while the expected count of the bucket is at
 // least MinRate, and the MinRate added inside the logarithm damps the relative changes of a
-// small count, so a sparse service does not alarm on silence. A service expected to make
-// MinRate requests in a bucket (20 an hour by default) that goes silent alarms after the
-// bucket ends (the caller closes it with Advance when nothing arrives).
+// small count, so a sparse service does not alarm on silence. A service expected to make 60
+// requests an hour that goes silent alarms within three hours, one expected to make hundreds
+// within two (TestSeasonalDeviations; the caller closes buckets with Advance when nothing
+// arrives).
 //
 // The learning is robust: a bucket in alarm teaches nothing, and the others teach their
 // residual clipped to ±Clip spreads, so a single anomaly moves the profile little. A shift
 // that keeps the alarm up for Probation becomes the new level (the mean of the last few
 // buckets' residuals) unless rejected, as with Detector; between shifts the level and each
-// slot of the profile may rise by at most MaxGrowth a day, so a slow ramp cannot walk the
-// profile up faster than that.
+// slot of the profile may rise by at most MaxGrowth a day. A ramp is followed only as fast as
+// the profile learns: with the defaults, growth of 2% a day raises no alarm, a ramp of ×1.1 a
+// day alarms within two days and ×2 a day within half a day (TestAdversarySeasonalSlowRamp),
+// and after the probation of such an alarm the ramp's level is adopted and must alarm anew.
 //
 // Observe costs a comparison against a limit computed when the bucket opened (no logarithm,
-// no allocation); closing a bucket costs a logarithm, an exponential and a square root. A
-// SeasonalState holds the profile (576 bytes), so it is meant for a
-// service's total rate, not for every edge.
+// no allocation); closing a bucket costs two logarithms, two exponentials and a square
+// root. A SeasonalState holds the profile (576 bytes), so it is meant for a service's total
+// rate, not for every edge.
 type Seasonal struct {
 	cfg       SeasonalConfig
 	bucketMS  int64
