@@ -40,7 +40,7 @@
 // Seasonal is the second detector of the package: it learns a key's hour-of-day profile
 // (weekends apart) and alarms on rises and drops against it, above a minimum rate, so a
 // service that stops calling, or calls at 3am as it does at noon, is seen. Its state holds
-// the profile (576 bytes), so it is meant for a service's total rate.
+// the profile (584 bytes), so it is meant for a service's total rate.
 package rate
 
 import (

@@ -46,7 +46,7 @@ import (
 //
 // Observe costs a comparison against a limit computed when the bucket opened (no logarithm,
 // no allocation); closing a bucket costs two logarithms, two exponentials and a square
-// root. A SeasonalState holds the profile (576 bytes), so it is meant for a service's total
+// root. A SeasonalState holds the profile (584 bytes), so it is meant for a service's total
 // rate, not for every edge.
 type Seasonal struct {
 	cfg       SeasonalConfig
@@ -231,12 +231,13 @@ func NewSeasonal(cfg SeasonalConfig) (*Seasonal, error) {
 func (d *Seasonal) Config() SeasonalConfig { return d.cfg }
 
 // SeasonalState is one key's memory for a Seasonal detector: its profile, fixed size, no
-// pointers (576 bytes). The zero value is a key never seen. It is not safe for
+// pointers (584 bytes). The zero value is a key never seen. It is not safe for
 // concurrent use.
 type SeasonalState struct {
 	cur      int64   // index of the current bucket
 	count    float64 // requests in the current bucket
 	upLimit  float64 // the count at which the current bucket alarms as a rise
+	expected float64 // the current bucket's expected count (0 while warming up)
 	level    float64
 	fast     float64 // recent residual (EWMA, alarms included)
 	pool     float64 // pooled variance of residuals
@@ -274,7 +275,7 @@ func (d *Seasonal) Observe(s *SeasonalState, t time.Time) SeasonalResult { retur
 
 // Add counts n requests at t. A t before the current bucket counts in the current bucket.
 func (d *Seasonal) Add(s *SeasonalState, t time.Time, n float64) SeasonalResult {
-	d.Advance(s, t)
+	d.advance(s, t)
 	s.count += n
 	return d.result(s)
 }
@@ -282,6 +283,11 @@ func (d *Seasonal) Add(s *SeasonalState, t time.Time, n float64) SeasonalResult 
 // Advance closes the buckets that end before t without counting anything, and returns the
 // verdict: call it now and then for a key that may have gone silent.
 func (d *Seasonal) Advance(s *SeasonalState, t time.Time) SeasonalResult {
+	d.advance(s, t)
+	return d.result(s)
+}
+
+func (d *Seasonal) advance(s *SeasonalState, t time.Time) {
 	b := interval.FloorDiv(t.UnixMilli()+d.phaseMS, d.bucketMS)
 	switch {
 	case !s.seen:
@@ -290,7 +296,6 @@ func (d *Seasonal) Advance(s *SeasonalState, t time.Time) SeasonalResult {
 	case b > s.cur:
 		d.close(s, b)
 	}
-	return d.result(s)
 }
 
 // Peek returns the verdict on s's current bucket without counting anything.
@@ -324,11 +329,9 @@ func (d *Seasonal) adopt(s *SeasonalState) {
 
 func (d *Seasonal) result(s *SeasonalState) SeasonalResult {
 	r := SeasonalResult{Count: s.count, Alarm: s.alarm, Drop: s.alarm && s.dropped}
-	if !math.IsInf(s.upLimit, 1) {
-		r.Expected = math.Exp(float64(s.mean[d.slot(s.cur)])+s.level) - d.cfg.MinRate
-		if s.count >= s.upLimit {
-			r.Alarm, r.Drop = true, false
-		}
+	r.Expected = s.expected
+	if s.count >= s.upLimit {
+		r.Alarm, r.Drop = true, false
 	}
 	v := max(s.up, s.down)
 	if r.Alarm {
@@ -372,9 +375,10 @@ func (d *Seasonal) expect(s *SeasonalState, b int64) (e, sd float64, ok bool) {
 func (d *Seasonal) open(s *SeasonalState) {
 	e, sd, ok := d.expect(s, s.cur)
 	if !ok {
-		s.upLimit = math.Inf(1)
+		s.upLimit, s.expected = math.Inf(1), 0
 		return
 	}
+	s.expected = max(math.Exp(e)-d.cfg.MinRate, 0)
 	z := d.cfg.Threshold - s.up + d.cfg.Allowance
 	s.upLimit = math.Exp(e+sd*z) - d.cfg.MinRate
 }
