@@ -384,15 +384,21 @@ func (d *Seasonal) open(s *SeasonalState) {
 }
 
 // maxGap is the longest run of empty buckets a close walks through one by one; past it the
-// key is idle and its state is left as it was.
+// key is idle: its profile is left as it was and its alarm cleared.
 func (d *Seasonal) maxGap() int64 { return 2 * d.slots }
 
 // close ends the current bucket and the empty ones up to next.
 func (d *Seasonal) close(s *SeasonalState, next int64) {
 	d.closeOne(s, s.count)
-	for b := s.cur + 1; b < next && b <= s.cur+d.maxGap(); b++ {
+	last := min(next-1, s.cur+d.maxGap())
+	for b := s.cur + 1; b <= last; b++ {
 		s.cur = b
 		d.closeOne(s, 0)
+	}
+	if next-1 > last {
+		// Idle for longer than maxGap: its silence has been judged (by Advance, while it
+		// lasted); the key starts afresh when it comes back, as it was before the gap.
+		s.up, s.down, s.alarm, s.held, s.fast = 0, 0, false, 0, 0
 	}
 	s.cur, s.count = next, 0
 	d.open(s)
@@ -409,8 +415,13 @@ func (d *Seasonal) closeOne(s *SeasonalState, x float64) {
 	}
 	r := y - e
 	z := r / sd
+	// A bucket on the far side of its expected count ends the evidence for the other side:
+	// a drop is over once an hour is back at its usual level, a rise once it is back under.
 	s.up = min(max(s.up+z-d.cfg.Allowance, 0), 2*d.cfg.Threshold)
-	if math.Exp(e)-d.cfg.MinRate >= d.cfg.MinRate {
+	if z <= 0 {
+		s.up = 0
+	}
+	if math.Exp(e)-d.cfg.MinRate >= d.cfg.MinRate && z < 0 {
 		s.down = min(max(s.down-z-d.cfg.Allowance, 0), 2*d.cfg.Threshold)
 	} else {
 		s.down = 0
@@ -423,7 +434,7 @@ func (d *Seasonal) closeOne(s *SeasonalState, x float64) {
 		rc := max(min(r, d.cfg.Clip*sd), -d.cfg.Clip*sd)
 		d.learn(s, k, y, rc, sd)
 	}
-	d.probation(s)
+	d.probation(s, x == 0)
 }
 
 // learn teaches slot k the log count y whose residual, clipped, is rc.
@@ -466,8 +477,9 @@ func (d *Seasonal) learn(s *SeasonalState, k int64, y, rc, sd float64) {
 }
 
 // probation counts the bucket that ended towards adopting the current shift, or towards
-// lifting a rejection.
-func (d *Seasonal) probation(s *SeasonalState) {
+// lifting a rejection. A silent bucket does not count towards adopting a drop: a service
+// that stopped calling alarms until it calls again or an operator accepts.
+func (d *Seasonal) probation(s *SeasonalState, silent bool) {
 	switch {
 	case s.rejected:
 		if s.alarm {
@@ -478,6 +490,7 @@ func (d *Seasonal) probation(s *SeasonalState) {
 		if s.held >= d.probN {
 			s.rejected, s.held = false, 0
 		}
+	case s.alarm && silent && s.dropped:
 	case s.alarm:
 		s.held++
 		if s.held >= d.probN && !d.cfg.RequireApproval {

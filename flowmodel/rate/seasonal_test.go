@@ -204,6 +204,36 @@ func TestSeasonalSilenceNeedsAdvance(t *testing.T) {
 	}
 }
 
+// TestSeasonalSilence: a service that stops calling alarms, with Advance called every hour,
+// for as long as it is silent (silence never becomes its level on its own, past the
+// probation), and when it comes back its profile is intact: the alarm ends within hours and
+// no rise is reported. A key idle for a week without Advance comes back without alarm.
+func TestSeasonalSilence(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	d := newSeasonal(t, SeasonalConfig{})
+	s := warm(t, d, 600, rng)
+	silent := 0
+	for h := range 40 {
+		if d.Advance(s, t3w.Add(time.Duration(h+1)*time.Hour)).Alarm {
+			silent++
+		}
+	}
+	if silent < 38 {
+		t.Errorf("alarmed %d of 40 silent hours, want all but the first", silent)
+	}
+	back := t3w.Add(41 * time.Hour)
+	a, dr := hours(d, s, back, 24, func(at time.Time) float64 { return noisy(rng, profile(600)(at)) })
+	if len(a) > 8 || len(a) != len(dr) {
+		t.Errorf("after the silence: alarms %v (drops %v), want a drop alarm fading within 8 hours", a, dr)
+	}
+	// A week idle, no Advance: the return is not an alarm, and the profile still holds.
+	idle := back.Add(24*time.Hour + 7*24*time.Hour)
+	a, _ = hours(d, s, idle, 24, func(at time.Time) float64 { return noisy(rng, profile(600)(at)) })
+	if len(a) > 0 {
+		t.Errorf("after a week idle: alarms at hours %v", a)
+	}
+}
+
 // TestSeasonalProbation: a service's traffic halves for good. It alarms as a drop, then
 // after the probation (a day) the new level is adopted and the alarm ends; with
 // RequireApproval it alarms until Accept; a rejected shift keeps alarming.
