@@ -26,7 +26,8 @@ import (
 // of r is learned per slot from day to day, shrunk towards the spread pooled over all slots
 // while a slot has few days of history, and never below the Poisson noise of the count nor
 // MinSpread. Each bucket's z = r/spread feeds two CUSUMs, one for rises and one for drops,
-// with an allowance of Allowance; an alarm is raised when either reaches Threshold.
+// with an allowance of Allowance; an alarm is raised when either reaches Threshold. A bucket
+// back at or above its expected count ends a drop.
 //
 // The floor: a drop counts as evidence only while the expected count of the bucket is at
 // least MinRate, and the MinRate added inside the logarithm damps the relative changes of a
@@ -38,7 +39,8 @@ import (
 // The learning is robust: a bucket in alarm teaches nothing, and the others teach their
 // residual clipped to ±Clip spreads, so a single anomaly moves the profile little. A shift
 // that keeps the alarm up for Probation becomes the new level (the mean of the last few
-// buckets' residuals) unless rejected, as with Detector; between shifts the level and each
+// buckets' residuals) unless rejected, as with Detector, but silence never does: a service
+// that stopped calling alarms until it calls again or is accepted. Between shifts the level and each
 // slot of the profile may rise by at most MaxGrowth a day. A ramp is followed only as fast as
 // the profile learns: with the defaults, growth of 2% a day raises no alarm, a ramp of ×1.1 a
 // day alarms within two days and ×2 a day within half a day (TestAdversarySeasonalSlowRamp),
@@ -415,12 +417,11 @@ func (d *Seasonal) closeOne(s *SeasonalState, x float64) {
 	}
 	r := y - e
 	z := r / sd
-	// A bucket on the far side of its expected count ends the evidence for the other side:
-	// a drop is over once an hour is back at its usual level, a rise once it is back under.
+	// A drop is over once an hour is back at its usual level (a service back from silence
+	// stops alarming at once). A rise decays as a CUSUM does: ending it on the first hour
+	// under its usual level would let a workload that alternates busy and quiet hours
+	// (TestAdversarySeasonalAlternating) keep its evidence from adding up.
 	s.up = min(max(s.up+z-d.cfg.Allowance, 0), 2*d.cfg.Threshold)
-	if z <= 0 {
-		s.up = 0
-	}
 	if math.Exp(e)-d.cfg.MinRate >= d.cfg.MinRate && z < 0 {
 		s.down = min(max(s.down-z-d.cfg.Allowance, 0), 2*d.cfg.Threshold)
 	} else {
