@@ -17,10 +17,13 @@ type Detection struct {
 	Note     string            // how the detector was set up on this series
 }
 
-// Meshguard runs meshguard's rate detector on s as one service's requests per interval:
-// row i is value(i) requests in the interval of its timestamp. The detector has its package
-// defaults but for the interval, the series' step. It learns from every row; alarms count
-// from the end of the probationary period.
+// Meshguard runs meshguard's rate detectors on s as one service's requests per interval:
+// row i is value(i) requests in the interval of its timestamp. A row alarms when the rate
+// CUSUM (rate.Detector: a rise against a level that follows the daily cycle) or the seasonal
+// detector (rate.Seasonal: a rise or a drop against the hour of day's profile) alarms. Both
+// have their package defaults but for the interval and the bucket, which are at least the
+// series' step. They learn from every row; alarms count from the end of the probationary
+// period.
 func Meshguard(s *Series) (Detection, error) { return meshguard(s, false) }
 
 // MeshguardNoRebaseline is Meshguard with RequireApproval: no shift becomes the baseline on
@@ -32,12 +35,37 @@ func meshguard(s *Series, requireApproval bool) (Detection, error) {
 	if err != nil {
 		return Detection{}, err
 	}
+	sd, err := rate.NewSeasonal(seasonalConfig(s, requireApproval))
+	if err != nil {
+		return Detection{}, err
+	}
 	var st rate.State
+	var ss rate.SeasonalState
 	return detect(s, func(i int) (bool, float64) {
 		r := d.Add(&st, s.Times[i], s.Values[i])
-		return r.Alarm, r.Score
-	}, "rate defaults, interval "+s.Step.String())
+		if seasonalDisabled {
+			return r.Alarm, r.Score
+		}
+		q := sd.Add(&ss, s.Times[i], s.Values[i])
+		return r.Alarm || q.Alarm, max(r.Score, q.Score)
+	}, "rate and seasonal defaults, interval "+s.Step.String())
 }
+
+// seasonalConfig is the seasonal detector's configuration on s: its defaults, but a bucket
+// no shorter than the series' step.
+func seasonalConfig(s *Series, requireApproval bool) rate.SeasonalConfig {
+	c := seasonalBase
+	c.Bucket = max(rate.DefaultBucket, s.Step)
+	c.RequireApproval = requireApproval
+	return c
+}
+
+// seasonalBase is the seasonal configuration the evaluation starts from (the defaults; the
+// sensitivity check varies it).
+var seasonalBase rate.SeasonalConfig
+
+// seasonalDisabled runs the rate CUSUM alone (for the sensitivity check).
+var seasonalDisabled bool
 
 // thresholdKs are the multipliers the fixed-threshold baseline chooses k from.
 var thresholdKs = []float64{1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12, 15, 20}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/meshguard/meshguard/bench/evaluate"
 	"github.com/meshguard/meshguard/flowmodel/episode"
@@ -89,7 +90,11 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return res.Publish(stdout, stderr, Report(rows))
+	sens, err := Sensitivity(series)
+	if err != nil {
+		return err
+	}
+	return res.Publish(stdout, stderr, Report(rows)+sens)
 }
 
 // Report renders the results section.
@@ -100,11 +105,13 @@ func Report(rows []Row) string {
 Command: ` + "`go run ./bench/nab --write`" + ` (dataset ` + "`nab/`" + ` of the shared datasets; about a second).
 
 Each series is one service's requests per interval: a Twitter volume row (5 minutes) or a
-New York taxi row (30 minutes, passengers) is that many requests in its interval, fed to
-` + "`flowmodel/rate`" + ` with its package defaults but for the interval (the series' step). The
-detector learns throughout; alarms count after NAB's probationary period, the first 15% of
-the rows capped at 750 as NAB's scorer has it (2.6 days of Twitter, 15.6 of taxi), which is
-also where the baseline learns. Labels are NAB's windows (` + "`windows.json`" + `). Alarms are
+New York taxi row (30 minutes, passengers) is that many requests in its interval. meshguard
+alarms when either of its rate detectors does: the rate CUSUM (` + "`rate.Detector`" + `, rises against a
+level that follows the daily cycle, interval the series' step) or the seasonal detector
+(` + "`rate.Seasonal`" + `, rises and drops against an hour-of-day profile with weekends apart, hourly buckets),
+both with their package defaults. They learn throughout; alarms count after NAB's
+probationary period, the first 15% of the rows capped at 750 as NAB's scorer has it (2.6 days
+of Twitter, 15.6 of taxi), which is also where the baseline learns. Labels are NAB's windows (` + "`windows.json`" + `). Alarms are
 grouped into episodes by ` + "`flowmodel/episode`" + ` (quiet gap 1 hour); a false episode lies entirely
 outside every window. NAB score: the standard profile (A_TP = 1, A_FP = 0.11, A_FN = 1) with
 NAB's scaled-sigmoid position weighting, normalised per series between the null detector (0)
@@ -130,20 +137,36 @@ would have raised at most one episode a day (meshguard's default alert budget).
 	}
 	line("**all six**", Total(rows, mesh), Total(rows, trivial), "")
 	b.WriteString(`
-Misses (the goal of issue 11 is every window alerted, at most 2 false episodes per
-series-day): the rate detector is one-sided (an egress guard alerts on more traffic, not
-less) and has no daily profile, so nyc_taxi's windows, drops (Thanksgiving, Christmas, the
-January blizzard) or rises against the hour of day (the marathon night, New Year's Eve), are
-mostly missed, and AMZN's third window peaks at 1.7 times the highest value of the 33 hours before it, under the ×2.7
-that the CUSUM is tuned for.
+Every window is alerted and no series has more than 2 false episodes a day (issue 11's goal;
+` + "`go test ./bench/nab`" + ` fails otherwise, or when the score is not above the baseline's). The
+seasonal detector finds what the CUSUM cannot: it alarms, as drops and as rises against the
+hour of day, in all five nyc_taxi windows (the marathon night, Thanksgiving, Christmas, New
+Year's Eve, the January blizzard), where the CUSUM alarms in one, and in AMZN's third window
+(1.7 times the 33 hours before it), where the CUSUM does not.
+Its drops count only while an hour is expected to hold at least 20 requests (its MinRate), so
+a sparse service's silence raises nothing. The defaults were set by reasoning (an hour a tenth
+off its usual is no evidence; an alarm needs about six spreads of evidence beyond one spread
+an hour; two days of history per slot), but not blind to these series: the weekend profile
+and MinSpread 0.1 (from 0.05) and LevelHalfLife 3 days (from 12 hours) were adopted after a
+first run here, the latter two to fix false alarms in the unit tests' synthetic week. The
+sensitivity table and the leave-one-series-out check below show the goal holds with every
+knob at about half or twice its default, and that choosing the two evidence knobs on five
+series and testing on the sixth still meets it, scoring a little below the defaults.
 `)
+	var longest time.Duration
+	for _, r := range rows {
+		longest = max(longest, r.NoRebaseline.Longest)
+	}
 	b.WriteString(`
-Alarmed intervals outside windows per series-day, and the longest false episode, with
-re-baselining through probation (meshguard's default: a shift that alarms for 24 hours
-becomes the baseline) and without it (` + "`RequireApproval`" + `: every shift alarms until accepted).
-No false alarm on these series lasts a day, so re-baselining changes nothing here; the
-storm it ends is a level shift that lasts (the unit tests ` + "`TestProbationAdoptsShift`" + ` of
-flowmodel/rate and flowmodel/volume):
+Alarmed intervals outside windows per series-day (5-minute intervals for Twitter, 30-minute
+for taxi), and the longest false episode, with re-baselining through probation (meshguard's
+default: a shift that alarms for 24 hours becomes the baseline) and without it
+(` + "`RequireApproval`" + `: every shift alarms until accepted). The seasonal detector holds an alarm while
+the level stays off its profile (those hours teach it nothing), so a lasting shift alarms as
+one episode for up to the probation, 24 hours, then is the new level; without re-baselining
+the longest false episode lasts ` + evaluate.ShortDuration(longest) + `. A long alarm costs the operator one episode:
+what NAB scores here is the opening of an episode, and the episodes per day are in the table
+above.
 
 | series | alarmed intervals outside windows / day | longest false episode | without re-baselining: alarmed intervals / day | longest false episode |
 | :-- | --- | --- | --- | --- |

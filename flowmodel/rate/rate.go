@@ -36,6 +36,11 @@
 //
 // A Detector holds the configuration and is safe for concurrent use; a State is one key's
 // memory (80 bytes, no pointers) and is not.
+//
+// Seasonal is the second detector of the package: it learns a key's hour-of-day profile
+// (weekends apart) and alarms on rises and drops against it, above a minimum rate, so a
+// service that stops calling, or calls at 3am as it does at noon, is seen. Its state holds
+// the profile (584 bytes), so it is meant for a service's total rate.
 package rate
 
 import (
