@@ -212,7 +212,7 @@ type service struct {
 	dests         *simplelru.LRU[destKey, *destEntry]
 	shapeCount    int          // shapes in the tables of dests
 	allow         []allowEntry // quarantine allow list
-	rate          rate.State           // the service's total request rate
+	rate          rate.State   // the service's total request rate
 	calib         calibration
 	probation     *simplelru.LRU[probeKey, *probe]
 	rejected      map[probeKey]struct{}
