@@ -86,6 +86,12 @@ type Config struct {
 	Now func() time.Time
 	// MaxClockSkew is how far ahead of Now an event time may be. Default: 5 minutes.
 	MaxClockSkew time.Duration
+	// EventClock trusts event times to pace probation and the end of learning, as a replay
+	// of recorded events or an evaluation needs (where days of events pass in seconds).
+	// Off (the default, what serve needs), a service's clock for probation and promotion
+	// advances no faster than Now does, so that a client dating flows in the past (a day
+	// ago, then an hour ago, then now) cannot compress probation intervals either.
+	EventClock bool
 
 	// Detector settings; zero fields take each package's defaults.
 	Shapes    shape.TableConfig

@@ -176,7 +176,7 @@ func (m *Model) Learn(f *Flow) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count(f.Time)
-	s.tick(now)
+	s.tick(f.Time, now, !m.cfg.EventClock)
 	m.learn(s, f, &req)
 	m.markDirty(s)
 	return nil

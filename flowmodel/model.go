@@ -162,7 +162,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count(f.Time)
-	s.tick(now)
+	s.tick(f.Time, now, !m.cfg.EventClock)
 	m.markDirty(s)
 	if s.mode == ModeLearn {
 		m.maybePromote(s)

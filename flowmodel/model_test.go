@@ -18,8 +18,13 @@ func flow(svc, ip string, port uint16, host string, at time.Duration) *Flow {
 	return f
 }
 
+// mustModel returns a model of c. Without a clock of its own, the test replays events (days
+// of event time in milliseconds), so event time paces probation and learning.
 func mustModel(t testing.TB, c Config) *Model {
 	t.Helper()
+	if c.Now == nil {
+		c.EventClock = true
+	}
 	m, err := New(c)
 	if err != nil {
 		t.Fatal(err)

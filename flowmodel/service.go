@@ -209,6 +209,7 @@ type service struct {
 	blocked       int64
 	first, last   time.Time
 	now           time.Time // the service's clock for probation and promotion (see tick)
+	srvAt         time.Time // the server clock at the last tick
 	dests         *simplelru.LRU[destKey, *destEntry]
 	shapeCount    int          // shapes in the tables of dests
 	allow         []allowEntry // quarantine allow list
@@ -223,14 +224,25 @@ type service struct {
 	removed    []destKey
 }
 
-// tick sets the service's clock: its latest event time, but never ahead of the server clock
-// now. A client that dates flows in the future does not move it past now, one that dates
-// them in the past does not move it back. Call with s.mu held, after count.
-func (s *service) tick(now time.Time) {
-	s.now = s.last
-	if s.now.After(now) {
-		s.now = now
+// tick advances the service's clock with a flow at t, the server clock being now. The clock
+// never goes back, never runs ahead of now (future-dated flows do not move it past the
+// server clock), and, unless paced is false, advances no faster than now has since the last
+// tick (past-dated flows, a day ago then an hour ago, do not compress intervals). Call with
+// s.mu held.
+func (s *service) tick(t, now time.Time, paced bool) {
+	c := t
+	if c.After(now) {
+		c = now
 	}
+	if paced && !s.now.IsZero() {
+		if lim := s.now.Add(max(now.Sub(s.srvAt), 0)); c.After(lim) {
+			c = lim
+		}
+	}
+	if c.After(s.now) {
+		s.now = c
+	}
+	s.srvAt = now
 }
 
 // observeShape observes shape k in table t (of one of s's destinations) at time at, keeping
