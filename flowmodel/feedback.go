@@ -172,7 +172,7 @@ func (m *Model) Learn(f *Flow) error {
 	}
 	now := m.cfg.Now()
 	f.Time = m.clamp(f.Time, now)
-	req, _ := m.request(f)
+	req := shapeReq{f: f}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count(f.Time)

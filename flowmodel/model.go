@@ -169,7 +169,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 	}
 
 	v := Verdict{Mode: s.mode}
-	req, over := m.request(f)
+	req := shapeReq{f: f}
 	if !m.established(f.Destination) {
 		v = unknownDestination(s.mode)
 	} else {
@@ -177,12 +177,12 @@ func (m *Model) Decide(f *Flow) Verdict {
 		case ModeLearn:
 			m.learn(s, f, &req)
 			m.maybePromote(s)
-			if over {
+			if req.over {
 				v.Action, v.Score, v.Reasons = Alert, 1, v.Reasons.With(ReasonOversizedShape)
 			}
 		case ModeMonitor, ModeEnforce:
 			v.Score, v.Reasons = m.judge(s, f, &req)
-			if over {
+			if req.over {
 				v.Score, v.Reasons = 1, v.Reasons.With(ReasonOversizedShape)
 			}
 			if !v.Reasons.Empty() {
@@ -220,13 +220,25 @@ func unknownDestination(mode Mode) Verdict {
 	return v
 }
 
-// request returns the shape request of f, cut to Config.ShapeLimits, and whether it was cut.
-func (m *Model) request(f *Flow) (shape.Request, bool) {
-	req := shape.Request{Method: f.Method, Path: f.Path, HeaderKeys: f.HeaderKeys, ContentType: f.ContentType, BodyBytes: f.RequestBytes}
-	if m.cfg.ShapeLimits.Within(&req) {
-		return req, false
+// shapeReq is the shape request of a flow, made when a detector first needs it (a flow to an
+// unknown destination needs none): cut to Config.ShapeLimits, over set when it was cut.
+type shapeReq struct {
+	f           *Flow
+	req         shape.Request
+	over, ready bool
+}
+
+// get returns the flow's shape request.
+func (r *shapeReq) get(m *Model) *shape.Request {
+	if !r.ready {
+		r.ready = true
+		f := r.f
+		r.req = shape.Request{Method: f.Method, Path: f.Path, HeaderKeys: f.HeaderKeys, ContentType: f.ContentType, BodyBytes: f.RequestBytes}
+		if !m.cfg.ShapeLimits.Within(&r.req) {
+			r.req, r.over = m.cfg.ShapeLimits.Cut(&r.req)
+		}
 	}
-	return m.cfg.ShapeLimits.Cut(&req)
+	return &r.req
 }
 
 // established reports whether d names where the flow goes: an IP, or a host whose fresh DNS
@@ -306,7 +318,7 @@ func keys(d Destination) (ipKey, hostKey destKey, hasIP, hasHost bool) {
 
 // learn records both the IP and the host of f's destination and trains the detectors.
 // Call with s.mu held.
-func (m *Model) learn(s *service, f *Flow, req *shape.Request) {
+func (m *Model) learn(s *service, f *Flow, req *shapeReq) {
 	edge := m.recordDest(s, f, sourceOr(f.Source, "flow"))
 	if s.learnStart.IsZero() {
 		s.learnStart = f.Time
@@ -420,7 +432,7 @@ func (m *Model) prefixOf(ip netip.Addr) netip.Prefix {
 
 // judge scores a flow of a service out of learning: the destination checks, then the
 // detectors of the destination if it is known. Call with s.mu held.
-func (m *Model) judge(s *service, f *Flow, req *shape.Request) (float64, Reasons) {
+func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
 	var ipE, hostE *destEntry
 	if hasIP {
@@ -482,7 +494,7 @@ func (m *Model) judge(s *service, f *Flow, req *shape.Request) (float64, Reasons
 	return m.scoreKnown(s, edge, f, req, hard)
 }
 
-func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, req *shape.Request, hard Reasons) (float64, Reasons) {
+func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, req *shapeReq, hard Reasons) (float64, Reasons) {
 	score, soft := m.score(s, edge, f, req, false)
 	if !hard.Empty() {
 		score = 1
@@ -520,7 +532,7 @@ func containsAddr(addrs []netip.Addr, ip netip.Addr) bool {
 
 // score runs the detectors of a known destination's edge and returns the highest score and
 // the reasons whose score reaches the service's alert threshold (none while learning).
-func (m *Model) score(s *service, e *destEntry, f *Flow, req *shape.Request, learning bool) (float64, Reasons) {
+func (m *Model) score(s *service, e *destEntry, f *Flow, req *shapeReq, learning bool) (float64, Reasons) {
 	var sc scores
 	es := e.edgeState()
 	if f.Method != "" && !m.cfg.Disabled.Has(ReasonNewShape) {
@@ -585,8 +597,9 @@ func (sc *scores) over(threshold float64) Reasons {
 // scoreShape scores f's request shape on its destination: a shape never seen is new_shape
 // (and enters the baseline after probation, or at once while learning), a known but rare
 // one rare_shape.
-func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shape.Request, learning bool, sc *scores) {
-	k := m.shaper.Key(req)
+func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shapeReq, learning bool, sc *scores) {
+	rq := req.get(m)
+	k := m.shaper.Key(rq)
 	es := e.edgeState()
 	t := es.table(m.cfg.Shapes)
 	known := t.Count(k) > 0
@@ -600,7 +613,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shape.Request
 		if r.New {
 			// While learning, a new shape scores as it would after: calibration sees it.
 			sc.add(ReasonNewShape, newShapeScore(r))
-			es.addShape(m.shaper, k, req, f, sourceOr(f.Source, "flow"))
+			es.addShape(m.shaper, k, rq, f, sourceOr(f.Source, "flow"))
 		} else {
 			in := es.touchShape(k, f.Time)
 			// An approved shape is expected however rarely it is used.
@@ -614,7 +627,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shape.Request
 	sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
 	if m.probe(s, probeKey{dest: e.key, shape: k}) {
 		s.observeShape(t, k, f.Time)
-		es.addShape(m.shaper, k, req, f, "probation")
+		es.addShape(m.shaper, k, rq, f, "probation")
 		markEntry(s, e)
 	}
 }

@@ -103,3 +103,24 @@ func TestAdversaryLimits(t *testing.T) {
 		t.Error("negative limit accepted")
 	}
 }
+
+func BenchmarkWithin(b *testing.B) {
+	l := checkedLimits(b)
+	r := Request{Method: "POST", Path: "/v1/charges/98765?expand=customer", ContentType: "application/json",
+		HeaderKeys: []string{"accept", "authorization", "content-type", "content-length", "user-agent", "x-request-id", "traceparent", "x-envoy-attempt-count", "x-forwarded-proto", "accept-encoding"}}
+	s := New(Config{})
+	b.Run("within", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if !l.Within(&r) {
+				b.Fatal("over")
+			}
+		}
+	})
+	b.Run("key", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			s.Key(&r)
+		}
+	})
+}
