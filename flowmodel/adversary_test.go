@@ -493,6 +493,14 @@ func TestAdversaryMaxServices(t *testing.T) {
 			}
 		})
 	}
+	// An alerting max-services action never weakens an enforcing default mode.
+	for _, def := range []Mode{ModeEnforce, ModeQuarantine} {
+		m := mustModel(t, Config{MaxServices: 1, AtMaxServices: Alert, DefaultMode: def})
+		m.Decide(flow("a", "203.0.113.7", 443, "", 0))
+		if v := m.Decide(flow("c", "203.0.113.7", 443, "", 0)); v.Action != Block {
+			t.Errorf("default mode %s, beyond the cap: %s %v", def, v.Action, v.Reasons.Strings())
+		}
+	}
 	if _, err := New(Config{AtMaxServices: Action(9)}); err == nil {
 		t.Error("bad max-services action accepted")
 	}
@@ -524,6 +532,52 @@ func TestAdversaryFirstFlowAfterWindowIsJudged(t *testing.T) {
 		}
 		if r.LearnRequests != 2 {
 			t.Errorf("%s: %d learned requests, want 2", after, r.LearnRequests)
+		}
+	}
+}
+
+// TestAdversaryHostAndIPForms covers the careful attacker's next try after issue 10 cases 2
+// and 12: mixed-case and trailing-dot hosts and IPv4-mapped IPv6 addresses are the same
+// destinations as their plain forms, for the baseline and for a quarantine allow list (a
+// caller that did not normalise them gets them normalised).
+func TestAdversaryHostAndIPForms(t *testing.T) {
+	res := fakeResolver{"api.example.com": addrs("203.0.113.7")}
+	m := mustModel(t, Config{Resolver: res, Disabled: destinationsOnly})
+	m.Decide(flow("s", "203.0.113.7", 443, "api.example.com", 0))
+	setMode(t, m, "s", ModeEnforce)
+	raw := func(ip, host string) *Flow {
+		f := flow("s", "", 443, host, time.Minute)
+		if ip != "" {
+			f.Destination.IP = netip.MustParseAddr(ip) // not normalised
+		}
+		return f
+	}
+	for _, tc := range []struct {
+		f    *Flow
+		want Action
+	}{
+		{raw("::ffff:203.0.113.7", "API.Example.COM."), Allow},
+		{raw("::ffff:198.51.100.66", "API.Example.COM."), Block},
+		{raw("", "API.EXAMPLE.COM."), Allow},
+	} {
+		if v := m.Decide(tc.f); v.Action != tc.want {
+			t.Errorf("enforce %v: %s %v, want %s", tc.f.Destination, v.Action, v.Reasons.Strings(), tc.want)
+		}
+	}
+	if err := m.SetMode("s", ModeChange{Mode: ModeQuarantine, Allow: []string{"API.Example.com.:443", "::ffff:10.0.0.53"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		f    *Flow
+		want Action
+	}{
+		{raw("::ffff:203.0.113.7", "api.example.com."), Allow},
+		{raw("198.51.100.66", "API.EXAMPLE.COM"), Block},
+		{raw("::ffff:10.0.0.53", ""), Allow},
+	} {
+		tc.f.Destination.Port = 443
+		if v := m.Decide(tc.f); v.Action != tc.want {
+			t.Errorf("quarantine %v: %s %v, want %s", tc.f.Destination, v.Action, v.Reasons.Strings(), tc.want)
 		}
 	}
 }

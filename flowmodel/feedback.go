@@ -172,6 +172,7 @@ func (m *Model) Learn(f *Flow) error {
 	}
 	now := m.cfg.Now()
 	f.Time = m.clamp(f.Time, now)
+	normalize(&f.Destination)
 	req := shapeReq{f: f}
 	s.mu.Lock()
 	defer s.mu.Unlock()

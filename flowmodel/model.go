@@ -151,6 +151,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 	}
 	now := m.cfg.Now()
 	f.Time = m.clamp(f.Time, now)
+	normalize(&f.Destination)
 	// A flow without any destination creates no service.
 	s := m.lookup(f.Service, f.Destination.Valid())
 	if s == nil {
@@ -205,6 +206,18 @@ func (m *Model) Decide(f *Flow) Verdict {
 		s.blocked++
 	}
 	return v
+}
+
+// normalize puts d's IP and host in the form baselines and allow lists keep (IPv4-mapped
+// IPv6 unmapped, host lower case without trailing dot), in case the caller did not. It
+// allocates only for a host with upper-case letters.
+func normalize(d *Destination) {
+	if d.IP.IsValid() && (d.IP.Is4In6() || d.IP.Zone() != "") {
+		d.IP = NormalizeIP(d.IP)
+	}
+	if d.Host != "" {
+		d.Host = NormalizeHost(d.Host)
+	}
 }
 
 // unknownDestination is the verdict for a flow whose destination cannot be established, in
@@ -266,9 +279,17 @@ func (m *Model) answers(host string) ([]netip.Addr, bool) {
 }
 
 // decideUntracked decides a flow of a service beyond MaxServices: it is not tracked, so it
-// has no baseline, and gets Config.AtMaxServices.
+// has no baseline, and gets Config.AtMaxServices; never less than an empty baseline gets in
+// DefaultMode (enforce and quarantine block).
 func (m *Model) decideUntracked() Verdict {
-	return Verdict{Action: m.cfg.AtMaxServices, Mode: m.cfg.DefaultMode, Score: 1, Reasons: Reasons(0).With(ReasonNewDestination)}
+	v := Verdict{Action: m.cfg.AtMaxServices, Mode: m.cfg.DefaultMode, Score: 1, Reasons: Reasons(0).With(ReasonNewDestination)}
+	switch m.cfg.DefaultMode {
+	case ModeEnforce:
+		v.Action = Block
+	case ModeQuarantine:
+		v.Action, v.Reasons = Block, Reasons(0).With(ReasonQuarantined)
+	}
+	return v
 }
 
 // Observe records what is known of f once its response arrives: in learn mode, the upstream
@@ -283,6 +304,7 @@ func (m *Model) Observe(f *Flow) {
 	}
 	now := m.cfg.Now()
 	f.Time = m.clamp(f.Time, now)
+	normalize(&f.Destination)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mode != ModeLearn {
