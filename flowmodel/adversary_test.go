@@ -99,8 +99,20 @@ func TestAdversaryDestinationNotEstablished(t *testing.T) {
 			})
 		}
 	}
+	// A replay of recorded events may take host names on trust (TrustHostNames); serve
+	// never does.
+	m := mustModel(t, Config{TrustHostNames: true})
+	m.Decide(flow("s", "", 443, "api.example.com", 0))
+	setMode(t, m, "s", ModeEnforce)
+	if v := m.Decide(flow("s", "", 443, "api.example.com", time.Minute)); v.Action != Allow {
+		t.Errorf("replay, learned host by name: %s %v", v.Action, v.Reasons.Strings())
+	}
+	if v := m.Decide(flow("s", "", 443, "evil.example", time.Minute)); v.Action != Block || !v.Reasons.Has(ReasonNewDestination) {
+		t.Errorf("replay, new host by name: %s %v", v.Action, v.Reasons.Strings())
+	}
+
 	// A service with nothing but flows without destination is not created.
-	m := mustModel(t, Config{DefaultMode: ModeEnforce})
+	m = mustModel(t, Config{DefaultMode: ModeEnforce})
 	if v := m.Decide(&Flow{Time: t0, Service: "ghost"}); v.Action != Block || !v.Reasons.Has(ReasonUnknownDestination) {
 		t.Errorf("untracked service, no destination: %s %v", v.Action, v.Reasons.Strings())
 	}

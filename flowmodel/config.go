@@ -92,6 +92,11 @@ type Config struct {
 	// advances no faster than Now does, so that a client dating flows in the past (a day
 	// ago, then an hour ago, then now) cannot compress probation intervals either.
 	EventClock bool
+	// TrustHostNames takes a host without IP, that the Resolver has no fresh answer for, as
+	// a destination by its name, as a replay of recorded events needs (an egress gateway
+	// resolved the name when the event was recorded; DNS answers now are another matter).
+	// Never in serve: there the workload names the host, and only DNS says where it goes.
+	TrustHostNames bool
 
 	// Detector settings; zero fields take each package's defaults.
 	Shapes    shape.TableConfig

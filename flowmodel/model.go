@@ -265,7 +265,7 @@ func (m *Model) established(d Destination) bool {
 		return false
 	}
 	_, ok := m.answers(d.Host)
-	return ok
+	return ok || m.cfg.TrustHostNames
 }
 
 // answers returns the fresh DNS answers for host; false without a Resolver, without a fresh
@@ -777,7 +777,8 @@ func (m *Model) allowed(s *service, d Destination) bool {
 				return true
 			}
 		default:
-			if a, ok := m.answers(d.Host); ok && (!d.IP.IsValid() || containsAddr(a, d.IP)) {
+			a, ok := m.answers(d.Host)
+			if ok && (!d.IP.IsValid() || containsAddr(a, d.IP)) || !ok && !d.IP.IsValid() && m.cfg.TrustHostNames {
 				return true
 			}
 		}
