@@ -27,9 +27,22 @@ type Config struct {
 	// MaxDestinations caps the destinations remembered per service; the least recently used
 	// one is forgotten first. Default: 4096.
 	MaxDestinations int
-	// MaxServices caps the services tracked. Flows of services beyond the cap are decided as
-	// for an empty baseline in DefaultMode and teach nothing. Default: 100,000.
+	// MaxServices caps the services tracked. A flow of a service beyond the cap teaches
+	// nothing and gets AtMaxServices. An operator's quarantine is never refused by the cap: a
+	// quarantined service is tracked beyond it. Default: 100,000.
 	MaxServices int
+	// AtMaxServices is the action a flow of a service beyond MaxServices gets, with reason
+	// new_destination: Block or Alert (option max-services-action). Default: Block.
+	AtMaxServices Action
+	// MaxShapesPerService caps the request shapes a service keeps over all its destinations
+	// (each destination's table keeps Shapes.MaxShapes at most): a shape past the cap scores
+	// as new and is not kept. With MaxDestinations this bounds what one service may cost.
+	// Default: 4096.
+	MaxShapesPerService int
+	// ShapeLimits cap what one request contributes to its shape (path segments, query keys,
+	// header names, bytes); a request over them is cut, summarised and flagged
+	// oversized_shape. Zero fields take shape's defaults.
+	ShapeLimits shape.Limits
 
 	// BlockReasons are the reasons that block in enforce mode; the others alert. Default:
 	// new_destination and host_ip_mismatch.
@@ -56,9 +69,34 @@ type Config struct {
 	// IP inside a prefix of this length around an IP it was learned at. Defaults: 24, 48.
 	PrefixBits4, PrefixBits6 int
 
-	// Resolver, when set, lets the model check a host name against the IP a request goes
-	// to (host_ip_mismatch). It must not block.
+	// Resolver, when set, gives the model a host name's fresh DNS answers. They are the only
+	// evidence that a host name vouches for an address: a learned host reached at an IP it
+	// was not learned at is known only when the IP is among the host's fresh answers (else
+	// new_destination; host_ip_mismatch when the answers say the host lives elsewhere), a
+	// flow with a host but no IP (an egress gateway) goes to the host's fresh answers and has
+	// no destination without them (unknown_destination), and a quarantine allow entry names
+	// a host at the IPs of its fresh answers. Without a Resolver only learned IPs are known
+	// and host-only flows have no destination. It must not block.
 	Resolver Resolver
+
+	// Now is the server clock, used to keep clients from moving the model's clock: an event
+	// time more than MaxClockSkew ahead of it, or at or before the Unix epoch, is replaced
+	// by it (and counted, see Model.ClampedTimes); probation and the end of learning never
+	// run ahead of it. Replays and tests pass their own clock. Default: time.Now.
+	Now func() time.Time
+	// MaxClockSkew is how far ahead of Now an event time may be. Default: 5 minutes.
+	MaxClockSkew time.Duration
+	// EventClock trusts event times to pace probation and the end of learning, as a replay
+	// of recorded events or an evaluation needs (where days of events pass in seconds).
+	// Off (the default, what serve needs), a service's clock for probation and promotion
+	// advances no faster than Now does, so that a client dating flows in the past (a day
+	// ago, then an hour ago, then now) cannot compress probation intervals either.
+	EventClock bool
+	// TrustHostNames takes a host without IP, that the Resolver has no fresh answer for, as
+	// a destination by its name, as a replay of recorded events needs (an egress gateway
+	// resolved the name when the event was recorded; DNS answers now are another matter).
+	// Never in serve: there the workload names the host, and only DNS says where it goes.
+	TrustHostNames bool
 
 	// Detector settings; zero fields take each package's defaults.
 	Shapes    shape.TableConfig
@@ -90,6 +128,8 @@ const (
 	DefaultPrefixBits4       = 24
 	DefaultPrefixBits6       = 48
 	DefaultBurstTick         = time.Minute
+	DefaultMaxClockSkew      = 5 * time.Minute
+	DefaultMaxShapesPerSvc   = 4096
 )
 
 // DefaultBlockReasons block in enforce mode unless Config.BlockReasons says otherwise.
@@ -121,6 +161,18 @@ func (c Config) Check() (Config, error) {
 	}
 	if c.MaxServices == 0 {
 		c.MaxServices = DefaultMaxServices
+	}
+	if c.AtMaxServices == Allow {
+		c.AtMaxServices = Block
+	}
+	if c.MaxShapesPerService == 0 {
+		c.MaxShapesPerService = DefaultMaxShapesPerSvc
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = DefaultMaxClockSkew
 	}
 	if c.BlockReasons == 0 {
 		c.BlockReasons = DefaultBlockReasons
@@ -155,6 +207,15 @@ func (c Config) Check() (Config, error) {
 	if c.MaxServices < 0 {
 		errs = append(errs, fmt.Errorf("max services must be positive, got %d", c.MaxServices))
 	}
+	if c.AtMaxServices != Block && c.AtMaxServices != Alert {
+		errs = append(errs, fmt.Errorf("max-services action must be block or alert, got %s", c.AtMaxServices))
+	}
+	if c.MaxShapesPerService < 0 {
+		errs = append(errs, fmt.Errorf("max shapes per service must be positive, got %d", c.MaxShapesPerService))
+	}
+	if c.MaxClockSkew < 0 {
+		errs = append(errs, fmt.Errorf("max clock skew must not be negative, got %s", c.MaxClockSkew))
+	}
 	if c.Disabled.Has(ReasonNewDestination) {
 		errs = append(errs, errors.New("the new_destination check cannot be disabled"))
 	}
@@ -174,6 +235,9 @@ func (c Config) Check() (Config, error) {
 		errs = append(errs, fmt.Errorf("burst tick must be at least 1s, got %s", c.BurstTick))
 	}
 	var err error
+	if c.ShapeLimits, err = c.ShapeLimits.Check(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Shapes, err = c.Shapes.Check(); err != nil {
 		errs = append(errs, err)
 	}
@@ -187,6 +251,17 @@ func (c Config) Check() (Config, error) {
 		errs = append(errs, err)
 	}
 	return c, errors.Join(errs...)
+}
+
+// ParseAtMaxServices parses the max-services-action option: "block" or "alert".
+func ParseAtMaxServices(s string) (Action, error) {
+	switch strings.TrimSpace(s) {
+	case "block":
+		return Block, nil
+	case "alert":
+		return Alert, nil
+	}
+	return 0, fmt.Errorf("max-services action %q: want block or alert", s)
 }
 
 // ParseReasons parses a comma-separated list of reason codes.

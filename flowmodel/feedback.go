@@ -51,7 +51,7 @@ func (m *Model) Approve(service string, fb Feedback) error {
 		s.endProbation(pk)
 		es := e.edgeState()
 		t := es.table(m.cfg.Shapes)
-		t.Observe(pk.shape, at)
+		s.observeShape(t, pk.shape, at)
 		if in := es.findShape(pk.shape); in != nil {
 			in.source = "approval"
 		} else {
@@ -86,7 +86,9 @@ func (m *Model) Reject(service string, fb Feedback) error {
 	if sh == nil {
 		s.dests.Remove(pk.dest) // recorded in s.removed by the eviction callback
 	} else if e, ok := s.dests.Peek(pk.dest); ok && e.edge != nil && e.edge.shapes != nil {
+		n := e.edge.shapes.Len()
 		e.edge.shapes.Forget(pk.shape)
+		s.shapeCount += e.edge.shapes.Len() - n
 		e.edge.dropShape(pk.shape)
 		markEntry(s, e)
 	}
@@ -158,7 +160,8 @@ func (m *Model) replayRejections(s *service) {
 // Learn records f in its service's baseline whatever the service's mode, as a trusted
 // source does (a capture of staging traffic, a file of flow events): destinations, shapes
 // and the detectors' histories. It does not change modes; a service new to the model starts
-// in DefaultMode, and its learning period counts from f's event time.
+// in DefaultMode, and its learning period counts from f's event time. A host without IP is
+// learned as a host. Event times are clamped as in Decide; shapes are cut to the limits.
 func (m *Model) Learn(f *Flow) error {
 	if f.Service == "" || !f.Destination.Valid() {
 		return errors.New("learn: a flow needs a service and a destination")
@@ -167,10 +170,15 @@ func (m *Model) Learn(f *Flow) error {
 	if err != nil {
 		return err
 	}
+	now := m.cfg.Now()
+	f.Time = m.clamp(f.Time, now)
+	normalize(&f.Destination)
+	req := shapeReq{f: f}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count(f.Time)
-	m.learn(s, f)
+	s.tick(f.Time, now, !m.cfg.EventClock)
+	m.learn(s, f, &req)
 	m.markDirty(s)
 	return nil
 }

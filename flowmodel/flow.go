@@ -4,8 +4,15 @@
 // interface through which baselines persist.
 //
 // The package knows nothing of Envoy, gRPC or OpenTelemetry: callers translate their inputs
-// to a Flow and act on the Verdict. The model runs on event time (Flow.Time), never on the
-// wall clock, so a replay of the same events gives the same verdicts.
+// to a Flow and act on the Verdict. The model runs on event time (Flow.Time), kept within a
+// sane window of the server clock (Config.Now): a time more than Config.MaxClockSkew ahead of
+// it, or before the Unix epoch, is replaced by it, and probation and the end of learning
+// never run ahead of it nor faster than it (unless Config.EventClock trusts event time, as a
+// replay does). A replay of the same events with the same clock gives the same verdicts.
+//
+// What a workload sends is bounded before it reaches a baseline: shapes are cut to
+// Config.ShapeLimits (flagged oversized_shape), a service keeps at most MaxDestinations
+// destinations and MaxShapesPerService shapes, and at most MaxServices services are tracked.
 package flowmodel
 
 import (
@@ -15,7 +22,9 @@ import (
 	"time"
 )
 
-// Destination is where a flow goes. At least one of IP and Host must be set.
+// Destination is where a flow goes. A flow whose destination has no IP and no host, or only
+// a host the model's Resolver has no fresh answer for, has no destination the model can
+// check (unknown_destination).
 type Destination struct {
 	// IP is the address the service dialled (in a sidecar, the original destination).
 	// The zero value means unknown. IPv4-mapped IPv6 addresses are normalised to IPv4 by
@@ -49,7 +58,8 @@ func joinHostPort(host string, port uint16) string {
 // Flow is one request of one service, as the model sees it. The model never retains a Flow
 // or its slices; callers may reuse them after Decide or Observe returns.
 type Flow struct {
-	// Time is the event time of the request. The model's clock is the largest Time seen.
+	// Time is the event time of the request. Decide, Observe and Learn replace a time outside
+	// the sane window by the server clock (see Config.Now), in place.
 	Time time.Time
 	// Service is the identity of the calling workload, e.g. "shop/checkout".
 	Service     string

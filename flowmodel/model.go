@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -33,6 +36,8 @@ type Model struct {
 
 	dirtyMu sync.Mutex
 	dirty   []*service // services with unsaved changes, each once
+
+	clamped atomic.Uint64 // event times replaced by the server clock
 }
 
 type burstShard struct {
@@ -68,9 +73,31 @@ func New(cfg Config) (*Model, error) {
 // Config returns the model's configuration with defaults applied.
 func (m *Model) Config() Config { return m.cfg }
 
+// ClampedTimes returns how many event times were outside the sane window (more than
+// Config.MaxClockSkew ahead of the server clock, or at or before the Unix epoch) and were
+// replaced by the server clock. It only grows; publish it as a counter.
+func (m *Model) ClampedTimes() uint64 { return m.clamped.Load() }
+
+// unixEpoch is the earliest event time the model takes as it comes.
+var unixEpoch = time.Unix(0, 0)
+
+// clamp returns t, or now when t is not within (Unix epoch, now+MaxClockSkew].
+func (m *Model) clamp(t, now time.Time) time.Time {
+	if t.After(unixEpoch) && !t.After(now.Add(m.cfg.MaxClockSkew)) {
+		return t
+	}
+	m.clamped.Add(1)
+	return now
+}
+
 // lookup returns the named service, creating it when create is set. It returns nil when the
 // service is unknown and not created, or when MaxServices is reached.
 func (m *Model) lookup(name string, create bool) *service {
+	return m.lookupCap(name, create, false)
+}
+
+// lookupCap is lookup; with force set it creates the service beyond MaxServices.
+func (m *Model) lookupCap(name string, create, force bool) *service {
 	m.mu.RLock()
 	s := m.services[name]
 	m.mu.RUnlock()
@@ -82,7 +109,7 @@ func (m *Model) lookup(name string, create bool) *service {
 	if s = m.services[name]; s != nil {
 		return s
 	}
-	if len(m.services) >= m.cfg.MaxServices {
+	if len(m.services) >= m.cfg.MaxServices && !force {
 		return nil
 	}
 	s = m.newService(name)
@@ -111,36 +138,65 @@ func (m *Model) markDirty(s *service) {
 }
 
 // Decide returns the verdict for f. In learn mode it records f in its service's baseline; in
-// every mode it keeps the detectors of known destinations current.
+// every mode it keeps the detectors of known destinations current. It replaces an event time
+// outside the sane window by the server clock (see Config.Now), in f.Time.
+//
+// A flow whose destination cannot be established (no IP and no host, or a host without IP
+// whose fresh DNS answers the Resolver does not have) is unknown_destination: blocked in
+// enforce and quarantine, alerted otherwise, never learned. A flow that arrives once its
+// service's learning is due to end is decided in the promoted mode, not learned.
 func (m *Model) Decide(f *Flow) Verdict {
-	if f.Service == "" || !f.Destination.Valid() {
+	if f.Service == "" {
 		return Verdict{Action: Alert, Score: 1, Reasons: Reasons(0).With(ReasonInvalidRequest)}
 	}
-	s := m.lookup(f.Service, true)
+	now := m.cfg.Now()
+	f.Time = m.clamp(f.Time, now)
+	normalize(&f.Destination)
+	// A flow without any destination creates no service.
+	s := m.lookup(f.Service, f.Destination.Valid())
 	if s == nil {
+		if !f.Destination.Valid() {
+			return unknownDestination(m.cfg.DefaultMode)
+		}
 		return m.decideUntracked()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.count(f.Time)
+	s.tick(f.Time, now, !m.cfg.EventClock)
 	m.markDirty(s)
+	if s.mode == ModeLearn {
+		m.maybePromote(s)
+	}
 
 	v := Verdict{Mode: s.mode}
-	switch s.mode {
-	case ModeLearn:
-		m.learn(s, f)
-		m.maybePromote(s, f.Time)
-	case ModeMonitor, ModeEnforce:
-		v.Score, v.Reasons = m.judge(s, f)
-		if !v.Reasons.Empty() {
-			v.Action = Alert
-			if s.mode == ModeEnforce && v.Reasons&m.cfg.BlockReasons != 0 {
-				v.Action = Block
+	req := shapeReq{f: f}
+	if !m.established(f.Destination) {
+		v = unknownDestination(s.mode)
+	} else {
+		switch s.mode {
+		case ModeLearn:
+			m.learn(s, f, &req)
+			m.maybePromote(s)
+			if req.over {
+				v.Action, v.Score, v.Reasons = Alert, 1, v.Reasons.With(ReasonOversizedShape)
 			}
-		}
-	case ModeQuarantine:
-		if !s.allowed(f.Destination) {
-			v.Action, v.Score, v.Reasons = Block, 1, v.Reasons.With(ReasonQuarantined)
+		case ModeMonitor, ModeEnforce:
+			v.Score, v.Reasons = m.judge(s, f, &req)
+			if req.over {
+				v.Score, v.Reasons = 1, v.Reasons.With(ReasonOversizedShape)
+			}
+			if !v.Reasons.Empty() {
+				v.Action = Alert
+				if s.mode == ModeEnforce && (v.Reasons&m.cfg.BlockReasons != 0 ||
+					v.Reasons.Has(ReasonOversizedShape) && v.Reasons.Has(ReasonNewShape)) {
+					v.Action = Block
+				}
+			}
+		case ModeQuarantine:
+			if !m.allowed(s, f.Destination) {
+				v.Action, v.Score, v.Reasons = Block, 1, v.Reasons.With(ReasonQuarantined)
+			}
 		}
 	}
 	switch v.Action {
@@ -152,15 +208,86 @@ func (m *Model) Decide(f *Flow) Verdict {
 	return v
 }
 
-func (m *Model) decideUntracked() Verdict {
-	v := Verdict{Mode: m.cfg.DefaultMode}
-	switch m.cfg.DefaultMode {
-	case ModeMonitor:
-		v.Action, v.Score, v.Reasons = Alert, 1, v.Reasons.With(ReasonNewDestination)
+// normalize puts d's IP and host in the form baselines and allow lists keep (IPv4-mapped
+// IPv6 unmapped, host lower case without trailing dot), in case the caller did not. It
+// allocates only for a host with upper-case letters.
+func normalize(d *Destination) {
+	if d.IP.IsValid() && (d.IP.Is4In6() || d.IP.Zone() != "") {
+		d.IP = NormalizeIP(d.IP)
+	}
+	if d.Host != "" {
+		d.Host = NormalizeHost(d.Host)
+	}
+}
+
+// unknownDestination is the verdict for a flow whose destination cannot be established, in
+// mode: blocked in enforce and quarantine, alerted otherwise.
+func unknownDestination(mode Mode) Verdict {
+	v := Verdict{Action: Alert, Mode: mode, Score: 1, Reasons: Reasons(0).With(ReasonUnknownDestination)}
+	switch mode {
 	case ModeEnforce:
-		v.Action, v.Score, v.Reasons = Block, 1, v.Reasons.With(ReasonNewDestination)
+		v.Action = Block
 	case ModeQuarantine:
-		v.Action, v.Score, v.Reasons = Block, 1, v.Reasons.With(ReasonQuarantined)
+		v.Action, v.Reasons = Block, v.Reasons.With(ReasonQuarantined)
+	}
+	return v
+}
+
+// shapeReq is the shape request of a flow, made when a detector first needs it (a flow to an
+// unknown destination needs none): cut to Config.ShapeLimits, over set when it was cut.
+type shapeReq struct {
+	f           *Flow
+	req         shape.Request
+	over, ready bool
+}
+
+// get returns the flow's shape request.
+func (r *shapeReq) get(m *Model) *shape.Request {
+	if !r.ready {
+		r.ready = true
+		f := r.f
+		r.req = shape.Request{Method: f.Method, Path: f.Path, HeaderKeys: f.HeaderKeys, ContentType: f.ContentType, BodyBytes: f.RequestBytes}
+		if !m.cfg.ShapeLimits.Within(&r.req) {
+			r.req, r.over = m.cfg.ShapeLimits.Cut(&r.req)
+		}
+	}
+	return &r.req
+}
+
+// established reports whether d names where the flow goes: an IP, or a host whose fresh DNS
+// answers the Resolver has (the address an egress gateway will connect to). A Host header
+// without them names nothing the model can check.
+func (m *Model) established(d Destination) bool {
+	if d.IP.IsValid() {
+		return true
+	}
+	if d.Host == "" {
+		return false
+	}
+	_, ok := m.answers(d.Host)
+	return ok || m.cfg.TrustHostNames
+}
+
+// answers returns the fresh DNS answers for host; false without a Resolver, without a fresh
+// answer or without addresses.
+func (m *Model) answers(host string) ([]netip.Addr, bool) {
+	if m.cfg.Resolver == nil || host == "" {
+		return nil, false
+	}
+	a, ok := m.cfg.Resolver.Lookup(host)
+	return a, ok && len(a) > 0
+}
+
+// decideUntracked decides a flow of a service beyond MaxServices: it is not tracked, so it
+// has no baseline, and gets Config.AtMaxServices; never less than an empty baseline gets in
+// DefaultMode (enforce and quarantine block).
+func (m *Model) decideUntracked() Verdict {
+	v := Verdict{Action: m.cfg.AtMaxServices, Mode: m.cfg.DefaultMode, Score: 1, Reasons: Reasons(0).With(ReasonNewDestination)}
+	switch m.cfg.DefaultMode {
+	case ModeEnforce:
+		v.Action = Block
+	case ModeQuarantine:
+		v.Action, v.Reasons = Block, Reasons(0).With(ReasonQuarantined)
 	}
 	return v
 }
@@ -175,6 +302,9 @@ func (m *Model) Observe(f *Flow) {
 	if s == nil {
 		return
 	}
+	now := m.cfg.Now()
+	f.Time = m.clamp(f.Time, now)
+	normalize(&f.Destination)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mode != ModeLearn {
@@ -216,13 +346,13 @@ func keys(d Destination) (ipKey, hostKey destKey, hasIP, hasHost bool) {
 
 // learn records both the IP and the host of f's destination and trains the detectors.
 // Call with s.mu held.
-func (m *Model) learn(s *service, f *Flow) {
+func (m *Model) learn(s *service, f *Flow, req *shapeReq) {
 	edge := m.recordDest(s, f, sourceOr(f.Source, "flow"))
 	if s.learnStart.IsZero() {
 		s.learnStart = f.Time
 	}
 	s.learnRequests++
-	score, _ := m.score(s, edge, f, true)
+	score, _ := m.score(s, edge, f, req, true)
 	if f.Time.Sub(s.learnStart) >= min(m.cfg.LearnWindow/2, calibrationWarmup) {
 		s.calib.add(score, f.Time)
 	}
@@ -328,21 +458,9 @@ func (m *Model) prefixOf(ip netip.Addr) netip.Prefix {
 	return p
 }
 
-func (m *Model) inPrefixes(e *destEntry, ip netip.Addr) bool {
-	if e.edge == nil {
-		return false
-	}
-	for _, p := range e.edge.prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
 // judge scores a flow of a service out of learning: the destination checks, then the
 // detectors of the destination if it is known. Call with s.mu held.
-func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
+func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 	ipKey, hostKey, hasIP, hasHost := keys(f.Destination)
 	var ipE, hostE *destEntry
 	if hasIP {
@@ -356,17 +474,15 @@ func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
 	switch {
 	case ipE != nil:
 		known = true
-		// A known IP with a host name it was never used with: the name must resolve there.
-		if hasHost && hostE == nil && m.mismatch(f.Destination) {
+		// A known IP with a host name it was never used with (or learned at other IPs): the
+		// name must not resolve elsewhere.
+		if hasHost && (hostE == nil || ipE.via != hostKey) && m.mismatch(f.Destination) {
 			hard = hard.With(ReasonHostIPMismatch)
 		}
 	case hasIP && hostE != nil:
-		// A known host at an IP not in the baseline: fine inside the prefixes it was learned
-		// at, or where DNS says the name lives; a name sent elsewhere is a mismatch.
-		if m.inPrefixes(hostE, f.Destination.IP) {
-			known = true
-			break
-		}
+		// A known host at an IP not in the baseline: known only where the host's fresh DNS
+		// answers say it lives. The prefixes it was learned at vouch for nothing on their
+		// own: the workload names the host, and its own server may sit in the same /24.
 		switch answered, at := m.lookupHost(f.Destination); {
 		case at:
 			known = true
@@ -374,6 +490,8 @@ func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
 			hard = hard.With(ReasonHostIPMismatch)
 		}
 	case !hasIP && hostE != nil:
+		// A known host without IP: Decide established that it has fresh DNS answers, the
+		// addresses an egress gateway connects to.
 		known = true
 	default:
 		if hasIP && hasHost && m.mismatch(f.Destination) {
@@ -392,7 +510,7 @@ func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
 		// An IP used without a name it was learned with shares that name's history.
 		if hostE == nil && ipE.via.host != "" {
 			if h, ok := s.dests.Peek(ipE.via); ok {
-				return m.scoreKnown(s, h, f, hard)
+				return m.scoreKnown(s, h, f, req, hard)
 			}
 		}
 	}
@@ -401,11 +519,11 @@ func (m *Model) judge(s *service, f *Flow) (float64, Reasons) {
 		touch(s, hostE, f.Time)
 		edge = hostE
 	}
-	return m.scoreKnown(s, edge, f, hard)
+	return m.scoreKnown(s, edge, f, req, hard)
 }
 
-func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, hard Reasons) (float64, Reasons) {
-	score, soft := m.score(s, edge, f, false)
+func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, req *shapeReq, hard Reasons) (float64, Reasons) {
+	score, soft := m.score(s, edge, f, req, false)
 	if !hard.Empty() {
 		score = 1
 	}
@@ -442,11 +560,11 @@ func containsAddr(addrs []netip.Addr, ip netip.Addr) bool {
 
 // score runs the detectors of a known destination's edge and returns the highest score and
 // the reasons whose score reaches the service's alert threshold (none while learning).
-func (m *Model) score(s *service, e *destEntry, f *Flow, learning bool) (float64, Reasons) {
+func (m *Model) score(s *service, e *destEntry, f *Flow, req *shapeReq, learning bool) (float64, Reasons) {
 	var sc scores
 	es := e.edgeState()
 	if f.Method != "" && !m.cfg.Disabled.Has(ReasonNewShape) {
-		m.scoreShape(s, e, f, learning, &sc)
+		m.scoreShape(s, e, f, req, learning, &sc)
 	}
 	if !m.cfg.Disabled.Has(ReasonRateSpike) {
 		edgeRate := m.rate.Observe(&es.rate, f.Time)
@@ -507,17 +625,23 @@ func (sc *scores) over(threshold float64) Reasons {
 // scoreShape scores f's request shape on its destination: a shape never seen is new_shape
 // (and enters the baseline after probation, or at once while learning), a known but rare
 // one rare_shape.
-func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, learning bool, sc *scores) {
-	req := shape.Request{Method: f.Method, Path: f.Path, HeaderKeys: f.HeaderKeys, ContentType: f.ContentType, BodyBytes: f.RequestBytes}
-	k := m.shaper.Key(&req)
+func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shapeReq, learning bool, sc *scores) {
+	rq := req.get(m)
+	k := m.shaper.Key(rq)
 	es := e.edgeState()
 	t := es.table(m.cfg.Shapes)
-	if learning || t.Count(k) > 0 {
-		r := t.Observe(k, f.Time)
+	known := t.Count(k) > 0
+	if !known && s.shapeCount >= m.cfg.MaxShapesPerService {
+		// The service keeps all the shapes it may: a new one scores as new, and is not kept.
+		sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
+		return
+	}
+	if learning || known {
+		r := s.observeShape(t, k, f.Time)
 		if r.New {
 			// While learning, a new shape scores as it would after: calibration sees it.
 			sc.add(ReasonNewShape, newShapeScore(r))
-			es.addShape(m.shaper, k, &req, f, sourceOr(f.Source, "flow"))
+			es.addShape(m.shaper, k, rq, f, sourceOr(f.Source, "flow"))
 		} else {
 			in := es.touchShape(k, f.Time)
 			// An approved shape is expected however rarely it is used.
@@ -529,9 +653,9 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, learning bool, sc 
 		return
 	}
 	sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
-	if m.probe(s, probeKey{dest: e.key, shape: k}, f.Time) {
-		t.Observe(k, f.Time)
-		es.addShape(m.shaper, k, &req, f, "probation")
+	if m.probe(s, probeKey{dest: e.key, shape: k}) {
+		s.observeShape(t, k, f.Time)
+		es.addShape(m.shaper, k, rq, f, "probation")
 		markEntry(s, e)
 	}
 }
@@ -547,7 +671,7 @@ func (m *Model) probeDestination(s *service, f *Flow, ipKey, hostKey destKey, ha
 	if hasIP {
 		k = ipKey
 	}
-	if m.probe(s, probeKey{dest: k}, f.Time) {
+	if m.probe(s, probeKey{dest: k}) {
 		m.recordDest(s, f, "probation")
 	}
 }
@@ -566,9 +690,12 @@ type probe struct {
 // maxProbation bounds what is on probation per service.
 const maxProbation = 1024
 
-// probe counts a sighting of k at t and reports whether k has now been seen in
+// probe counts a sighting of k now, on the service's clock (s.now: never ahead of the
+// server clock, never behind the service's latest flow, so that a client moves it with
+// neither future nor past event times) and reports whether k has now been seen in
 // Config.Probation distinct intervals. Rejected keys never pass. Call with s.mu held.
-func (m *Model) probe(s *service, k probeKey, t time.Time) bool {
+func (m *Model) probe(s *service, k probeKey) bool {
+	t := s.now
 	if _, no := s.rejected[k]; no {
 		return false
 	}
@@ -591,32 +718,85 @@ func (m *Model) probe(s *service, k probeKey, t time.Time) bool {
 	return true
 }
 
-func (s *service) allowed(d Destination) bool {
-	if len(s.allow) == 0 {
-		return false
+// allowEntry is one entry of a quarantine allow list: an IP; a host, at the IPs of its fresh
+// DNS answers; or a host pinned to one IP ("host@ip"). Port 0 allows every port.
+type allowEntry struct {
+	host string
+	ip   netip.Addr
+	port uint16
+}
+
+// parseAllowEntry parses "ip[:port]", "host[:port]" or "host[:port]@ip".
+func parseAllowEntry(s string) (allowEntry, error) {
+	dest, at, pinned := strings.Cut(strings.TrimSpace(s), "@")
+	k, err := parseDestKey(dest)
+	if err != nil {
+		return allowEntry{}, err
 	}
-	ipKey, hostKey, hasIP, hasHost := keys(d)
-	for _, k := range [2]struct {
-		k  destKey
-		ok bool
-	}{{ipKey, hasIP}, {hostKey, hasHost}} {
-		if !k.ok {
+	e := allowEntry{host: k.host, ip: k.ip, port: k.port}
+	if pinned {
+		if k.host == "" {
+			return allowEntry{}, &destinationError{s: s, why: "host@ip needs a host name before @"}
+		}
+		ip, err := netip.ParseAddr(strings.Trim(strings.TrimSpace(at), "[]"))
+		if err != nil {
+			return allowEntry{}, &destinationError{s: s, why: "bad IP after @"}
+		}
+		e.ip = NormalizeIP(ip)
+	}
+	return e, nil
+}
+
+// String returns the entry as parseAllowEntry reads it.
+func (e allowEntry) String() string {
+	if e.host == "" {
+		return destKey{ip: e.ip, port: e.port}.String()
+	}
+	s := destKey{host: e.host, port: e.port}.String()
+	if e.ip.IsValid() {
+		s += "@" + e.ip.String()
+	}
+	return s
+}
+
+// allowed reports whether a quarantined service may reach d: an IP entry matches d's IP; a
+// host entry matches d's host only at an IP among the host's fresh DNS answers (or, without
+// an IP, when the host has fresh answers: an egress gateway connects there); a pinned entry
+// matches the host at its IP. A Host header alone never matches.
+func (m *Model) allowed(s *service, d Destination) bool {
+	for _, e := range s.allow {
+		if e.port != 0 && e.port != d.Port {
 			continue
 		}
-		if _, ok := s.allow[k.k]; ok {
-			return true
-		}
-		// An allow entry without a port allows every port.
-		k.k.port = 0
-		if _, ok := s.allow[k.k]; ok {
-			return true
+		switch {
+		case e.host == "":
+			if d.IP.IsValid() && d.IP == e.ip {
+				return true
+			}
+		case e.host != d.Host:
+		case e.ip.IsValid() && d.IP.IsValid():
+			if d.IP == e.ip {
+				return true
+			}
+		case e.ip.IsValid():
+			if a, ok := m.answers(d.Host); ok && containsAddr(a, e.ip) {
+				return true
+			}
+		default:
+			a, ok := m.answers(d.Host)
+			if ok && (!d.IP.IsValid() || containsAddr(a, d.IP)) || !ok && !d.IP.IsValid() && m.cfg.TrustHostNames {
+				return true
+			}
 		}
 	}
 	return false
 }
 
-func (m *Model) maybePromote(s *service, now time.Time) {
-	if now.Sub(s.learnStart) >= m.cfg.LearnWindow && s.learnRequests >= m.cfg.LearnMinRequests {
+// maybePromote ends s's learning when it is due on the service's clock (s.now): LearnWindow
+// after its first learned flow, with LearnMinRequests learned. Call with s.mu held.
+func (m *Model) maybePromote(s *service) {
+	now := s.now
+	if !s.learnStart.IsZero() && now.Sub(s.learnStart) >= m.cfg.LearnWindow && s.learnRequests >= m.cfg.LearnMinRequests {
 		s.mode = m.cfg.AfterLearning
 		s.modeSetBy = "auto"
 		s.modeChanged = now
@@ -627,8 +807,10 @@ func (m *Model) maybePromote(s *service, now time.Time) {
 // ModeChange is an operator's change of a service's mode.
 type ModeChange struct {
 	Mode Mode
-	// Allow lists the destinations a quarantined service may still reach ("host:port",
-	// "ip:port", or without port for any port). Ignored for other modes.
+	// Allow lists the destinations a quarantined service may still reach: "ip:port";
+	// "host:port", the host at the IPs of its fresh DNS answers (so only with a Resolver);
+	// "host:port@ip", the host pinned to one IP; each without ":port" for any port. Ignored
+	// for other modes.
 	Allow []string
 	// By says who made the change; At when (wall clock: operators act in real time).
 	By string
@@ -636,7 +818,8 @@ type ModeChange struct {
 }
 
 // SetMode changes a service's mode, creating the service if it is unknown. Setting learn
-// starts a new learning period; leaving learn sets the alert threshold from it.
+// starts a new learning period; leaving learn sets the alert threshold from it. Quarantine
+// always takes effect: a service quarantined beyond MaxServices is tracked anyway.
 func (m *Model) SetMode(name string, c ModeChange) error {
 	if name == "" {
 		return errors.New("empty service name")
@@ -644,25 +827,26 @@ func (m *Model) SetMode(name string, c ModeChange) error {
 	if !c.Mode.Valid() {
 		return fmt.Errorf("invalid mode %d", c.Mode)
 	}
-	var allow map[destKey]struct{}
+	var allow []allowEntry
 	if c.Mode == ModeQuarantine && len(c.Allow) > 0 {
-		allow = make(map[destKey]struct{}, len(c.Allow))
 		var errs []error
 		for _, a := range c.Allow {
-			k, err := parseDestKey(a)
+			e, err := parseAllowEntry(a)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("allow: %w", err))
 				continue
 			}
-			allow[k] = struct{}{}
+			if !slices.Contains(allow, e) {
+				allow = append(allow, e)
+			}
 		}
 		if err := errors.Join(errs...); err != nil {
 			return err
 		}
 	}
-	s, err := m.track(name)
-	if err != nil {
-		return err
+	s := m.lookupCap(name, true, c.Mode == ModeQuarantine)
+	if s == nil {
+		return fmt.Errorf("cannot track service %q: %d services already tracked", name, m.cfg.MaxServices)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -79,3 +79,40 @@ func BenchmarkMemory(b *testing.B) {
 		runtime.KeepAlive(m)
 	}
 }
+
+// BenchmarkMemoryServices reports the heap 100,000 services take (MaxServices' default), each
+// having learned dests destinations (host and IP, one shape each): what a shared meshguard
+// (gateway, DaemonSet) holds at the cap, against a sidecar's 256 MiB limit.
+func BenchmarkMemoryServices(b *testing.B) {
+	const services = DefaultMaxServices
+	for _, dests := range []int{0, 1} {
+		b.Run(fmt.Sprintf("dests=%d", dests), func(b *testing.B) {
+			for b.Loop() {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				m := mustModel(b, Config{})
+				f := Flow{Time: t0, Method: "GET", Path: "/v1/items/42", HeaderKeys: []string{"accept", "authorization"}, RequestBytes: -1}
+				for s := range services {
+					f.Service = fmt.Sprintf("ns%d/svc%d", s%50, s)
+					if dests == 0 {
+						if err := m.SetMode(f.Service, ModeChange{Mode: ModeLearn}); err != nil {
+							b.Fatal(err)
+						}
+					}
+					for d := range dests {
+						f.Destination = Destination{IP: netip.AddrFrom4([4]byte{10, byte(d), byte(s >> 8), byte(s)}), Port: 443, Host: fmt.Sprintf("api%d.example.com", d)}
+						m.Decide(&f)
+					}
+				}
+				m.TakeChanges()
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				total := float64(after.HeapAlloc - before.HeapAlloc)
+				b.ReportMetric(total/services, "B/service")
+				b.ReportMetric(total/(1<<20), "MiB/100k-services")
+				runtime.KeepAlive(m)
+			}
+		})
+	}
+}

@@ -18,8 +18,13 @@ func flow(svc, ip string, port uint16, host string, at time.Duration) *Flow {
 	return f
 }
 
+// mustModel returns a model of c. Without a clock of its own, the test replays events (days
+// of event time in milliseconds), so event time paces probation and learning.
 func mustModel(t testing.TB, c Config) *Model {
 	t.Helper()
+	if c.Now == nil {
+		c.EventClock = true
+	}
 	m, err := New(c)
 	if err != nil {
 		t.Fatal(err)
@@ -58,12 +63,17 @@ func TestModes(t *testing.T) {
 		{"enforce allows learned IPv6", ModeEnforce, flow("shop/checkout", "2001:db8::7", 443, "", 0), Allow, nil},
 		{"enforce allows host in another case", ModeEnforce, flow("shop/checkout", "", 8080, NormalizeHost("Inventory.Shop.SVC"), 0), Allow, nil},
 		{"enforce blocks unknown host", ModeEnforce, flow("shop/checkout", "", 8080, "evil.example", 0), Block, []string{"new_destination"}},
+		{"enforce blocks known host without fresh DNS answers", ModeEnforce, flow("shop/checkout", "", 8080, "gone.shop.svc", 0), Block, []string{"unknown_destination"}},
+		{"monitor alerts host without fresh DNS answers", ModeMonitor, flow("shop/checkout", "", 8080, "nxdomain.example", 0), Alert, []string{"unknown_destination"}},
+		{"quarantine blocks host without fresh DNS answers", ModeQuarantine, flow("shop/checkout", "", 8080, "nxdomain.example", 0), Block, []string{"quarantined", "unknown_destination"}},
 		{"quarantine blocks known", ModeQuarantine, flow("shop/checkout", "203.0.113.7", 443, "api.example.com", 0), Block, []string{"quarantined"}},
 		{"other service unaffected", ModeEnforce, flow("shop/cart", "203.0.113.7", 443, "", 0), Block, []string{"new_destination"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := mustModel(t, Config{})
+			// Host-only flows (an egress gateway) go to the host's fresh DNS answers.
+			res := fakeResolver{"inventory.shop.svc": {netip.MustParseAddr("10.96.0.20")}, "evil.example": {netip.MustParseAddr("198.51.100.66")}}
+			m := mustModel(t, Config{Resolver: res})
 			for _, f := range learned {
 				if v := m.Decide(f); v.Action != Allow || v.Mode != ModeLearn {
 					t.Fatalf("learning: got %+v", v)
@@ -147,7 +157,7 @@ func TestSetLearnRestartsWindow(t *testing.T) {
 }
 
 func TestQuarantineAllowList(t *testing.T) {
-	m := mustModel(t, Config{})
+	m := mustModel(t, Config{Resolver: fakeResolver{"vault.internal": {netip.MustParseAddr("10.0.0.80")}}})
 	if err := m.SetMode("s", ModeChange{Mode: ModeQuarantine, Allow: []string{"vault.internal:8200", "10.0.0.53"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +169,8 @@ func TestQuarantineAllowList(t *testing.T) {
 		{flow("s", "", 443, "vault.internal", 0), Block},
 		{flow("s", "10.0.0.53", 53, "", 0), Allow},
 		{flow("s", "10.0.0.54", 53, "", 0), Block},
+		{flow("s", "10.0.0.80", 8200, "vault.internal", 0), Allow},
+		{flow("s", "10.0.0.81", 8200, "vault.internal", 0), Block},
 	} {
 		if v := m.Decide(tt.f); v.Action != tt.want {
 			t.Errorf("%s: %s, want %s", tt.f.Destination, v.Action, tt.want)
@@ -176,8 +188,12 @@ func TestInvalidFlows(t *testing.T) {
 		{Time: t0, Service: "s"},
 	} {
 		v := m.Decide(f)
-		if v.Action != Alert || !v.Reasons.Has(ReasonInvalidRequest) {
-			t.Errorf("%+v: got %+v", f, v)
+		want := ReasonInvalidRequest
+		if f.Service != "" {
+			want = ReasonUnknownDestination
+		}
+		if v.Action != Alert || !v.Reasons.Has(want) {
+			t.Errorf("%+v: got %+v, want alert %s", f, v, want)
 		}
 	}
 	if got := len(m.Services()); got != 0 {

@@ -208,9 +208,12 @@ type service struct {
 	alerted       int64
 	blocked       int64
 	first, last   time.Time
+	now           time.Time // the service's clock for probation and promotion (see tick)
+	srvAt         time.Time // the server clock at the last tick
 	dests         *simplelru.LRU[destKey, *destEntry]
-	allow         map[destKey]struct{} // quarantine allow list
-	rate          rate.State           // the service's total request rate
+	shapeCount    int          // shapes in the tables of dests
+	allow         []allowEntry // quarantine allow list
+	rate          rate.State   // the service's total request rate
 	calib         calibration
 	probation     *simplelru.LRU[probeKey, *probe]
 	rejected      map[probeKey]struct{}
@@ -219,6 +222,36 @@ type service struct {
 	queued     bool // in Model.dirty
 	dirtyDests []*destEntry
 	removed    []destKey
+}
+
+// tick advances the service's clock with a flow at t, the server clock being now. The clock
+// never goes back, never runs ahead of now (future-dated flows do not move it past the
+// server clock), and, unless paced is false, advances no faster than now has since the last
+// tick (past-dated flows, a day ago then an hour ago, do not compress intervals). Call with
+// s.mu held.
+func (s *service) tick(t, now time.Time, paced bool) {
+	c := t
+	if c.After(now) {
+		c = now
+	}
+	if paced && !s.now.IsZero() {
+		if lim := s.now.Add(max(now.Sub(s.srvAt), 0)); c.After(lim) {
+			c = lim
+		}
+	}
+	if c.After(s.now) {
+		s.now = c
+	}
+	s.srvAt = now
+}
+
+// observeShape observes shape k in table t (of one of s's destinations) at time at, keeping
+// s.shapeCount. Call with s.mu held.
+func (s *service) observeShape(t *shape.Table, k shape.Key, at time.Time) shape.Score {
+	n := t.Len()
+	r := t.Observe(k, at)
+	s.shapeCount += t.Len() - n
+	return r
 }
 
 // count counts a request at t. Call with s.mu held.
@@ -238,6 +271,9 @@ func (m *Model) newService(name string) *service {
 	s.dests, _ = simplelru.NewLRU(m.cfg.MaxDestinations, func(k destKey, e *destEntry) {
 		e.evicted = true
 		s.removed = append(s.removed, k)
+		if e.edge != nil && e.edge.shapes != nil {
+			s.shapeCount -= e.edge.shapes.Len()
+		}
 	})
 	return s
 }
@@ -298,8 +334,8 @@ func (s *service) record(all bool) ServiceRecord {
 			Histogram: slices.Clone(s.calib.bins[:]),
 		},
 	}
-	for k := range s.allow {
-		r.QuarantineAllow = append(r.QuarantineAllow, k.String())
+	for _, e := range s.allow {
+		r.QuarantineAllow = append(r.QuarantineAllow, e.String())
 	}
 	slices.Sort(r.QuarantineAllow)
 	if all {
@@ -484,15 +520,14 @@ func (m *Model) Restore(r ServiceRecord) error {
 	}
 	var errs []error
 	for _, a := range r.QuarantineAllow {
-		k, err := parseDestKey(a)
+		e, err := parseAllowEntry(a)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if s.allow == nil {
-			s.allow = make(map[destKey]struct{})
+		if !slices.Contains(s.allow, e) {
+			s.allow = append(s.allow, e)
 		}
-		s.allow[k] = struct{}{}
 	}
 	dests := slices.Clone(r.Destinations)
 	// Oldest first, so that the LRU's recency order matches the last sightings.
@@ -574,9 +609,11 @@ func (m *Model) restoreShapes(s *service, recs []ShapeRecord) error {
 			es.putShape(newShapeInfo(key, sh, r.FirstSeen, r.LastSeen, r.Source))
 		}
 		slices.SortFunc(st.Shapes, func(a, b shape.ShapeCount) int { return cmp.Compare(a.Key, b.Key) })
+		n := t.Len()
 		if err := t.Restore(st); err != nil {
 			errs = append(errs, err)
 		}
+		s.shapeCount += t.Len() - n
 	}
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/bench/evaluate"
+	"github.com/meshguard/meshguard/flowmodel"
 )
 
 // realData returns the Stratosphere captures or fails the test saying where it looked: the
@@ -104,6 +105,61 @@ func TestEvalReal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFirstC2AfterWindowIsAlerted checks issue 11's "judge after the window" on the Kovter
+// capture, with the model's own promotion (no split): the Kovter host learns for 8 hours of
+// event time from its first flow; the first malicious flow once that window has passed is
+// decided in monitor mode and alerted, not learned, and so is every later one.
+func TestFirstC2AfterWindowIsAlerted(t *testing.T) {
+	dir := realData(t)
+	recs, _, err := convertDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
+		t.Fatal(err)
+	}
+	events, err := evaluate.Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const window = 8 * time.Hour
+	m, err := flowmodel.New(flowmodel.Config{LearnWindow: window, LearnMinRequests: 1, AfterLearning: flowmodel.ModeMonitor, EventClock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var start time.Time
+	seen, alerted := 0, 0
+	for _, e := range events {
+		if e.Flow.Service != kovterHost {
+			continue
+		}
+		f := e.Flow
+		if start.IsZero() {
+			start = f.Time
+		}
+		v := m.Decide(&f)
+		if e.Label != "malicious" || f.Time.Sub(start) < window {
+			continue
+		}
+		if seen == 0 && (v.Mode != flowmodel.ModeMonitor || v.Action == flowmodel.Allow) {
+			t.Errorf("first C2 flow after the window (%s, %s after the first flow, to %s): %s in %s mode, want alerted in monitor",
+				f.Time.Format(time.RFC3339), f.Time.Sub(start), f.Destination, v.Action, v.Mode)
+		}
+		seen++
+		if v.Action != flowmodel.Allow {
+			alerted++
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no malicious flow after the window")
+	}
+	if alerted != seen {
+		t.Errorf("%d of %d malicious flows after the window alerted, want all", alerted, seen)
+	}
+	t.Logf("%d malicious flows after the %s window, %d alerted", seen, window, alerted)
 }
 
 func TestCommands(t *testing.T) {

@@ -26,6 +26,8 @@ func modelConfig(c genConfig) flowmodel.Config {
 		LearnWindow:      time.Duration(c.LearnDays) * 24 * time.Hour,
 		LearnMinRequests: 1,
 		AfterLearning:    flowmodel.ModeMonitor,
+		// A replay of recorded events: event time paces probation and learning.
+		EventClock: true,
 	}
 }
 

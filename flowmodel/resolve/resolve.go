@@ -311,6 +311,25 @@ func (r *Resolver) Lookup(name string) (Answer, bool) {
 	return Answer{}, false
 }
 
+// Fresh returns name's addresses when a fresh, positive answer is cached: the evidence a
+// security decision may rest on (a stale answer may be an address the name has left, a
+// negative one has none). Otherwise it returns false and, as Lookup does, starts a
+// background lookup; it never waits. Its signature is flowmodel.Resolver's Lookup (see
+// FreshOnly).
+func (r *Resolver) Fresh(name string) ([]netip.Addr, bool) {
+	a, ok := r.Lookup(name)
+	if !ok || a.Negative || len(a.Addrs) == 0 || !a.Fresh(r.cfg.Now()) {
+		return nil, false
+	}
+	return a.Addrs, true
+}
+
+// FreshOnly adapts a Resolver to flowmodel.Resolver: its Lookup is the Resolver's Fresh.
+type FreshOnly struct{ R *Resolver }
+
+// Lookup returns the fresh, positive answer for host (see Resolver.Fresh).
+func (f FreshOnly) Lookup(host string) ([]netip.Addr, bool) { return f.R.Fresh(host) }
+
 // Resolve returns a fresh answer for name, waiting for a lookup when the cache has none
 // (sharing it with any lookup of the same name in flight). It fails when the lookup fails
 // or ctx ends first.

@@ -649,3 +649,40 @@ func TestNormalize(t *testing.T) {
 		})
 	}
 }
+
+// TestFreshOnlyAnswersFromCache: Fresh never waits. A miss answers nothing and starts a
+// background lookup; a fresh positive answer is returned; a stale or negative one is not
+// (a stale answer may be an address the name has left).
+func TestFreshOnlyAnswersFromCache(t *testing.T) {
+	srv := startServer(t, testZone(t))
+	clk := &clock{now: epoch}
+	r := newResolver(t, Config{Servers: []string{srv.addr}, Now: clk.Now, MaxStale: time.Minute})
+	f := FreshOnly{R: r}
+	if a, ok := f.Lookup("api.example.com"); ok {
+		t.Fatalf("miss answered %v", a)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.count("api.example.com.", "A") == 0 || func() bool { _, ok := f.Lookup("api.example.com"); return !ok }() {
+		if time.Now().After(deadline) {
+			t.Fatal("the background lookup a miss starts never answered")
+		}
+		time.Sleep(5 * time.Millisecond) // polling for the background lookup, with a deadline
+	}
+	a, ok := f.Lookup("api.example.com")
+	if !ok || !reflect.DeepEqual(a, addrs("203.0.113.7", "203.0.113.8", "2001:db8::7")) {
+		t.Fatalf("fresh answer = %v, %v", a, ok)
+	}
+	clk.Advance(31 * time.Second) // past the AAAA TTL: stale, though Lookup still returns it
+	if _, ok := r.Lookup("api.example.com"); !ok {
+		t.Fatal("Lookup dropped the stale answer")
+	}
+	if a, ok := f.Lookup("api.example.com"); ok {
+		t.Errorf("stale answer used as evidence: %v", a)
+	}
+	if _, err := r.Resolve(context.Background(), "empty.example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if a, ok := f.Lookup("empty.example.com"); ok {
+		t.Errorf("negative answer used as evidence: %v", a)
+	}
+}

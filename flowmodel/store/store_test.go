@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -152,7 +153,8 @@ func TestModelThroughStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, _ := flowmodel.New(flowmodel.Config{})
-	f := flowmodel.Flow{Time: t0, Service: "s", Destination: flowmodel.Destination{Host: "api.example.com", Port: 443}}
+	// With an IP: a host alone, without the Resolver's fresh answers, is no destination.
+	f := flowmodel.Flow{Time: t0, Service: "s", Destination: flowmodel.Destination{IP: netip.MustParseAddr("203.0.113.7"), Host: "api.example.com", Port: 443}}
 	m.Decide(&f)
 	p := &flowmodel.Persister{Model: m, Store: st}
 	if err := p.Flush(); err != nil {
