@@ -281,8 +281,8 @@ func (f *serveFlags) validate() (serveConfig, error) {
 	if c.model, err = f.model.config(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.maxServicesAction != "block" && c.maxServicesAction != "alert" {
-		errs = append(errs, fmt.Errorf("--max-services-action %q: valid values are block, alert", c.maxServicesAction))
+	if c.model.AtMaxServices, err = flowmodel.ParseAtMaxServices(c.maxServicesAction); err != nil {
+		errs = append(errs, fmt.Errorf("--max-services-action: %w", err))
 	}
 	c.extproc.OnMissing = f.onMissing
 	if c.extproc.IdentityOrder, err = extproc.ParseIdentityOrder(f.identityOrder); err != nil {

@@ -236,7 +236,7 @@ func TestNewOptionsChecked(t *testing.T) {
 		"--max-services-action", "allow", "--backup-interval", "-1s", "--max-body-bytes", "-1", "--xds-trust-domain", "Cluster/Local",
 		"--xds-tls-cert", "c.pem"})
 	if err := contains(fmtErr(err), "--first-message-timeout must be positive", "--max-streams-per-connection must be positive",
-		"--max-message-bytes must be positive", `--max-services-action "allow"`, "--backup-interval must not be negative",
+		"--max-message-bytes must be positive", `--max-services-action: max-services action "allow"`, "--backup-interval must not be negative",
 		"--max-body-bytes must not be negative", `--xds-trust-domain "Cluster/Local"`, "--xds-tls-cert and --xds-tls-key go together"); err != nil {
 		t.Fatalf("%v in:\n%v", err, fmtErr(err))
 	}

@@ -88,6 +88,8 @@ func runLearn(ctx context.Context, o learnOptions, stdin io.Reader, stdout, stde
 		return err
 	}
 	defer st.Close()
+	// Seeding from a capture or recorded events runs on their time, as replay does.
+	cfg.EventClock, cfg.TrustHostNames = true, true
 	model, err := flowmodel.New(cfg)
 	if err != nil {
 		return err

@@ -67,6 +67,10 @@ func runReplay(ctx context.Context, mf modelFlags, args []string, stdin io.Reade
 		defer f.Close()
 		in, name = f, args[0]
 	}
+	// A replay runs on the events' own time (probation paced by it, not by the wall clock),
+	// and takes a host without an IP by its name: there are no fresh DNS answers to consult
+	// for recorded events. serve does neither.
+	cfg.EventClock, cfg.TrustHostNames = true, true
 	model, err := flowmodel.New(cfg)
 	if err != nil {
 		return err

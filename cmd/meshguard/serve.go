@@ -115,7 +115,11 @@ func startServer(ctx context.Context, cfg serveConfig, log *slog.Logger, wrap wr
 	log.Info("tracing", slog.String("exporter", s.tracing.exporter))
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), admin.ModeCollector(s.model))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), admin.ModeCollector(s.model),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshguard_event_times_clamped_total",
+			Help: "Flow times the model replaced by the server clock: too far ahead of it, zero, or before the Unix epoch.",
+		}, func() float64 { return float64(s.model.ClampedTimes()) }))
 	if err := s.tracing.register(reg); err != nil {
 		return nil, err
 	}
