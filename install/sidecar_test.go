@@ -328,6 +328,11 @@ func TestAdversarySidecarControlPlaneOutOfReach(t *testing.T) {
 			if cfg.flag("insecure-listen") {
 				t.Error("insecure-listen in the sidecar layout: nothing but the health listener may use TCP")
 			}
+			// Memory (issue 10): the sidecar serves one pod; whatever services its requests
+			// claim, the model stays far below the container's limit.
+			if n, ok := cfg["max-services"].(float64); !ok || n <= 0 || n > 1000 { // JSON numbers
+				t.Errorf("max-services %v: the sidecar layout bounds it (at most 1000) to stay within its memory limit", cfg["max-services"])
+			}
 			if cfg.flag("pprof") {
 				t.Error("pprof on: it serves on the admin listener only, keep it off in production layouts")
 			}
