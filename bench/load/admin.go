@@ -18,7 +18,35 @@ import (
 
 // Calls to meshguard's admin HTTP API (the contract in COMMON.md).
 
-var adminClient = &http.Client{Timeout: 10 * time.Second}
+var adminClient = &http.Client{Timeout: 10 * time.Second, Transport: tokenTransport{http.DefaultTransport}}
+
+// adminTokenFiles maps an admin base URL to the file holding its bearer token (meshguard
+// writes <data-dir>/admin-token at its first start); see RegisterAdminToken.
+var adminTokenFiles sync.Map
+
+// RegisterAdminToken makes every call of the admin client to base send the token in file,
+// read at each call (the file appears once meshguard has started).
+func RegisterAdminToken(base, file string) {
+	adminTokenFiles.Store(strings.TrimSuffix(base, "/"), file)
+}
+
+// tokenTransport adds "Authorization: Bearer" to admin calls whose base has a token file,
+// or $MESHGUARD_ADMIN_TOKEN for a meshguard the load generator did not start.
+type tokenTransport struct{ next http.RoundTripper }
+
+func (t tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	token := os.Getenv("MESHGUARD_ADMIN_TOKEN")
+	if f, ok := adminTokenFiles.Load(r.URL.Scheme + "://" + r.URL.Host); ok {
+		if b, err := os.ReadFile(f.(string)); err == nil {
+			token = strings.TrimSpace(string(b))
+		}
+	}
+	if token != "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+token)
+	}
+	return t.next.RoundTrip(r)
+}
 
 // SetMode switches one service's mode: PUT /v1/services/{service}/mode {"mode": mode}, the
 // service name path-escaped.
@@ -144,7 +172,7 @@ func FetchProfile(ctx context.Context, base string, seconds int, path string) er
 	if err != nil {
 		return err
 	}
-	c := &http.Client{Timeout: time.Duration(seconds+30) * time.Second}
+	c := &http.Client{Timeout: time.Duration(seconds+30) * time.Second, Transport: adminClient.Transport}
 	resp, err := c.Do(req)
 	if err != nil {
 		return fmt.Errorf("GET %s: %w", u, err)

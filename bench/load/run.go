@@ -143,6 +143,7 @@ func serverSpec(cfg Config, t, bin, work, dataDir string, pprofOn bool) (ServerS
 			return spec, err
 		}
 		spec.Admin = "http://" + admin
+		RegisterAdminToken(spec.Admin, filepath.Join(dataDir, "admin-token"))
 		spec.Args = meshguardArgs(listen, admin, dataDir, cfg.MeshguardArgs)
 		if pprofOn {
 			spec.Args = append(spec.Args, "--pprof")

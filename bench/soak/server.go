@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ type server struct {
 	extproc string // host:port
 	admin   string // http://host:port
 	log     *os.File
+	dataDir string // --data-dir, where serve writes its admin token
 	exited  chan struct{}
 	waitErr error
 }
@@ -56,7 +58,7 @@ func startServer(ctx context.Context, bin, dataDir, logPath string, extra []stri
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &server{cmd: cmd, log: logf, exited: make(chan struct{})}
+	s := &server{cmd: cmd, log: logf, exited: make(chan struct{}), dataDir: dataDir}
 	lines := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -126,6 +128,12 @@ func (s *server) setMode(ctx context.Context, service, mode string) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Content-Type", "application/json")
+	token, err := os.ReadFile(filepath.Join(s.dataDir, "admin-token")) // written at serve's first start
+	if err != nil {
+		return fmt.Errorf("admin token: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
 	resp, err := adminClient.Do(req)
 	if err != nil {
 		return err
