@@ -208,10 +208,17 @@ func (m *Model) Decide(f *Flow) Verdict {
 	return v
 }
 
-// normalize puts d's IP and host in the form baselines and allow lists keep (IPv4-mapped
-// IPv6 unmapped, host lower case without trailing dot), in case the caller did not. It
+// normalize puts d's IP and host in the form baselines and allow lists keep (an IP-literal
+// host as the IP, IPv4-mapped IPv6 unmapped, host lower case without trailing dot), in case
+// the caller did not. It
 // allocates only for a host with upper-case letters.
 func normalize(d *Destination) {
+	if !d.IP.IsValid() && d.Host != "" {
+		// A host that is an IP literal names the address the request goes to.
+		if ip, err := netip.ParseAddr(d.Host); err == nil {
+			d.IP, d.Host = ip, ""
+		}
+	}
 	if d.IP.IsValid() && (d.IP.Is4In6() || d.IP.Zone() != "") {
 		d.IP = NormalizeIP(d.IP)
 	}
