@@ -141,13 +141,16 @@ func (m *Model) markDirty(s *service) {
 // every mode it keeps the detectors of known destinations current. It replaces an event time
 // outside the sane window by the server clock (see Config.Now), in f.Time.
 //
-// A flow whose destination cannot be established (no IP and no host, or a host without IP
+// A flow without a service is blocked (invalid_request). A flow whose destination cannot be
+// established (no IP and no host, or a host without IP
 // whose fresh DNS answers the Resolver does not have) is unknown_destination: blocked in
 // enforce and quarantine, alerted otherwise, never learned. A flow that arrives once its
 // service's learning is due to end is decided in the promoted mode, not learned.
 func (m *Model) Decide(f *Flow) Verdict {
 	if f.Service == "" {
-		return Verdict{Action: Alert, Score: 1, Reasons: Reasons(0).With(ReasonInvalidRequest)}
+		// No service, no mode to judge it in: fail closed. (extproc never asks: a request no
+		// identity names is its on-missing decision.)
+		return Verdict{Action: Block, Score: 1, Reasons: Reasons(0).With(ReasonInvalidRequest)}
 	}
 	now := m.cfg.Now()
 	f.Time = m.clamp(f.Time, now)

@@ -188,12 +188,13 @@ func TestInvalidFlows(t *testing.T) {
 		{Time: t0, Service: "s"},
 	} {
 		v := m.Decide(f)
-		want := ReasonInvalidRequest
+		want, action := ReasonInvalidRequest, Block // no service: fail closed
 		if f.Service != "" {
-			want = ReasonUnknownDestination
+			// In the service's (default) mode, learn: alerted, never learned.
+			want, action = ReasonUnknownDestination, Alert
 		}
-		if v.Action != Alert || !v.Reasons.Has(want) {
-			t.Errorf("%+v: got %+v, want alert %s", f, v, want)
+		if v.Action != action || !v.Reasons.Has(want) {
+			t.Errorf("%+v: got %+v, want %s %s", f, v, action, want)
 		}
 	}
 	if got := len(m.Services()); got != 0 {
