@@ -679,9 +679,11 @@ func TestTLSReload(t *testing.T) {
 	files := certtest.NewFiles(t.TempDir())
 	server := oldCA.Server(t, "meshguard")
 	files.Write(t, server, oldCA)
+	reloads := make(chan error, 16) // each attempt to load changed files
 	cp, err := New(Config{
 		XDS: xds.Config{PollInterval: time.Hour},
-		TLS: TLS{CertFile: files.Cert, KeyFile: files.Key, ClientCAFile: files.ClientCA, ReloadInterval: 20 * time.Millisecond},
+		TLS: TLS{CertFile: files.Cert, KeyFile: files.Key, ClientCAFile: files.ClientCA, ReloadInterval: 20 * time.Millisecond,
+			OnReload: func(err error) { reloads <- err }},
 	}, model, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -707,16 +709,16 @@ func TestTLSReload(t *testing.T) {
 	if _, err := adsListener(t, dial(), own); err == nil {
 		t.Fatal("a client of a CA not yet trusted got in")
 	}
-	files.Write(t, server, newCA)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := adsListener(t, dial(), own)
-		if err == nil {
-			break
+	files.Write(t, server, newCA) // swapped in at once, as a Kubernetes secret volume does
+	select {
+	case err := <-reloads:
+		if err != nil {
+			t.Fatalf("reload of the new client CA: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the new client CA was not in use within 10s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the reload, not synchronising on it
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new client CA was not loaded within 10s")
+	}
+	if _, err := adsListener(t, dial(), own); err != nil {
+		t.Fatalf("a client of the new CA refused once it is loaded: %v", err)
 	}
 }

@@ -369,7 +369,7 @@ func TestOpenLoopChargesTheWait(t *testing.T) {
 	var mu sync.Mutex
 	addr := startFake(t, func(s grpc.BidiStreamingServer[extprocv3.ProcessingRequest, extprocv3.ProcessingResponse]) error {
 		mu.Lock()
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // the service time this fake server plays, not a synchronisation
 		mu.Unlock()
 		if err := continueOne(s); err != nil {
 			return err

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -26,16 +27,103 @@ import (
 	"github.com/meshguard/meshguard/flowmodel"
 )
 
-// fakeBaselines is a hand-written Baselines whose records the test sets.
+// fakeBaselines is a hand-written Baselines whose records the test sets. It counts the
+// controller's polls: without ServiceLookup, every poll with a node calls Services once.
 type fakeBaselines struct {
-	mu   sync.Mutex
-	recs []flowmodel.ServiceRecord
+	mu     sync.Mutex
+	recs   []flowmodel.ServiceRecord
+	polls  int
+	signal chan struct{} // a token when polls moved; never blocks the controller
 }
 
 func (f *fakeBaselines) Services() []flowmodel.ServiceRecord {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.polls++
+	select {
+	case f.signalLocked() <- struct{}{}:
+	default:
+	}
 	return slices.Clone(f.recs)
+}
+
+func (f *fakeBaselines) signalLocked() chan struct{} {
+	if f.signal == nil {
+		f.signal = make(chan struct{}, 1)
+	}
+	return f.signal
+}
+
+// waitPolls waits until the controller has started n more polls. Polls run one after the
+// other, so once 2 more have started, a whole poll has read what set stored before.
+func (f *fakeBaselines) waitPolls(t *testing.T, n int) {
+	t.Helper()
+	f.mu.Lock()
+	target, signal := f.polls+n, f.signalLocked()
+	f.mu.Unlock()
+	timeout := time.After(10 * time.Second)
+	for {
+		f.mu.Lock()
+		got := f.polls
+		f.mu.Unlock()
+		if got >= target {
+			return
+		}
+		select {
+		case <-signal:
+		case <-timeout:
+			t.Fatalf("%d polls within 10s, want %d", n-(target-got), n)
+		}
+	}
+}
+
+// logWatch is a slog.Handler that keeps the messages logged, for a test to wait on one.
+type logWatch struct {
+	mu     sync.Mutex
+	msgs   []string
+	signal chan struct{} // a token when a message came; never blocks the logger
+}
+
+func newLogWatch() *logWatch { return &logWatch{signal: make(chan struct{}, 1)} }
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler       { return w }
+func (w *logWatch) WithGroup(string) slog.Handler            { return w }
+
+func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
+	w.mu.Lock()
+	w.msgs = append(w.msgs, r.Message)
+	w.mu.Unlock()
+	select {
+	case w.signal <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (w *logWatch) count(msg string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, m := range w.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// wait waits until msg has been logged n times in all.
+func (w *logWatch) wait(t *testing.T, msg string, n int) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for w.count(msg) < n {
+		select {
+		case <-w.signal:
+		case <-timeout:
+			t.Fatalf("%q logged %d times within 10s, want %d", msg, w.count(msg), n)
+		}
+	}
 }
 
 func (f *fakeBaselines) set(recs ...flowmodel.ServiceRecord) {
@@ -47,7 +135,13 @@ func (f *fakeBaselines) set(recs ...flowmodel.ServiceRecord) {
 // startXDS serves the controller's ADS on a loopback port and runs the controller.
 func startXDS(t *testing.T, cfg Config, base Baselines) (*Controller, *grpc.ClientConn) {
 	t.Helper()
-	c, err := NewController(cfg, base, nil)
+	return startXDSLogging(t, cfg, base, nil)
+}
+
+// startXDSLogging is startXDS with the controller logging to log (nil: nowhere).
+func startXDSLogging(t *testing.T, cfg Config, base Baselines, log *slog.Logger) (*Controller, *grpc.ClientConn) {
+	t.Helper()
+	c, err := NewController(cfg, base, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +302,8 @@ func TestADSModeChange(t *testing.T) {
 		model.Decide(&flowmodel.Flow{Time: t0.Add(time.Duration(i) * time.Second), Service: "shop/checkout",
 			Destination: flowmodel.Destination{IP: ap.Addr(), Port: ap.Port(), Host: "api.example.com"}, Source: "test"})
 	}
-	c, cc := startXDS(t, Config{PollInterval: time.Hour, FirstVersion: 100}, model)
+	logs := newLogWatch()
+	c, cc := startXDSLogging(t, Config{PollInterval: time.Hour, FirstVersion: 100}, model, slog.New(logs))
 	ads := newADSClient(t, cc, sidecarNode(t))
 
 	ads.send(resource.ClusterType, "", "")
@@ -286,10 +381,7 @@ func TestADSModeChange(t *testing.T) {
 	// Envoy rejecting a config is counted.
 	ads.stream.Send(&discoverygrpc.DiscoveryRequest{Node: ads.node, TypeUrl: resource.ListenerType,
 		VersionInfo: strconv.FormatUint(v1, 10), ResponseNonce: lr2.GetNonce(), ErrorDetail: statusMsg("bad listener")})
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Stats().Nacks == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	logs.wait(t, "xds: envoy rejected configuration", 1) // logged after it is counted
 	if c.Stats().Nacks != 1 {
 		t.Errorf("nacks = %d, want 1", c.Stats().Nacks)
 	}
@@ -309,10 +401,11 @@ func TestEmptyAllowListIsNeverPushed(t *testing.T) {
 	}
 
 	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce})
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Stats().Holds == 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	base.waitPolls(t, 2) // a whole poll has seen the empty baseline
+	if st := c.Stats(); st.Holds != 1 {
+		t.Fatalf("stats = %+v after a poll of the empty baseline, want one hold", st)
 	}
+	base.waitPolls(t, 5) // and 5 more polls of it are counted as nothing new
 	if !ads.quiet(resource.ListenerType, 200*time.Millisecond) {
 		t.Fatal("a listener was pushed for an enforce service with an empty baseline")
 	}
@@ -418,7 +511,7 @@ func TestLearningChangesBuildNothing(t *testing.T) {
 	ads.next(resource.ListenerType)
 	for i := range 20 {
 		base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeLearn, Destinations: dests("203.0.113." + strconv.Itoa(i+2) + ":443")})
-		time.Sleep(10 * time.Millisecond)
+		base.waitPolls(t, 2) // a whole poll has seen this change
 	}
 	if st := c.Stats(); st.Builds != 1 || st.Pushes != 1 {
 		t.Errorf("stats = %+v, want one build and one push", st)

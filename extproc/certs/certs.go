@@ -64,6 +64,10 @@ type Source struct {
 	mu     sync.Mutex // serialises Reload
 	badSum [sha256.Size]byte
 	badErr error // why the files with digest badSum are not in use
+
+	// polled, when set (by tests, before Run starts), is called after each poll of Run:
+	// an event to count polls by, where a test asserts what many polls did not do.
+	polled func()
 }
 
 // state is what one version of the files holds.
@@ -125,6 +129,9 @@ func (s *Source) Run(ctx context.Context) {
 			return
 		case <-t.C:
 			s.Reload()
+			if s.polled != nil {
+				s.polled()
+			}
 		}
 	}
 }

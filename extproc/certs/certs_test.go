@@ -54,8 +54,51 @@ func (r *reloads) next(t *testing.T) error {
 	}
 }
 
+// polls counts the polls of a Source's Run (through its polled hook).
+type polls struct {
+	mu     sync.Mutex
+	n      int
+	signal chan struct{} // a token when n moved; never blocks the poller
+}
+
+func (p *polls) polled() {
+	p.mu.Lock()
+	p.n++
+	p.mu.Unlock()
+	select {
+	case p.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (p *polls) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
+// wait waits until Run has finished n more polls.
+func (p *polls) wait(t *testing.T, n int) {
+	t.Helper()
+	target := p.count() + n
+	timeout := time.After(10 * time.Second)
+	for p.count() < target {
+		select {
+		case <-p.signal:
+		case <-timeout:
+			t.Fatalf("%d polls within 10s, want %d", p.count()-target+n, n)
+		}
+	}
+}
+
 // startSource makes a Source over files and polls them every 10ms until the test ends.
 func startSource(t *testing.T, cfg Config) (*Source, *reloads, *syncBuffer) {
+	src, r, logs, _ := startCountedSource(t, cfg)
+	return src, r, logs
+}
+
+// startCountedSource is startSource that also counts Run's polls.
+func startCountedSource(t *testing.T, cfg Config) (*Source, *reloads, *syncBuffer, *polls) {
 	t.Helper()
 	var logs syncBuffer
 	r := newReloads()
@@ -65,11 +108,13 @@ func startSource(t *testing.T, cfg Config) (*Source, *reloads, *syncBuffer) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := &polls{signal: make(chan struct{}, 1)}
+	src.polled = p.polled
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { src.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return src, r, &logs
+	return src, r, &logs, p
 }
 
 // serveHTTPS serves "ok" over TLS from src on a loopback port and returns its URL.
@@ -120,7 +165,7 @@ func TestRotatedCertificateIsServedAndBadFilesAreNot(t *testing.T) {
 	files := certtest.NewFiles(t.TempDir())
 	a, b, c := ca.Server(t, "a"), ca.Server(t, "b"), ca.Server(t, "c")
 	files.Write(t, a, nil)
-	src, r, logs := startSource(t, Config{Name: "test", CertFile: files.Cert, KeyFile: files.Key})
+	src, r, logs, polls := startCountedSource(t, Config{Name: "test", CertFile: files.Cert, KeyFile: files.Key})
 	url := serveHTTPS(t, src)
 
 	serving := func() string {
@@ -166,10 +211,16 @@ func TestRotatedCertificateIsServedAndBadFilesAreNot(t *testing.T) {
 			}
 		})
 	}
-	// A bad content is reported once, however often it is polled.
-	time.Sleep(50 * time.Millisecond)
+	// A bad content is reported once, however often it is polled: the last one is polled
+	// 5 more times, and neither logged nor reported again.
+	polls.wait(t, 5)
 	if n := strings.Count(logs.String(), "cannot be used"); n != 3 {
 		t.Errorf("%d error lines for 3 bad contents:\n%s", n, logs.String())
+	}
+	select {
+	case err := <-r.ch:
+		t.Errorf("a bad content already reported was reported again: %v", err)
+	default:
 	}
 	// Good files again: in use again.
 	files.Write(t, c, nil)

@@ -209,6 +209,10 @@ type Resolver struct {
 	closed bool
 
 	hits, stale, misses, lookups, failures, dropped atomic.Int64
+
+	// waiting, when set (by tests, before any Resolve), is called by Resolve with the
+	// lookup it is about to wait on: an event for "every caller has joined the lookup".
+	waiting func(*call)
 }
 
 // New returns a resolver.
@@ -354,6 +358,9 @@ func (r *Resolver) Resolve(ctx context.Context, name string) (Answer, error) {
 	r.mu.Unlock()
 	if err != nil {
 		return Answer{}, err
+	}
+	if r.waiting != nil {
+		r.waiting(c)
 	}
 	select {
 	case <-c.done:

@@ -328,15 +328,34 @@ func TestConcurrentLookupsShareOneQuery(t *testing.T) {
 		t.Errorf("Lookup took %v with the server holding the query", d)
 	}
 
+	// The lookup Lookup started, still held by the server: every Resolve must join it.
+	r.mu.Lock()
+	held1 := r.calls["www.example.com"]
+	r.mu.Unlock()
+	if held1 == nil {
+		t.Fatal("no lookup in flight while the server holds the query")
+	}
 	var wg sync.WaitGroup
 	answers := make([]Answer, 50)
 	errs := make([]error, 50)
+	joined := make(chan *call, len(answers))
+	r.waiting = func(c *call) { joined <- c }
 	for i := range answers {
 		wg.Go(func() {
 			answers[i], errs[i] = r.Resolve(context.Background(), "www.example.com")
 		})
 	}
-	time.Sleep(50 * time.Millisecond) // let them all join the lookup
+	timeout := time.After(10 * time.Second)
+	for i := range answers {
+		select {
+		case c := <-joined:
+			if c != held1 {
+				t.Errorf("Resolve %d waits on another lookup than the one in flight", i)
+			}
+		case <-timeout:
+			t.Fatalf("%d of %d Resolve calls joined the lookup within 10s", i, len(answers))
+		}
+	}
 	release()
 	wg.Wait()
 	for i := range answers {
@@ -661,12 +680,20 @@ func TestFreshOnlyAnswersFromCache(t *testing.T) {
 	if a, ok := f.Lookup("api.example.com"); ok {
 		t.Fatalf("miss answered %v", a)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for srv.count("api.example.com.", "A") == 0 || func() bool { _, ok := f.Lookup("api.example.com"); return !ok }() {
-		if time.Now().After(deadline) {
+	// Wait for the background lookup the miss started: it caches its answer before done is
+	// closed; when it is no longer in flight, it has cached already.
+	r.mu.Lock()
+	c := r.calls["api.example.com"]
+	r.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.done:
+		case <-time.After(10 * time.Second):
 			t.Fatal("the background lookup a miss starts never answered")
 		}
-		time.Sleep(5 * time.Millisecond) // polling for the background lookup, with a deadline
+	}
+	if n := srv.count("api.example.com.", "A"); n != 1 {
+		t.Fatalf("%d A queries after a miss, want 1 (from the background lookup)", n)
 	}
 	a, ok := f.Lookup("api.example.com")
 	if !ok || !reflect.DeepEqual(a, addrs("203.0.113.7", "203.0.113.8", "2001:db8::7")) {
