@@ -45,6 +45,9 @@ func (m *Model) Approve(service string, fb Feedback) error {
 	dest := probeKey{dest: pk.dest}
 	delete(s.rejected, dest)
 	e := m.record(s, pk.dest, at, "approval")
+	if e.source == sourceProbation { // an operator vouches for what probation tolerated
+		e.source = "approval"
+	}
 	s.endProbation(dest)
 	if sh != nil {
 		delete(s.rejected, pk)

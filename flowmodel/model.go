@@ -481,9 +481,10 @@ func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 	}
 	var hard Reasons
 	known := false
+	var via *destEntry // the entry that makes the destination known
 	switch {
 	case ipE != nil:
-		known = true
+		known, via = true, ipE
 		// A known IP with a host name it was never used with (or learned at other IPs): the
 		// name must not resolve elsewhere.
 		if hasHost && (hostE == nil || ipE.via != hostKey) && m.mismatch(f.Destination) {
@@ -495,14 +496,14 @@ func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 		// own: the workload names the host, and its own server may sit in the same /24.
 		switch answered, at := m.lookupHost(f.Destination); {
 		case at:
-			known = true
+			known, via = true, hostE
 		case answered && !m.cfg.Disabled.Has(ReasonHostIPMismatch):
 			hard = hard.With(ReasonHostIPMismatch)
 		}
 	case !hasIP && hostE != nil:
 		// A known host without IP: Decide established that it has fresh DNS answers, the
 		// addresses an egress gateway connects to.
-		known = true
+		known, via = true, hostE
 	default:
 		if hasIP && hasHost && m.mismatch(f.Destination) {
 			hard = hard.With(ReasonHostIPMismatch)
@@ -520,7 +521,7 @@ func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 		// An IP used without a name it was learned with shares that name's history.
 		if hostE == nil && ipE.via.host != "" {
 			if h, ok := s.dests.Peek(ipE.via); ok {
-				return m.scoreKnown(s, h, f, req, hard)
+				return m.scoreKnown(s, h, f, req, hard, via)
 			}
 		}
 	}
@@ -529,16 +530,42 @@ func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 		touch(s, hostE, f.Time)
 		edge = hostE
 	}
-	return m.scoreKnown(s, edge, f, req, hard)
+	return m.scoreKnown(s, edge, f, req, hard, via)
 }
 
-func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, req *shapeReq, hard Reasons) (float64, Reasons) {
+// scoreKnown runs the detectors of a known destination's edge and returns the verdict score
+// and reasons; via is the baseline entry that makes the destination known. The score orders
+// flows by how much the model doubts them: 1 with a hard reason (a host at an IP it does not
+// resolve to), as for a new destination; else the detectors' highest score, at most
+// maxSoftScore, and at least probationScore on a destination that entered the baseline by
+// probation alone (neither learned nor approved).
+func (m *Model) scoreKnown(s *service, edge *destEntry, f *Flow, req *shapeReq, hard Reasons, via *destEntry) (float64, Reasons) {
 	score, soft := m.score(s, edge, f, req, false)
 	if !hard.Empty() {
 		score = 1
+	} else {
+		score = min(score, maxSoftScore)
+	}
+	if via != nil && via.source == sourceProbation {
+		score = max(score, probationScore)
 	}
 	return score, hard | soft
 }
+
+const (
+	// maxSoftScore caps the verdict score of a known destination's detectors (shapes,
+	// rates, bursts, volume): a soft anomaly on a destination the service uses ranks below
+	// every flow the model has no doubt about (score 1: a new destination), so that a
+	// detector saturating on benign traffic never ties with them.
+	maxSoftScore = 0.99
+	// probationScore is the least score of a flow to a destination that entered the
+	// baseline by probation: it no longer alerts, but it ranks above the destinations the
+	// service learned or an operator approved (a beacon that kept calling for the probation
+	// period is tolerated, not trusted) and below the detectors' alarms (alarmLevel).
+	probationScore = alarmLevel / 2
+	// sourceProbation is the source of baseline entries admitted by probation.
+	sourceProbation = "probation"
+)
 
 // mismatch reports whether the resolver knows that d's host does not resolve to d's IP.
 func (m *Model) mismatch(d Destination) bool {
@@ -665,7 +692,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shapeReq, lea
 	sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
 	if m.probe(s, probeKey{dest: e.key, shape: k}) {
 		s.observeShape(t, k, f.Time)
-		es.addShape(m.shaper, k, rq, f, "probation")
+		es.addShape(m.shaper, k, rq, f, sourceProbation)
 		markEntry(s, e)
 	}
 }
@@ -682,7 +709,7 @@ func (m *Model) probeDestination(s *service, f *Flow, ipKey, hostKey destKey, ha
 		k = ipKey
 	}
 	if m.probe(s, probeKey{dest: k}) {
-		m.recordDest(s, f, "probation")
+		m.recordDest(s, f, sourceProbation)
 	}
 }
 

@@ -32,7 +32,8 @@ func TestDataDirMissing(t *testing.T) {
 
 // TestEvalReal evaluates the current model on the real captures. The counts of the data and
 // the split are fixed by the dataset; the detection figures are lower bounds that any model
-// with a new-destination detector must reach (Kovter keeps contacting new IPs).
+// with a new-destination detector must reach (Kovter keeps contacting new IPs), and the
+// model's ROC-AUC and AP must reach the first-seen baseline's on both views of the capture.
 func TestEvalReal(t *testing.T) {
 	dir := realData(t)
 	recs, st, err := convertDir(dir)
@@ -74,6 +75,15 @@ func TestEvalReal(t *testing.T) {
 			}
 			if !(r.Report.ServiceDays > 0.9) || r.Report.Negatives < 1000 {
 				t.Errorf("%.2f service-days, %d benign flows scored; want about a day and over 1000", r.Report.ServiceDays, r.Report.Negatives)
+			}
+			// Issue 11: the model does not rank worse than the trivial baseline beside it.
+			tk, ok := r.Trivial.Kind("malicious")
+			if !ok {
+				t.Fatal("first-seen baseline: no malicious flows scored")
+			}
+			t.Logf("ROC-AUC %.3f, AP %.3f; first-seen baseline %.3f, %.3f", k.AUC, k.AP, tk.AUC, tk.AP)
+			if k.AUC < tk.AUC-1e-9 || k.AP < tk.AP-1e-9 {
+				t.Errorf("ROC-AUC %.4f, AP %.4f: below the first-seen baseline's %.4f, %.4f", k.AUC, k.AP, tk.AUC, tk.AP)
 			}
 			benign, kovter := r.Hosts[0], r.Hosts[1]
 			// 008 starts 2022-06-12T21:59:58Z: its first 8 hours hold 492 flows.
