@@ -160,7 +160,7 @@ func (c Config) Check() (Config, error) {
 	}
 	switch c.OnBudget {
 	case "":
-		c.OnBudget = OnBudgetAllow
+		c.OnBudget = OnBudgetBlock
 	case OnBudgetAllow, OnBudgetBlock:
 	default:
 		errs = append(errs, fmt.Errorf("on-budget %q: valid values are allow, block", c.OnBudget))

@@ -487,6 +487,13 @@ func TestAdversaryMaxServices(t *testing.T) {
 			if _, ok := m.Mode("c"); ok {
 				t.Fatal("a service beyond the cap was tracked")
 			}
+			// An undecidable request of a new service (a destination that cannot be
+			// established, disagreeing identities) fares no better than a well-formed one.
+			for _, rs := range []Reasons{Reasons(0).With(ReasonUnknownDestination), Reasons(0).With(ReasonIdentityMismatch)} {
+				if v := m.Undecidable("c", rs); v.Action != tc.want {
+					t.Errorf("undecidable %v of a service beyond the cap: %s, want %s", rs.Strings(), v.Action, tc.want)
+				}
+			}
 			if err := m.SetMode("c", ModeChange{Mode: ModeQuarantine, Allow: []string{"10.0.0.53"}, By: "operator"}); err != nil {
 				t.Fatalf("quarantine beyond the cap refused: %v", err)
 			}

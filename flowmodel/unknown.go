@@ -7,7 +7,8 @@ package flowmodel
 // quarantine, Alert in learn and monitor, with score 1 and reasons rs.
 //
 // Nothing is learned from such a request, in any mode, and an untracked service is not
-// created: it is judged in Config.DefaultMode. A tracked service counts the alert or block.
+// created: it is judged in Config.DefaultMode, and, once MaxServices are tracked, at least as
+// strictly as Config.AtMaxServices. A tracked service counts the alert or block.
 // Safe for concurrent use; it takes the service's lock and does no I/O.
 func (m *Model) Undecidable(service string, rs Reasons) Verdict {
 	v := Verdict{Mode: m.cfg.DefaultMode, Score: 1, Reasons: rs}
@@ -18,6 +19,11 @@ func (m *Model) Undecidable(service string, rs Reasons) Verdict {
 		v.Mode = s.mode
 	}
 	v.Action = UndecidableAction(v.Mode)
+	if s == nil && v.Action < m.cfg.AtMaxServices && m.atCapacity() {
+		// Beyond MaxServices a new service gets AtMaxServices whatever it sends: an
+		// undecidable request must not fare better than a well-formed one.
+		v.Action = m.cfg.AtMaxServices
+	}
 	if s != nil {
 		if v.Action == Block {
 			s.blocked++
@@ -37,4 +43,11 @@ func UndecidableAction(mode Mode) Action {
 		return Alert
 	}
 	return Block
+}
+
+// atCapacity reports whether MaxServices are tracked: a new service would not be.
+func (m *Model) atCapacity() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return len(m.services) >= m.cfg.MaxServices
 }

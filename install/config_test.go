@@ -37,6 +37,7 @@ var knownOptions = map[string]optionKind{
 	"admin-cert-roles":        kindString,
 	"admin-cert-default-role": kindString,
 	"backup-keep":             kindInt,
+	"health-metrics":          kindBool,
 	"admin-listen":            kindString,
 	"admin-allow-remote":      kindBool,
 	"data-dir":                kindString,

@@ -328,6 +328,9 @@ func TestAdversarySidecarControlPlaneOutOfReach(t *testing.T) {
 			if cfg.flag("insecure-listen") {
 				t.Error("insecure-listen in the sidecar layout: nothing but the health listener may use TCP")
 			}
+			if cfg.flag("health-metrics") {
+				t.Error("health-metrics in the sidecar layout: the application reaches the health listener, and decision counts would tell it which requests alerted")
+			}
 			// Memory (issue 10): the sidecar serves one pod; whatever services its requests
 			// claim, the model stays far below the container's limit.
 			if n, ok := cfg["max-services"].(float64); !ok || n <= 0 || n > 1000 { // JSON numbers

@@ -117,8 +117,10 @@ type serveConfig struct {
 	adminAllowRemote bool
 	// insecureListen allows listeners beyond loopback without TLS.
 	insecureListen bool
-	// healthListen is the probe-only HTTP listener (/healthz, /readyz, /metrics); "" is none.
-	healthListen string
+	// healthListen is the probe-only HTTP listener (/healthz, /readyz, and /metrics with
+	// healthMetrics); "" is none.
+	healthListen  string
+	healthMetrics bool
 	// adminTokenFile holds the admin API's bearer token (admin role): --admin-token-file,
 	// else <data-dir>/admin-token, created at first start (admin.LoadOrCreateToken).
 	adminTokenFile string
@@ -179,9 +181,10 @@ func (f *serveFlags) options() []option {
 	opts := []option{
 		{"listen", &c.listen, "127.0.0.1:9001", "ext_proc gRPC address: host:port or unix:///path"},
 		{"admin-listen", &c.adminListen, "127.0.0.1:9002", "admin HTTP address (health, metrics, service API): host:port or unix:///path"},
-		{"health-listen", &c.healthListen, "", `extra HTTP address serving only /healthz, /readyz and /metrics, for probes when the admin API is on a unix socket ("": none)`},
+		{"health-listen", &c.healthListen, "", `extra HTTP address serving only /healthz and /readyz, for probes when the admin API is on a unix socket ("": none)`},
+		{"health-metrics", &c.healthMetrics, false, "serve /metrics on --health-listen too, for Prometheus; off where the workload reaches that listener (decision counts by reason would tell it which requests alerted)"},
 		{"insecure-listen", &c.insecureListen, false, "allow --listen, --admin-listen and --xds-listen beyond loopback without TLS (refused otherwise)"},
-		{"admin-allow-remote", &c.adminAllowRemote, false, "allow the admin API beyond loopback without client certificates (--admin-tls-client-ca)"},
+		{"admin-allow-remote", &c.adminAllowRemote, false, "allow the admin API beyond loopback guarded by its bearer token alone, without client certificates (--admin-tls-client-ca)"},
 		{"admin-token-file", &c.adminTokenFile, "", "bearer token of the admin API, created (random, mode 0600) at first start when absent (default <data-dir>/admin-token)"},
 		{"admin-hosts", &f.adminHosts, "", "Host names the admin API answers to, comma-separated, besides IP literals and localhost (a defence against DNS rebinding)"},
 		{"admin-cert-roles", &f.adminCertRoles, "", "roles of verified admin client certificates, IDENTITY=ROLE comma-separated; IDENTITY is a URI SAN or the common name, ROLE viewer, operator or admin"},
@@ -207,7 +210,7 @@ func (f *serveFlags) options() []option {
 		{"decision-log-rate", &c.extproc.DecisionLogsPerSecond, 100, "decision log lines (alerts, blocks) per second at most; the rest are counted (-1: no cap)"},
 		{"identity-order", &f.identityOrder, "metadata,node,peer-san,source-address", "identity sources, in order"},
 		{"decision-budget", &c.extproc.DecisionBudget, time.Duration(0), "answer a request whose decision takes longer than this with --on-budget, well before Envoy's message_timeout (0: no budget; Envoy's timeout and failure_mode_allow decide)"},
-		{"on-budget", &c.extproc.OnBudget, extproc.OnBudgetAllow, "answer when the decision budget runs out: allow (continue, recorded as an alert) or block (403)"},
+		{"on-budget", &c.extproc.OnBudget, extproc.OnBudgetBlock, "answer when the decision budget runs out: block (403: fail closed, the default) or allow (continue, recorded as an alert)"},
 		{"max-streams", &c.extproc.MaxStreams, 10000, "ext_proc streams served at once; more fail at once with RESOURCE_EXHAUSTED instead of queueing (0: no limit)"},
 		{"max-streams-per-connection", &c.maxStreamsPerConnection, 1000, "concurrent ext_proc streams on one connection"},
 		{"first-message-timeout", &c.firstMessageTimeout, 2 * time.Second, "an ext_proc stream silent this long after opening is closed"},
@@ -375,7 +378,7 @@ func (c *serveConfig) checkListeners() []error {
 	remote("--listen", c.listen, c.tls.enabled(), "--tls-cert")
 	remote("--admin-listen", c.adminListen, c.adminTLS.enabled(), "--admin-tls-cert")
 	if checkAddress("--admin-listen", c.adminListen) == nil && !c.adminAllowRemote && c.adminTLS.clientCA == "" && !isLocalAddress(c.adminListen) {
-		errs = append(errs, fmt.Errorf("--admin-listen %s is not a loopback address; without client certificates (--admin-tls-client-ca) the admin API has no authentication, so pass --admin-allow-remote to expose it anyway", c.adminListen))
+		errs = append(errs, fmt.Errorf("--admin-listen %s is not a loopback address; without client certificates (--admin-tls-client-ca) only the bearer token guards the admin API there, so pass --admin-allow-remote to expose it so", c.adminListen))
 	}
 	if c.xds.enabled() {
 		remote("--xds-listen", c.xds.listen, c.xds.tls.enabled(), "--xds-tls-cert")

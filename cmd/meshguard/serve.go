@@ -309,23 +309,29 @@ func (s *server) newAdmin(ctx, tlsCtx context.Context, tlsm *tlsMetrics, reg pro
 	return lis, nil
 }
 
-// newProbes builds the probe-only HTTP server of --health-listen: /healthz, /readyz and
-// /metrics of the admin handler, nothing else.
+// newProbes builds the probe-only HTTP server of --health-listen: /healthz and /readyz
+// of the admin handler, nothing else.
 func (s *server) newProbes(ctx context.Context) (net.Listener, error) {
 	lis, err := listen(ctx, s.cfg.healthListen)
 	if err != nil {
 		return nil, fmt.Errorf("--health-listen: %w", err)
 	}
 	s.healthAddr = addrString(lis)
-	s.probes = newHTTPServer(probesOnly(s.admin), s.log)
+	s.probes = newHTTPServer(probesOnly(s.admin, s.cfg.healthMetrics), s.log)
 	return lis, nil
 }
 
-// probesOnly passes GET and HEAD of /healthz, /readyz and /metrics to h; anything else is
-// a 404.
-func probesOnly(h http.Handler) http.Handler {
+// probesOnly passes GET and HEAD of /healthz and /readyz to h, and of /metrics with
+// metrics; anything else is a 404. /metrics is off by default: decision counts by reason
+// would tell a workload that reaches this listener which of its requests alerted (a
+// detection oracle).
+func probesOnly(h http.Handler, metrics bool) http.Handler {
 	mux := http.NewServeMux()
-	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+	paths := []string{"/healthz", "/readyz"}
+	if metrics {
+		paths = append(paths, "/metrics")
+	}
+	for _, p := range paths {
 		mux.Handle("GET "+p, h) // GET patterns match HEAD too
 	}
 	return mux

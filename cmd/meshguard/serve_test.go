@@ -50,8 +50,9 @@ func TestFirstFailureStopsAll(t *testing.T) {
 	}
 }
 
-// TestHealthListenServesOnlyProbes: --health-listen answers /healthz, /readyz and /metrics,
-// and nothing of the admin API.
+// TestHealthListenServesOnlyProbes: --health-listen answers /healthz and /readyz, and
+// nothing of the admin API; not /metrics either, whose decision counts would tell the
+// workload (which may reach this listener) which of its requests alerted.
 func TestHealthListenServesOnlyProbes(t *testing.T) {
 	ts := startTestServer(t, t.TempDir(), "--health-listen", "127.0.0.1:0")
 	if ts.healthAddr == "" || ts.healthAddr == ts.adminAddr {
@@ -66,7 +67,7 @@ func TestHealthListenServesOnlyProbes(t *testing.T) {
 		{"GET", "/healthz", 200, "ok"},
 		{"GET", "/readyz", 200, "ok"},
 		{"HEAD", "/readyz", 200, ""},
-		{"GET", "/metrics", 200, "meshguard_spans_dropped_total 0"},
+		{"GET", "/metrics", 404, ""},
 		{"GET", "/v1/services", 404, ""},
 		{"PUT", "/v1/services/shop%2Fcheckout/mode", 404, ""},
 		{"POST", "/healthz", 405, ""},
@@ -95,5 +96,22 @@ func TestHealthListenServesOnlyProbes(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", ts.healthAddr, time.Second); err == nil {
 		c.Close()
 		t.Error("the probe listener is still open after shutdown")
+	}
+}
+
+// TestHealthMetrics: with --health-metrics the probe listener serves /metrics too (for
+// Prometheus in central layouts), and still nothing of the admin API.
+func TestHealthMetrics(t *testing.T) {
+	ts := startTestServer(t, t.TempDir(), "--health-listen", "127.0.0.1:0", "--health-metrics")
+	for path, want := range map[string]int{"/metrics": 200, "/readyz": 200, "/v1/services": 404} {
+		resp, err := http.Get("http://" + ts.healthAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want || (path == "/metrics" && !strings.Contains(string(b), "meshguard_spans_dropped_total")) {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 }
