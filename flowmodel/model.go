@@ -27,6 +27,8 @@ type Model struct {
 	rate   *rate.Detector
 	volume *volume.Detector
 	bursts [burstShards]burstShard
+	// episodes groups the alerts of every service into episodes (episodes.go).
+	episodes episodes
 
 	mu       sync.RWMutex
 	services map[string]*service
@@ -53,6 +55,9 @@ func New(cfg Config) (*Model, error) {
 		return nil, err
 	}
 	if m.volume, err = volume.New(cfg.Volume); err != nil {
+		return nil, err
+	}
+	if err = m.episodes.init(cfg.Episodes); err != nil {
 		return nil, err
 	}
 	for i := range m.bursts {
@@ -143,6 +148,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 			v.Action, v.Score, v.Reasons = Block, 1, v.Reasons.With(ReasonQuarantined)
 		}
 	}
+	m.annotate(s, f, &v)
 	switch v.Action {
 	case Alert:
 		s.alerted++
@@ -464,6 +470,7 @@ func (m *Model) score(s *service, e *destEntry, f *Flow, learning bool) (float64
 		sh.mu.Unlock()
 		sc.add(ReasonBurst, b.Norm)
 	}
+	s.top = sc.top()
 	if learning {
 		return sc.max, 0
 	}
@@ -507,6 +514,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, learning bool, sc 
 	es := e.edgeState()
 	t := es.table(m.cfg.Shapes)
 	if learning || t.Count(k) > 0 {
+		m.scoreParams(s, e, k, f, learning, sc)
 		r := t.Observe(k, f.Time)
 		if r.New {
 			// While learning, a new shape scores as it would after: calibration sees it.

@@ -69,9 +69,11 @@ func (p *Persister) Run(ctx context.Context) error {
 // Flush saves what changed since the last successful save. On failure the changes are kept
 // and merged with later ones, so that nothing is lost while the store recovers.
 func (p *Persister) Flush() error {
-	for _, r := range p.Model.TakeChanges() {
+	changes := p.Model.TakeChanges()
+	for _, r := range changes {
 		p.add(r)
 	}
+	p.Model.sweepEpisodes(changes)
 	if len(p.order) == 0 {
 		return nil
 	}
@@ -102,6 +104,9 @@ func (p *Persister) add(r ServiceRecord) {
 		p.pending[r.Name] = r
 		p.order = append(p.order, r.Name)
 		return
+	}
+	if r.Params == nil {
+		r.Params = old.Params // unchanged since the pending record's models
 	}
 	dests := make(map[string]DestinationRecord, len(old.Destinations)+len(r.Destinations))
 	shapes := make(map[string][]ShapeRecord)

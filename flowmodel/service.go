@@ -12,6 +12,7 @@ import (
 	"unique"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/meshguard/meshguard/flowmodel/param"
 	"github.com/meshguard/meshguard/flowmodel/rate"
 	"github.com/meshguard/meshguard/flowmodel/shape"
 	"github.com/meshguard/meshguard/flowmodel/volume"
@@ -215,6 +216,9 @@ type service struct {
 	probation     *simplelru.LRU[probeKey, *probe]
 	rejected      map[probeKey]struct{}
 	feedback      []FeedbackRecord
+	par           paramState // parameter value models (params.go)
+	top           Reason     // the highest-scoring detector of the latest scored flow
+	ep            episodeDest
 
 	queued     bool // in Model.dirty
 	dirtyDests []*destEntry
@@ -298,6 +302,7 @@ func (s *service) record(all bool) ServiceRecord {
 			Histogram: slices.Clone(s.calib.bins[:]),
 		},
 	}
+	r.Params = s.par.record(all)
 	for k := range s.allow {
 		r.QuarantineAllow = append(r.QuarantineAllow, k.String())
 	}
@@ -386,6 +391,9 @@ type ServiceRecord struct {
 	Calibration *Calibration `json:"calibration,omitempty"`
 	// Feedback lists the latest approvals and rejections.
 	Feedback []FeedbackRecord `json:"feedback,omitempty"`
+	// Params are the service's parameter value models; in a save, nil when they did not
+	// change since the last one (a Store then keeps what it has).
+	Params *param.Snapshot `json:"params,omitempty"`
 	// Removed lists destinations forgotten since the last save (a Store deletes them, and
 	// their shapes). It is empty in a full snapshot.
 	Removed []string `json:"-"`
@@ -520,6 +528,9 @@ func (m *Model) Restore(r ServiceRecord) error {
 		s.dests.Add(k, e)
 	}
 	if err := m.restoreShapes(s, r.Shapes); err != nil {
+		errs = append(errs, err)
+	}
+	if err := m.restoreParams(s, r.Params); err != nil {
 		errs = append(errs, err)
 	}
 	// Entries evicted while restoring more than MaxDestinations are deleted at the next save.

@@ -4,7 +4,8 @@
 // Layout: bucket "meshguard" holds the format marker and version; bucket "services" holds one
 // nested bucket per service, with the service's fields as JSON under "state" and a nested
 // bucket "destinations" mapping "host:port" or "ip:port" to a JSON DestinationRecord, and a
-// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord.
+// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord; "params" holds
+// the service's parameter value models (a JSON param.Snapshot), written only when they changed.
 package store
 
 import (
@@ -40,6 +41,7 @@ var (
 	keyFormat          = []byte("format")
 	keyVersion         = []byte("version")
 	keyState           = []byte("state")
+	keyParams          = []byte("params") // the service's parameter models (param.Snapshot JSON)
 )
 
 // ErrLocked is returned (wrapped) when another process holds the store's lock, as a running
@@ -170,6 +172,11 @@ func (b *Bolt) Load(fn func(flowmodel.ServiceRecord) error) error {
 			}
 			r := st.ServiceRecord
 			r.Name = string(name)
+			if v := sb.Get(keyParams); v != nil {
+				if err := json.Unmarshal(v, &r.Params); err != nil {
+					return fmt.Errorf("service %q: params: %w", name, err)
+				}
+			}
 			if db := sb.Bucket(bucketDestinations); db != nil {
 				r.Destinations = make([]flowmodel.DestinationRecord, 0, db.Stats().KeyN)
 				err := db.ForEach(func(k, v []byte) error {
@@ -231,7 +238,16 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 		return err
 	}
 	st := r
-	st.Destinations, st.Shapes, st.Removed = nil, nil, nil
+	st.Destinations, st.Shapes, st.Removed, st.Params = nil, nil, nil, nil
+	if r.Params != nil { // nil: unchanged, the stored models stay
+		v, err := json.Marshal(r.Params)
+		if err != nil {
+			return err
+		}
+		if err := sb.Put(keyParams, v); err != nil {
+			return err
+		}
+	}
 	state, err := json.Marshal(serviceState{ServiceRecord: st})
 	if err != nil {
 		return err

@@ -1,0 +1,133 @@
+package flowmodel
+
+import (
+	"encoding/hex"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/episode"
+)
+
+// Alert episodes (issue 11): every alert and block of a service out of learning joins an
+// episode of its kind (the highest-scoring reason) for its service and destination; an alert
+// storm is one episode. Verdict.Episode and Verdict.EpisodeNew say which, so that spans and
+// metrics can count episodes rather than requests.
+
+// DefaultEpisodeGap is the default of Config.Episodes.QuietGap (alert-episode-gap).
+const DefaultEpisodeGap = episode.DefaultQuietGap
+
+// episodes is a Model's episode tracker and the event clock its sweeps use.
+type episodes struct {
+	t     *episode.Tracker
+	clock atomic.Int64 // latest event time (Unix ns) a Persister saw
+}
+
+func (e *episodes) init(cfg episode.Config) error {
+	t, err := episode.New(cfg)
+	e.t = t
+	return err
+}
+
+// episodeDest caches the text of the destination of a service's latest alert, so that an
+// alert storm to one destination does not format it again for every request.
+type episodeDest struct {
+	d    Destination
+	text string
+}
+
+func (c *episodeDest) of(d Destination) string {
+	if c.text == "" || c.d != d {
+		c.d, c.text = d, d.String()
+	}
+	return c.text
+}
+
+// hardReasons are the reasons whose score is 1 by definition, in the order in which they name
+// an episode.
+var hardReasons = [...]Reason{ReasonQuarantined, ReasonNewDestination, ReasonHostIPMismatch,
+	ReasonUnknownDestination, ReasonIdentityMismatch, ReasonInvalidRequest}
+
+// episodeKind is the reason an alert's episode is about: a hard reason if there is one, else
+// the highest-scoring detector, else the first reason.
+func episodeKind(rs Reasons, top Reason) Reason {
+	for _, r := range hardReasons {
+		if rs.Has(r) {
+			return r
+		}
+	}
+	if rs.Has(top) {
+		return top
+	}
+	for r := Reason(0); r < numReasons; r++ {
+		if rs.Has(r) {
+			return r
+		}
+	}
+	return top
+}
+
+// annotate completes a verdict: the parameter that raised parameter_value, and the episode of
+// an alert or block of a service out of learning. Call with s.mu held.
+func (m *Model) annotate(s *service, f *Flow, v *Verdict) {
+	if v.Reasons.Has(ReasonParameterValue) {
+		v.Param = s.par.last
+	}
+	if v.Action == Allow || v.Mode == ModeLearn || v.Reasons.Empty() {
+		return
+	}
+	var trace string
+	if f.TraceID != ([16]byte{}) {
+		trace = hex.EncodeToString(f.TraceID[:])
+	}
+	kind := episodeKind(v.Reasons, s.top)
+	r := m.episodes.t.Observe(episode.Alert{
+		Service: s.name, Destination: s.ep.of(f.Destination), Kind: kind.String(),
+		Time: f.Time, Score: v.Score, Reasons: uint64(v.Reasons), TraceID: trace,
+	})
+	v.Episode, v.EpisodeNew, v.EpisodeKind = r.ID, r.New, kind
+}
+
+// Episodes returns the open alert episodes of a service, oldest first, and its episodes
+// closed most recently (at most Config.Episodes.KeepClosed over all services), in the order
+// they closed. An Episode's Reasons are a Reasons set.
+func (m *Model) Episodes(service string) (open, closed []episode.Episode) {
+	open = m.episodes.t.Open(service)
+	all, _ := m.episodes.t.Closed()
+	for _, e := range all {
+		if e.Service == service {
+			closed = append(closed, e)
+		}
+	}
+	return open, closed
+}
+
+// SweepEpisodes closes the episodes whose last alert is more than the quiet gap before now
+// (event time), and returns how many it closed. A Persister calls it at every flush with the
+// latest event time it has seen.
+func (m *Model) SweepEpisodes(now time.Time) int { return m.episodes.t.Sweep(now) }
+
+// sweepEpisodes advances the episodes' clock to the latest LastSeen of rs and sweeps.
+func (m *Model) sweepEpisodes(rs []ServiceRecord) {
+	clock := m.episodes.clock.Load()
+	for i := range rs {
+		if n := rs[i].LastSeen.UnixNano(); !rs[i].LastSeen.IsZero() && n > clock {
+			clock = n
+		}
+	}
+	if clock == 0 {
+		return
+	}
+	m.episodes.clock.Store(clock)
+	m.SweepEpisodes(time.Unix(0, clock))
+}
+
+// top returns the reason with the highest score (the first on a tie).
+func (sc *scores) top() Reason {
+	best := Reason(0)
+	for r := Reason(1); r < numReasons; r++ {
+		if sc.by[r] > sc.by[best] {
+			best = r
+		}
+	}
+	return best
+}
