@@ -25,6 +25,8 @@ import (
 //	                                                   budget's answer had been sent
 //	meshguard_extproc_streams_rejected_total           streams refused (RESOURCE_EXHAUSTED)
 //	                                                   because MaxStreams were being served
+//	meshguard_alert_episodes_total{reason}             alert episodes opened, by the reason
+//	                                                   they are about (an alert storm is one)
 type Metrics struct {
 	decisions [3]prometheus.Counter // by flowmodel.Action
 	reasons   [3][]prometheus.Counter
@@ -35,6 +37,7 @@ type Metrics struct {
 	budgetCut prometheus.Counter
 	late      [3]prometheus.Counter // by flowmodel.Action
 	rejected  prometheus.Counter
+	episodes  []prometheus.Counter // new alert episodes, by flowmodel.Reason (episodes.go)
 }
 
 // NewMetrics registers the metrics with reg.
@@ -74,6 +77,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop, budgetCut: budgetCut, rejected: rejected}
+	if err := m.registerEpisodes(reg); err != nil {
+		return nil, err
+	}
 	all := flowmodel.AllReasons()
 	for a := flowmodel.Allow; a <= flowmodel.Block; a++ {
 		m.late[a] = late.WithLabelValues(a.String())
@@ -91,6 +97,7 @@ func (m *Metrics) decided(v flowmodel.Verdict) {
 		return
 	}
 	m.decisions[v.Action].Inc()
+	m.episodeOpened(v)
 	if v.Reasons.Empty() {
 		return
 	}

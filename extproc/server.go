@@ -84,6 +84,10 @@ type Config struct {
 	// MaxStreams bounds the ext_proc streams served at once; further streams fail at once
 	// with RESOURCE_EXHAUSTED instead of queueing. Zero: no bound but the HTTP/2 one.
 	MaxStreams int
+	// MaxBodyBytes is how much of a BUFFERED request body is passed to the decider for
+	// parameter values (see body.go). Default: 8192 (max-body-bytes); negative: none, every
+	// request is decided at its headers.
+	MaxBodyBytes int
 }
 
 // Check applies defaults and reports every problem.
@@ -123,6 +127,9 @@ func (c Config) Check() (Config, error) {
 	}
 	if c.MaxStreams < 0 {
 		errs = append(errs, fmt.Errorf("max streams %d must not be negative", c.MaxStreams))
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = flowmodel.DefaultMaxBodyBytes
 	}
 	return c, errors.Join(errs...)
 }
@@ -210,6 +217,7 @@ type stream struct {
 	traceID  trace.TraceID
 	observe  bool // response facts are in flow, to be passed to the decider after the reply
 	idSource IdentitySource
+	body     bodyState // a request body the decision waits for (body.go)
 
 	// With a decision budget: the request being decided, the copy of the flow the decider
 	// reads, who answers the deciding message, and the watchdog's result when it did.
@@ -332,6 +340,9 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 	default:
 		return nil, false, status.Errorf(codes.Unimplemented, "meshguard: unknown request phase %T", r)
 	}
+	if !st.decided && s.awaitBody(st, req) {
+		return s.answer(st, req) // the decision waits for the body
+	}
 	if !st.decided {
 		st.current = req
 		v, inTime := s.decide(st, now)
@@ -429,6 +440,7 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	if n, ok := h.contentLength(); ok {
 		f.RequestBytes = n
 	}
+	s.bodyFacts(st, f)
 	if len(h) > 0 {
 		f.HeaderKeys = make([]string, 0, len(h))
 		for _, hv := range h {
