@@ -9,7 +9,7 @@ import (
 )
 
 // Alert episodes (issue 11): every alert and block of a service out of learning joins an
-// episode of its kind (the highest-scoring reason) for its service and destination; an alert
+// episode of its kind (see episodeKind) for its service and destination; an alert
 // storm is one episode. Verdict.Episode and Verdict.EpisodeNew say which, so that spans and
 // metrics can count episodes rather than requests.
 
@@ -42,28 +42,30 @@ func (c *episodeDest) of(d Destination) string {
 	return c.text
 }
 
-// hardReasons are the reasons whose score is 1 by definition, in the order in which they name
-// an episode.
-var hardReasons = [...]Reason{ReasonQuarantined, ReasonNewDestination, ReasonHostIPMismatch,
-	ReasonUnknownDestination, ReasonIdentityMismatch, ReasonInvalidRequest}
+// kindOrder is the order in which an alert's reasons name its episode: the reasons that say
+// what is new (a destination, a shape, a value) before those that say how much. The order is
+// fixed, not by score, so that a storm keeps its kind while the scores of its reasons move
+// (a beacon to a new shape is new_shape from its first request, when its rate_spike comes to
+// outscore it too).
+var kindOrder = [...]Reason{ReasonQuarantined, ReasonNewDestination, ReasonHostIPMismatch,
+	ReasonUnknownDestination, ReasonIdentityMismatch, ReasonInvalidRequest,
+	ReasonNewShape, ReasonParameterValue, ReasonOversizedShape, ReasonRareShape,
+	ReasonRateSpike, ReasonBurst, ReasonVolumeSpike}
 
-// episodeKind is the reason an alert's episode is about: a hard reason if there is one, else
-// the highest-scoring detector, else the first reason.
-func episodeKind(rs Reasons, top Reason) Reason {
-	for _, r := range hardReasons {
+// episodeKind is the reason an alert's episode is about: the first of its reasons in
+// kindOrder.
+func episodeKind(rs Reasons) Reason {
+	for _, r := range kindOrder {
 		if rs.Has(r) {
 			return r
 		}
 	}
-	if rs.Has(top) {
-		return top
-	}
-	for r := Reason(0); r < numReasons; r++ {
+	for r := Reason(0); r < numReasons; r++ { // a reason added to verdict.go but not above
 		if rs.Has(r) {
 			return r
 		}
 	}
-	return top
+	return 0
 }
 
 // annotate completes a verdict: the parameter that raised parameter_value, and the episode of
@@ -79,7 +81,7 @@ func (m *Model) annotate(s *service, f *Flow, v *Verdict) {
 	if f.TraceID != ([16]byte{}) {
 		trace = hex.EncodeToString(f.TraceID[:])
 	}
-	kind := episodeKind(v.Reasons, s.top)
+	kind := episodeKind(v.Reasons)
 	r := m.episodes.t.Observe(episode.Alert{
 		Service: s.name, Destination: s.ep.of(f.Destination), Kind: kind.String(),
 		Time: f.Time, Score: v.Score, Reasons: uint64(v.Reasons), TraceID: trace,
@@ -119,15 +121,4 @@ func (m *Model) sweepEpisodes(rs []ServiceRecord) {
 	}
 	m.episodes.clock.Store(clock)
 	m.SweepEpisodes(time.Unix(0, clock))
-}
-
-// top returns the reason with the highest score (the first on a tie).
-func (sc *scores) top() Reason {
-	best := Reason(0)
-	for r := Reason(1); r < numReasons; r++ {
-		if sc.by[r] > sc.by[best] {
-			best = r
-		}
-	}
-	return best
 }

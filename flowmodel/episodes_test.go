@@ -70,3 +70,21 @@ func TestLearningOpensNoEpisode(t *testing.T) {
 		t.Fatalf("episodes %v %v", open, closed)
 	}
 }
+
+// TestEpisodeKindIsStable: the kind of an alert is the same while reasons join it.
+func TestEpisodeKindIsStable(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		rs   Reasons
+		want Reason
+	}{
+		{"new shape", Reasons(0).With(ReasonNewShape), ReasonNewShape},
+		{"new shape, then a rate spike too", Reasons(0).With(ReasonRateSpike).With(ReasonNewShape), ReasonNewShape},
+		{"destination first", Reasons(0).With(ReasonParameterValue).With(ReasonNewDestination), ReasonNewDestination},
+		{"volume", Reasons(0).With(ReasonVolumeSpike).With(ReasonBurst), ReasonBurst},
+	} {
+		if got := episodeKind(c.rs); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+}

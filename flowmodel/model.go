@@ -470,7 +470,6 @@ func (m *Model) score(s *service, e *destEntry, f *Flow, learning bool) (float64
 		sh.mu.Unlock()
 		sc.add(ReasonBurst, b.Norm)
 	}
-	s.top = sc.top()
 	if learning {
 		return sc.max, 0
 	}

@@ -217,7 +217,6 @@ type service struct {
 	rejected      map[probeKey]struct{}
 	feedback      []FeedbackRecord
 	par           paramState // parameter value models (params.go)
-	top           Reason     // the highest-scoring detector of the latest scored flow
 	ep            episodeDest
 
 	queued     bool // in Model.dirty
