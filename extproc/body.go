@@ -49,7 +49,9 @@ func (s *Server) awaitBody(st *stream, req *extprocv3.ProcessingRequest) bool {
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		if r.RequestHeaders.GetEndOfStream() {
+		if r.RequestHeaders.GetEndOfStream() || st.body.awaiting {
+			// A second request_headers while the body is awaited is decided at once: no
+			// message may postpone the decision twice.
 			return false
 		}
 		switch st.reqBodyMode {

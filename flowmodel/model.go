@@ -224,6 +224,7 @@ func (m *Model) learn(s *service, f *Flow) {
 	s.learnRequests++
 	score, _ := m.score(s, edge, f, true)
 	if f.Time.Sub(s.learnStart) >= min(m.cfg.LearnWindow/2, calibrationWarmup) {
+		m.startLadder(&s.calib)
 		s.calib.add(score, f.Time)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"unique"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/meshguard/meshguard/flowmodel/episode"
 	"github.com/meshguard/meshguard/flowmodel/param"
 	"github.com/meshguard/meshguard/flowmodel/rate"
 	"github.com/meshguard/meshguard/flowmodel/shape"
@@ -158,6 +159,7 @@ type calibration struct {
 	bins        [calBins]float64 // scores at or above the alarm level, by bin
 	since, till time.Time        // event time the bins cover
 	threshold   float64          // 0 until the learning period ends
+	ladder      *episode.Ladder  // episodes at each bin edge (calibration.go), while learning
 }
 
 const (
@@ -172,6 +174,9 @@ func (c *calibration) add(score float64, t time.Time) {
 	if t.After(c.till) {
 		c.till = t
 	}
+	if c.ladder != nil {
+		c.ladder.Add(t, score)
+	}
 	if score < alarmLevel {
 		return
 	}
@@ -184,6 +189,10 @@ func (c *calibration) add(score float64, t time.Time) {
 func (c *calibration) finish(budget float64, now time.Time) {
 	days := c.till.Sub(c.since).Hours() / 24
 	days = max(days, 1.0/24) // an hour at least: a short period must not make every score rare
+	if c.ladder != nil {
+		c.finishEpisodes(budget * days)
+		return
+	}
 	c.threshold = 1
 	above := 0.0
 	for i := calBins - 1; i >= 0; i-- {
