@@ -2,6 +2,7 @@ package flowmodel
 
 import (
 	"encoding/hex"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -90,17 +91,63 @@ func (m *Model) annotate(s *service, f *Flow, v *Verdict) {
 }
 
 // Episodes returns the open alert episodes of a service, oldest first, and its episodes
-// closed most recently (at most Config.Episodes.KeepClosed over all services), in the order
-// they closed. An Episode's Reasons are a Reasons set.
+// among the last Config.Episodes.KeepClosed closed, most recent first. An Episode's Reasons
+// are a Reasons set.
 func (m *Model) Episodes(service string) (open, closed []episode.Episode) {
-	open = m.episodes.t.Open(service)
-	all, _ := m.episodes.t.Closed()
-	for _, e := range all {
-		if e.Service == service {
-			closed = append(closed, e)
+	return m.episodes.t.Open(service), m.episodes.t.ClosedFor(service, 0)
+}
+
+// maxReportedClosed bounds the closed episodes a ServiceRecord reports.
+const maxReportedClosed = 16
+
+// EpisodeReport is what a ServiceRecord says of a service's alert episodes.
+type EpisodeReport struct {
+	// Open lists the open episodes, oldest first; Recent the latest closed ones (at most 16),
+	// most recent first.
+	Open   []EpisodeRecord `json:"open"`
+	Recent []EpisodeRecord `json:"recent"`
+}
+
+// EpisodeRecord is one alert episode: alerts of one kind for one service and destination,
+// each within the quiet gap (alert-episode-gap) of the one before.
+type EpisodeRecord struct {
+	ID          uint64    `json:"id"`
+	Destination string    `json:"destination,omitempty"`
+	Kind        string    `json:"kind"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	Count       int64     `json:"count"`
+	PeakScore   float64   `json:"peak_score"`
+	Reasons     []string  `json:"reasons"`
+	// TraceIDs are the trace of the peak and of the first alerts, without repeats.
+	TraceIDs []string `json:"trace_ids,omitempty"`
+}
+
+func episodeRecord(e *episode.Episode) EpisodeRecord {
+	r := EpisodeRecord{ID: e.ID, Destination: e.Destination, Kind: e.Kind, FirstSeen: e.First, LastSeen: e.Last,
+		Count: e.Count, PeakScore: e.Peak, Reasons: Reasons(e.Reasons).Strings()}
+	for _, id := range append([]string{e.PeakTrace}, e.Examples[:]...) {
+		if id != "" && !slices.Contains(r.TraceIDs, id) {
+			r.TraceIDs = append(r.TraceIDs, id)
 		}
 	}
-	return open, closed
+	return r
+}
+
+// episodeReport returns the episodes of a service, nil when it has none.
+func (m *Model) episodeReport(service string) *EpisodeReport {
+	open, closed := m.episodes.t.Open(service), m.episodes.t.ClosedFor(service, maxReportedClosed)
+	if len(open)+len(closed) == 0 {
+		return nil
+	}
+	r := &EpisodeReport{Open: make([]EpisodeRecord, 0, len(open)), Recent: make([]EpisodeRecord, 0, len(closed))}
+	for i := range open {
+		r.Open = append(r.Open, episodeRecord(&open[i]))
+	}
+	for i := range closed {
+		r.Recent = append(r.Recent, episodeRecord(&closed[i]))
+	}
+	return r
 }
 
 // SweepEpisodes closes the episodes whose last alert is more than the quiet gap before now

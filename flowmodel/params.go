@@ -78,15 +78,14 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 	}
 }
 
-// record returns the models for a ServiceRecord: always for a full record, else only when
-// they changed since the last one (and then forgets that they did).
+// record returns the models for a save (all false): only when they changed since the last
+// one (and then forgets that they did). A full record (the admin API's) leaves them out: they
+// can take most of a megabyte per service.
 func (p *paramState) record(all bool) *param.Snapshot {
-	if p.set == nil || !all && !p.dirty {
+	if all || p.set == nil || !p.dirty {
 		return nil
 	}
-	if !all {
-		p.dirty = false
-	}
+	p.dirty = false
 	snap := p.set.Snapshot()
 	return &snap
 }

@@ -97,7 +97,7 @@ func TestParameterValueCanBeDisabled(t *testing.T) {
 	if v := m.Decide(searchAt(time.Minute, "2%27%20OR%20%271%27%3D%271")); v.Reasons.Has(ReasonParameterValue) {
 		t.Fatalf("disabled detector raised %s", reasons(v))
 	}
-	if s, _ := m.Service("shop/search"); s.Params != nil {
+	if m.lookup("shop/search", false).par.set != nil {
 		t.Fatalf("disabled detector learned models")
 	}
 }

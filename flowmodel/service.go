@@ -284,7 +284,9 @@ func (m *Model) Service(name string) (ServiceRecord, bool) {
 	if s == nil {
 		return ServiceRecord{}, false
 	}
-	return s.record(true), true
+	r := s.record(true)
+	r.Episodes = m.episodeReport(name)
+	return r, true
 }
 
 // record snapshots s; with all set every destination, else only those changed since the last
@@ -399,9 +401,11 @@ type ServiceRecord struct {
 	Calibration *Calibration `json:"calibration,omitempty"`
 	// Feedback lists the latest approvals and rejections.
 	Feedback []FeedbackRecord `json:"feedback,omitempty"`
-	// Params are the service's parameter value models; in a save, nil when they did not
-	// change since the last one (a Store then keeps what it has).
+	// Params are the service's parameter value models, in a save only, and nil there when
+	// they did not change since the last one (a Store then keeps what it has).
 	Params *param.Snapshot `json:"params,omitempty"`
+	// Episodes are the service's open and latest closed alert episodes (Model.Service only).
+	Episodes *EpisodeReport `json:"episodes,omitempty"`
 	// Removed lists destinations forgotten since the last save (a Store deletes them, and
 	// their shapes). It is empty in a full snapshot.
 	Removed []string `json:"-"`

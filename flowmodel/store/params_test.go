@@ -56,10 +56,8 @@ func TestParamsSurviveRestart(t *testing.T) {
 	if n, err := m2.Load(st); err != nil || n != 1 {
 		t.Fatalf("load: %d services, %v", n, err)
 	}
-	r, _ := m2.Service("shop/search")
-	if r.Params == nil || len(r.Params.Scopes) != 1 || len(r.Params.Scopes[0].Params) != 3 {
-		t.Fatalf("restored models: %+v", r.Params)
-	}
+	// Without its models, the service would find every parameter new: benign values pass
+	// only if they came back.
 	if v := m2.Decide(search(3*time.Hour+time.Minute, "7")); v.Action != flowmodel.Allow {
 		t.Fatalf("benign after restart: %s %v", v.Action, v.Reasons.Strings())
 	}
