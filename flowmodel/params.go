@@ -2,6 +2,7 @@ package flowmodel
 
 import (
 	"fmt"
+	"hash/maphash"
 	"strings"
 
 	"github.com/meshguard/meshguard/flowmodel/param"
@@ -27,6 +28,40 @@ type paramState struct {
 	set   *param.Set // nil until the service's first request with parameters
 	dirty bool       // learned since the last save
 	last  string     // the parameter named by the latest judgement
+	// clean remembers the scores of requests that fit their models, once the service judges.
+	clean *[cleanSlots]cleanEntry
+}
+
+// cleanEntry is a request that fitted its models: its keyed hash and its score.
+type cleanEntry struct {
+	hash  uint64
+	score float64
+}
+
+// cleanSlots is the size of a service's memory of requests that fit their models: a
+// direct-mapped table (256 bytes a service that judges).
+const cleanSlots = 16
+
+// cleanSeed keys the hashes of the clean table: random per process, so that a workload cannot
+// craft a request whose hash is that of a clean one.
+var cleanSeed = maphash.MakeSeed()
+
+// requestHash is the keyed hash of what the models read of f in scope: its query, body and
+// truncation. Never 0.
+func requestHash(scope uint64, f *Flow) uint64 {
+	q := f.Path
+	if i := strings.IndexByte(q, '?'); i >= 0 {
+		q = q[i+1:]
+	}
+	h := maphash.String(cleanSeed, q)
+	if f.Body != "" || f.BodyTruncated {
+		h = h*0x9e3779b97f4a7c15 ^ maphash.String(cleanSeed, f.Body)
+		if f.BodyTruncated {
+			h = ^h
+		}
+	}
+	h = (h ^ scope) * 0xbf58476d1ce4e5b9
+	return h | 1
 }
 
 // checkParamsEpisodes applies the defaults of the Params and Episodes settings and appends
@@ -68,14 +103,29 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 	if learning {
 		if s.par.set.Learn(scope, &req) {
 			s.par.dirty = true
+			s.par.clean = nil // the models changed: forget what fitted them
 		}
 		return
 	}
-	r := s.par.set.Judge(scope, &req)
-	if r.Score > 0 {
-		sc.add(ReasonParameterValue, r.Score)
-		s.par.last = r.Param
+	// The models do not change out of learning: a request judged below the alarm scores the
+	// same again. Repeated requests (the same enum values, the same query) skip the parsing;
+	// a request at or above the alarm is judged every time (and names its parameter).
+	h := requestHash(scope, f)
+	if s.par.clean == nil {
+		s.par.clean = new([cleanSlots]cleanEntry)
 	}
+	slot := &s.par.clean[h%cleanSlots]
+	if slot.hash == h {
+		sc.add(ReasonParameterValue, slot.score)
+		return
+	}
+	r := s.par.set.Judge(scope, &req)
+	sc.add(ReasonParameterValue, r.Score)
+	if r.Score >= alarmLevel {
+		s.par.last = r.Param
+		return
+	}
+	*slot = cleanEntry{hash: h, score: r.Score}
 }
 
 // record returns the models for a save (all false): only when they changed since the last
@@ -99,6 +149,6 @@ func (m *Model) restoreParams(s *service, snap *param.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("parameter models: %w", err)
 	}
-	s.par.set = set
+	s.par.set, s.par.clean = set, nil
 	return nil
 }

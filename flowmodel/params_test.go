@@ -118,3 +118,59 @@ func TestParamsConfigChecked(t *testing.T) {
 		t.Fatalf("want both problems, got %v", err)
 	}
 }
+
+// TestAdversaryRepeatedInjectionAlertsEveryTime: only requests that fit their models are
+// remembered as clean; an injection repeated, or sent after the same query was clean with
+// a benign value, alerts every time.
+func TestAdversaryRepeatedInjectionAlertsEveryTime(t *testing.T) {
+	m := learnParams(t, Config{}, ModeMonitor)
+	for i := range 5 {
+		at := time.Duration(i) * 10 * time.Minute
+		if v := m.Decide(searchAt(at+time.Minute, "3")); v.Action != Allow {
+			t.Fatalf("benign %d: %s %s", i, v.Action, reasons(v))
+		}
+		if v := m.Decide(searchAt(at+2*time.Minute, "3%27%20OR%20%271%27%3D%271")); !v.Reasons.Has(ReasonParameterValue) {
+			t.Fatalf("injection %d: %s %s", i, v.Action, reasons(v))
+		}
+	}
+}
+
+// BenchmarkDecideParams: the cost of parameter values on a known flow, against the same flow
+// with the detector disabled, in one run: a query seen before (remembered clean), and one
+// with a new value of a known parameter every time (parsed and judged).
+func BenchmarkDecideParams(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		disabled Reasons
+		vary     bool
+	}{
+		{"disabled", Reasons(0).With(ReasonParameterValue), false},
+		{"repeated", 0, false},
+		{"new-values", 0, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			m := learnParams(b, Config{Disabled: c.disabled}, ModeEnforce)
+			s := m.lookup("shop/search", false)
+			s.mu.Lock()
+			s.calib.threshold = 1.01 // one instant repeated is a flood; see benchModel
+			s.mu.Unlock()
+			paths := make([]string, 64)
+			for i := range paths {
+				paths[i] = "/v1/search?q=blue+hat&page=2&sort=price"
+				if c.vary {
+					paths[i] = fmt.Sprintf("/v1/search?q=%s+%s&page=%d&sort=price", paramWords[i%10], paramWords[(i/10)%10], 1+i%9)
+				}
+			}
+			f := searchAt(time.Hour, "2")
+			i := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				f.Path = paths[i%len(paths)]
+				i++
+				if v := m.Decide(f); v.Action != Allow {
+					b.Fatal(v, reasons(v))
+				}
+			}
+		})
+	}
+}
