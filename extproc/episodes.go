@@ -1,6 +1,8 @@
 package extproc
 
 import (
+	"log/slog"
+
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
@@ -23,6 +25,18 @@ func appendVerdictAttrs(attrs []attribute.KeyValue, v flowmodel.Verdict) []attri
 	}
 	if v.Episode != 0 {
 		attrs = append(attrs, AttrKeyEpisodeID.Int64(int64(v.Episode)), AttrKeyEpisodeNew.Bool(v.EpisodeNew))
+	}
+	return attrs
+}
+
+// appendVerdictLogAttrs appends the parameter (its name, never its value) and the episode of
+// v to a decision log line.
+func appendVerdictLogAttrs(attrs []slog.Attr, v flowmodel.Verdict) []slog.Attr {
+	if v.Param != "" {
+		attrs = append(attrs, slog.String("parameter", v.Param))
+	}
+	if v.Episode != 0 {
+		attrs = append(attrs, slog.Uint64("episode", v.Episode), slog.Bool("episode_new", v.EpisodeNew))
 	}
 	return attrs
 }

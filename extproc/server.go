@@ -549,6 +549,7 @@ func (s *Server) logDecision(st *stream) {
 	if st.budgetExceeded {
 		attrs = append(attrs, slog.Bool("budget_exceeded", true))
 	}
+	attrs = appendVerdictLogAttrs(attrs, v)
 	if st.traceID.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", st.traceID.String()))
 	}
