@@ -29,6 +29,8 @@ import (
 //	                                                   their first message yet (closed after
 //	                                                   FirstMessageTimeout, counted in
 //	                                                   stream_errors_total{code="DeadlineExceeded"})
+//	meshguard_alert_episodes_total{reason}             alert episodes opened, by the reason
+//	                                                   they are about (an alert storm is one)
 type Metrics struct {
 	decisions [3]prometheus.Counter // by flowmodel.Action
 	reasons   [3][]prometheus.Counter
@@ -40,6 +42,7 @@ type Metrics struct {
 	late      [3]prometheus.Counter // by flowmodel.Action
 	rejected  prometheus.Counter
 	awaiting  prometheus.Gauge
+	episodes  []prometheus.Counter // new alert episodes, by flowmodel.Reason (episodes.go)
 }
 
 // NewMetrics registers the metrics with reg.
@@ -82,6 +85,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}
 	}
 	m := &Metrics{latency: latency, active: active, errors: errs, logsDrop: logsDrop, budgetCut: budgetCut, rejected: rejected, awaiting: awaiting}
+	if err := m.registerEpisodes(reg); err != nil {
+		return nil, err
+	}
 	all := flowmodel.AllReasons()
 	for a := flowmodel.Allow; a <= flowmodel.Block; a++ {
 		m.late[a] = late.WithLabelValues(a.String())
@@ -99,6 +105,7 @@ func (m *Metrics) decided(v flowmodel.Verdict) {
 		return
 	}
 	m.decisions[v.Action].Inc()
+	m.episodeOpened(v)
 	if v.Reasons.Empty() {
 		return
 	}

@@ -111,6 +111,10 @@ type Config struct {
 	// MaxMessageBytes is the largest ext_proc message accepted (the gRPC receive limit, see
 	// NewGRPCServer); a larger one is answered with a 403. Default: DefaultMaxMessageBytes.
 	MaxMessageBytes int
+	// MaxBodyBytes is how much of a BUFFERED request body is passed to the decider for
+	// parameter values (see body.go). Default: 8192 (max-body-bytes); negative: none, every
+	// request is decided at its headers.
+	MaxBodyBytes int
 }
 
 // Defaults of the stream bounds.
@@ -189,6 +193,9 @@ func (c Config) Check() (Config, error) {
 	case c.MaxMessageBytes < MinMaxMessageBytes || c.MaxMessageBytes > math.MaxInt32:
 		errs = append(errs, fmt.Errorf("max-message-bytes %d must be between %d (Envoy's default header limit fits) and %d",
 			c.MaxMessageBytes, MinMaxMessageBytes, math.MaxInt32))
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = flowmodel.DefaultMaxBodyBytes
 	}
 	return c, errors.Join(errs...)
 }
@@ -282,6 +289,7 @@ type stream struct {
 	// identity, an unknown destination, an identity mismatch): it teaches nothing.
 	incomplete bool
 	idSource   IdentitySource
+	body       bodyState // a request body the decision waits for (body.go)
 
 	// With a decision budget: the request being decided, the copy of the flow the decider
 	// reads, who answers the deciding message, and the watchdog's result when it did.
@@ -578,6 +586,9 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 	default:
 		return nil, false, status.Errorf(codes.Unimplemented, "meshguard: unknown request phase %T", r)
 	}
+	if !st.decided && s.awaitBody(st, req) {
+		return s.answer(st, req) // the decision waits for the body
+	}
 	if !st.decided {
 		st.current = req
 		v, inTime := s.decide(st, now)
@@ -677,6 +688,7 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 	if n, ok := parseContentLength(rh.contentLength); ok {
 		f.RequestBytes = n
 	}
+	s.bodyFacts(st, f)
 
 	id := identify(s.cfg.IdentityOrder, st.md, &st.attrs)
 	dest, fault := destination(&st.attrs, &rh)
@@ -823,6 +835,7 @@ func (s *Server) logDecision(st *stream) {
 	if st.budgetExceeded {
 		attrs = append(attrs, slog.Bool("budget_exceeded", true))
 	}
+	attrs = appendVerdictLogAttrs(attrs, v)
 	if st.traceID.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", st.traceID.String()))
 	}

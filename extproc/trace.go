@@ -108,6 +108,7 @@ func (s *Server) startSpan(st *stream) {
 	if st.budgetExceeded {
 		attrs = append(attrs, AttrKeyBudgetExceeded.Bool(true))
 	}
+	attrs = appendVerdictAttrs(attrs, v)
 	_, span := s.tracer.Start(pctx, SpanName,
 		trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithTimestamp(st.received),

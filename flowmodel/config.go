@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel/burst"
+	"github.com/meshguard/meshguard/flowmodel/episode"
+	"github.com/meshguard/meshguard/flowmodel/param"
 	"github.com/meshguard/meshguard/flowmodel/rate"
 	"github.com/meshguard/meshguard/flowmodel/shape"
 	"github.com/meshguard/meshguard/flowmodel/volume"
@@ -106,6 +108,11 @@ type Config struct {
 	Burst     burst.Config
 	// BurstTick is the tick of the burst detector's sketches. Default: 1 minute.
 	BurstTick time.Duration
+	// Params tunes the parameter value models (parameter_value); Params.Limits.MaxBodyBytes
+	// is the max-body-bytes option. Episodes groups alerts into episodes; Episodes.QuietGap
+	// is the alert-episode-gap option. See params.go and episodes.go.
+	Params   param.Config
+	Episodes episode.Config
 }
 
 // Resolver answers, without waiting, which addresses a host name resolves to.
@@ -250,6 +257,7 @@ func (c Config) Check() (Config, error) {
 	if c.Burst, err = c.Burst.Check(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = c.checkParamsEpisodes(errs)
 	return c, errors.Join(errs...)
 }
 

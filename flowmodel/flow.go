@@ -82,6 +82,14 @@ type Flow struct {
 	// Source names where the flow came from ("ext_proc", "replay", "pcap", ...); it is
 	// recorded as the provenance of what the flow teaches.
 	Source string
+	// Body is the start of the request body, when the caller has it (Envoy's BUFFERED body,
+	// at most Config.Params.Limits.MaxBodyBytes); BodyTruncated is set when the body went
+	// on beyond it. Parameter values are read from Path's query and from Body.
+	Body          string
+	BodyTruncated bool
+	// TraceID is the W3C trace id of the request, zero when unknown; alert episodes keep
+	// a few as examples.
+	TraceID [16]byte
 }
 
 // NormalizeIP returns a with IPv4-mapped IPv6 unmapped and any zone removed.

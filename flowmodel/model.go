@@ -30,6 +30,8 @@ type Model struct {
 	rate   *rate.Detector
 	volume *volume.Detector
 	bursts [burstShards]burstShard
+	// episodes groups the alerts of every service into episodes (episodes.go).
+	episodes episodes
 
 	mu       sync.RWMutex
 	services map[string]*service
@@ -58,6 +60,9 @@ func New(cfg Config) (*Model, error) {
 		return nil, err
 	}
 	if m.volume, err = volume.New(cfg.Volume); err != nil {
+		return nil, err
+	}
+	if err = m.episodes.init(cfg.Episodes); err != nil {
 		return nil, err
 	}
 	for i := range m.bursts {
@@ -202,6 +207,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 			}
 		}
 	}
+	m.annotate(s, f, &v)
 	switch v.Action {
 	case Alert:
 		s.alerted++
@@ -364,6 +370,7 @@ func (m *Model) learn(s *service, f *Flow, req *shapeReq) {
 	s.learnRequests++
 	score, _ := m.score(s, edge, f, req, true)
 	if f.Time.Sub(s.learnStart) >= min(m.cfg.LearnWindow/2, calibrationWarmup) {
+		m.startLadder(&s.calib)
 		s.calib.add(score, f.Time)
 	}
 }
@@ -674,6 +681,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shapeReq, lea
 		return
 	}
 	if learning || known {
+		m.scoreParams(s, e, k, f, learning, sc)
 		r := s.observeShape(t, k, f.Time)
 		if r.New {
 			// While learning, a new shape scores as it would after: calibration sees it.

@@ -195,9 +195,11 @@ func (p *Persister) Commit(service string, a *AuditRecord, change func() error) 
 
 // flush saves with p.mu held.
 func (p *Persister) flush() error {
-	for _, r := range p.Model.TakeChanges() {
+	changes := p.Model.TakeChanges()
+	for _, r := range changes {
 		p.add(r)
 	}
+	p.Model.sweepEpisodes(changes)
 	if len(p.order) == 0 && len(p.audits) == 0 {
 		return nil
 	}
@@ -309,6 +311,9 @@ func (p *Persister) add(r ServiceRecord) {
 		p.pending[r.Name] = r
 		p.order = append(p.order, r.Name)
 		return
+	}
+	if r.Params == nil {
+		r.Params = old.Params // unchanged since the pending record's models
 	}
 	dests := make(map[string]DestinationRecord, len(old.Destinations)+len(r.Destinations))
 	shapes := make(map[string][]ShapeRecord)

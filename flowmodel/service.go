@@ -12,6 +12,8 @@ import (
 	"unique"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/meshguard/meshguard/flowmodel/episode"
+	"github.com/meshguard/meshguard/flowmodel/param"
 	"github.com/meshguard/meshguard/flowmodel/rate"
 	"github.com/meshguard/meshguard/flowmodel/shape"
 	"github.com/meshguard/meshguard/flowmodel/volume"
@@ -157,6 +159,7 @@ type calibration struct {
 	bins        [calBins]float64 // scores at or above the alarm level, by bin
 	since, till time.Time        // event time the bins cover
 	threshold   float64          // 0 until the learning period ends
+	ladder      *episode.Ladder  // episodes at each bin edge (calibration.go), while learning
 }
 
 const (
@@ -171,6 +174,9 @@ func (c *calibration) add(score float64, t time.Time) {
 	if t.After(c.till) {
 		c.till = t
 	}
+	if c.ladder != nil {
+		c.ladder.Add(t, score)
+	}
 	if score < alarmLevel {
 		return
 	}
@@ -183,6 +189,10 @@ func (c *calibration) add(score float64, t time.Time) {
 func (c *calibration) finish(budget float64, now time.Time) {
 	days := c.till.Sub(c.since).Hours() / 24
 	days = max(days, 1.0/24) // an hour at least: a short period must not make every score rare
+	if c.ladder != nil {
+		c.finishEpisodes(budget * days)
+		return
+	}
 	c.threshold = 1
 	above := 0.0
 	for i := calBins - 1; i >= 0; i-- {
@@ -218,6 +228,8 @@ type service struct {
 	probation     *simplelru.LRU[probeKey, *probe]
 	rejected      map[probeKey]struct{}
 	feedback      []FeedbackRecord
+	par           paramState // parameter value models (params.go)
+	ep            episodeDest
 
 	queued     bool // in Model.dirty
 	dirtyDests []*destEntry
@@ -308,7 +320,9 @@ func (m *Model) Service(name string) (ServiceRecord, bool) {
 	if s == nil {
 		return ServiceRecord{}, false
 	}
-	return s.record(true), true
+	r := s.record(true)
+	r.Episodes = m.episodeReport(name)
+	return r, true
 }
 
 // record snapshots s; with all set every destination, else only those changed since the last
@@ -334,6 +348,7 @@ func (s *service) record(all bool) ServiceRecord {
 			Histogram: slices.Clone(s.calib.bins[:]),
 		},
 	}
+	r.Params = s.par.record(all)
 	for _, e := range s.allow {
 		r.QuarantineAllow = append(r.QuarantineAllow, e.String())
 	}
@@ -422,6 +437,11 @@ type ServiceRecord struct {
 	Calibration *Calibration `json:"calibration,omitempty"`
 	// Feedback lists the latest approvals and rejections.
 	Feedback []FeedbackRecord `json:"feedback,omitempty"`
+	// Params are the service's parameter value models, in a save only, and nil there when
+	// they did not change since the last one (a Store then keeps what it has).
+	Params *param.Snapshot `json:"params,omitempty"`
+	// Episodes are the service's open and latest closed alert episodes (Model.Service only).
+	Episodes *EpisodeReport `json:"episodes,omitempty"`
 	// Removed lists destinations forgotten since the last save (a Store deletes them, and
 	// their shapes). It is empty in a full snapshot.
 	Removed []string `json:"-"`
@@ -555,6 +575,9 @@ func (m *Model) Restore(r ServiceRecord) error {
 		s.dests.Add(k, e)
 	}
 	if err := m.restoreShapes(s, r.Shapes); err != nil {
+		errs = append(errs, err)
+	}
+	if err := m.restoreParams(s, r.Params); err != nil {
 		errs = append(errs, err)
 	}
 	// Entries evicted while restoring more than MaxDestinations are deleted at the next save.

@@ -192,4 +192,12 @@ type Verdict struct {
 	// model has no doubt about (a new destination, a quarantined service).
 	Score   float64
 	Reasons Reasons
+	// Param names the parameter whose value raised parameter_value ("" otherwise).
+	Param string
+	// Episode is the alert episode the flow belongs to (see flowmodel/episode), 0 when the
+	// verdict is allow; EpisodeNew is set when this flow opened it.
+	Episode    uint64
+	EpisodeNew bool
+	// EpisodeKind is the reason the episode is about (meaningful when Episode is not 0).
+	EpisodeKind Reason
 }

@@ -4,11 +4,12 @@
 // Layout: bucket "meshguard" holds the format marker and version; bucket "services" holds one
 // nested bucket per service, with the service's fields as JSON under "state" and a nested
 // bucket "destinations" mapping "host:port" or "ip:port" to a JSON DestinationRecord, and a
-// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord; bucket
-// "audit" holds the audit log (8-byte big-endian sequence → JSON flowmodel.AuditRecord) and
-// bucket "tokens" the admin API's tokens (name → JSON Token, the token's SHA-256 only).
-// From format version 2 every value ends with a CRC-32C of its place and content (see
-// checksum.go).
+// nested bucket "shapes" mapping "DESTINATION\x00SHAPE" to a JSON ShapeRecord; "params" holds
+// the service's parameter value models (a JSON param.Snapshot), written only when they
+// changed. Bucket "audit" holds the audit log (8-byte big-endian sequence → JSON
+// flowmodel.AuditRecord) and bucket "tokens" the admin API's tokens (name → JSON Token, the
+// token's SHA-256 only). From format version 2 every value ends with a CRC-32C of its place
+// and content (see checksum.go).
 //
 // A store no request can break: Open refuses a damaged file (ErrDamaged) with the file's
 // name and the way back (Check, Backup, Restore, the scheduled backups of RunBackups),
@@ -53,6 +54,7 @@ var (
 	keyState           = []byte("state")
 	bucketAudit        = []byte("audit")
 	bucketTokens       = []byte("tokens")
+	keyParams          = []byte("params") // the service's parameter models (param.Snapshot JSON)
 )
 
 // ErrLocked is returned (wrapped) when another process holds the store's lock, as a running
@@ -304,6 +306,15 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 			}
 			r := st.ServiceRecord
 			r.Name = string(name)
+			if v := sb.Get(keyParams); v != nil {
+				raw, err := b.unseal(v, name, keyParams)
+				if err != nil {
+					return b.undecodable(fmt.Errorf("service %.100q: params: %w", name, err))
+				}
+				if err := json.Unmarshal(raw, &r.Params); err != nil {
+					return b.undecodable(fmt.Errorf("service %.100q: params: %w", name, err))
+				}
+			}
 			if db := sb.Bucket(bucketDestinations); db != nil {
 				r.Destinations = make([]flowmodel.DestinationRecord, 0, db.Stats().KeyN)
 				err := db.ForEach(func(k, v []byte) error {
@@ -463,7 +474,16 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 		return err
 	}
 	st := r
-	st.Destinations, st.Shapes, st.Removed = nil, nil, nil
+	st.Destinations, st.Shapes, st.Removed, st.Params = nil, nil, nil, nil
+	if r.Params != nil { // nil: unchanged, the stored models stay
+		v, err := json.Marshal(r.Params)
+		if err != nil {
+			return err
+		}
+		if err := sb.Put(keyParams, seal(v, []byte(r.Name), keyParams)); err != nil {
+			return err
+		}
+	}
 	state, err := json.Marshal(serviceState{ServiceRecord: st})
 	if err != nil {
 		return err

@@ -1,0 +1,154 @@
+package flowmodel
+
+import (
+	"fmt"
+	"hash/maphash"
+	"strings"
+
+	"github.com/meshguard/meshguard/flowmodel/param"
+	"github.com/meshguard/meshguard/flowmodel/shape"
+)
+
+// Parameter values (issue 11): a service's query parameters and body key paths are learned
+// per endpoint (param.ScopeOf of the destination's hash and the shape key) while the service
+// learns, and judged on every request of a known shape afterwards. A value that breaks its
+// parameter's model raises parameter_value, with the parameter's name in Verdict.Param.
+//
+// A request of a new shape is not judged here: new_shape already alerts on it. A service that
+// never sent parameters while learning has an empty Set: every parameter of a known shape is
+// then a name never seen (a body sent once body inspection is turned on after learning
+// alerts until the service learns again).
+
+// DefaultMaxBodyBytes is the default of Config.Params.Limits.MaxBodyBytes (max-body-bytes):
+// how much of a request body is read for parameter values.
+const DefaultMaxBodyBytes = 8192
+
+// paramState is a service's parameter value models. Guarded by the service's mutex.
+type paramState struct {
+	set   *param.Set // nil until the service's first request with parameters
+	dirty bool       // learned since the last save
+	last  string     // the parameter named by the latest judgement
+	// clean remembers the scores of requests that fit their models, once the service judges.
+	clean *[cleanSlots]cleanEntry
+}
+
+// cleanEntry is a request that fitted its models: its keyed hash and its score.
+type cleanEntry struct {
+	hash  uint64
+	score float64
+}
+
+// cleanSlots is the size of a service's memory of requests that fit their models: a
+// direct-mapped table (256 bytes a service that judges).
+const cleanSlots = 16
+
+// cleanSeed keys the hashes of the clean table: random per process, so that a workload cannot
+// craft a request whose hash is that of a clean one.
+var cleanSeed = maphash.MakeSeed()
+
+// requestHash is the keyed hash of what the models read of f in scope: its query, body and
+// truncation. Never 0.
+func requestHash(scope uint64, f *Flow) uint64 {
+	q := f.Path
+	if i := strings.IndexByte(q, '?'); i >= 0 {
+		q = q[i+1:]
+	}
+	h := maphash.String(cleanSeed, q)
+	if f.Body != "" || f.BodyTruncated {
+		h = h*0x9e3779b97f4a7c15 ^ maphash.String(cleanSeed, f.Body)
+		if f.BodyTruncated {
+			h = ^h
+		}
+	}
+	h = (h ^ scope) * 0xbf58476d1ce4e5b9
+	return h | 1
+}
+
+// checkParamsEpisodes applies the defaults of the Params and Episodes settings and appends
+// their problems to errs.
+func (c *Config) checkParamsEpisodes(errs []error) []error {
+	if c.Params.Limits.MaxBodyBytes == 0 {
+		c.Params.Limits.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.Episodes.MaxServices == 0 && c.MaxServices > 0 {
+		c.Episodes.MaxServices = c.MaxServices
+	}
+	var err error
+	if c.Params, err = c.Params.Check(); err != nil {
+		errs = append(errs, fmt.Errorf("parameter values: %w", err))
+	}
+	if c.Episodes, err = c.Episodes.Check(); err != nil {
+		errs = append(errs, fmt.Errorf("alert episodes: %w", err))
+	}
+	return errs
+}
+
+// hasParams reports whether f carries anything the parameter models read.
+func hasParams(f *Flow) bool {
+	return f.Body != "" || f.BodyTruncated || strings.IndexByte(f.Path, '?') >= 0
+}
+
+// scoreParams learns (while learning) or judges the parameter values of f, a request of
+// shape k on destination e. Call with s.mu held.
+func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, learning bool, sc *scores) {
+	if m.cfg.Disabled.Has(ReasonParameterValue) || !hasParams(f) {
+		return
+	}
+	if s.par.set == nil {
+		// Check has validated the configuration: New cannot fail.
+		s.par.set, _ = param.New(m.cfg.Params)
+	}
+	req := param.Request{Query: f.Path, Body: f.Body, ContentType: f.ContentType, BodyTruncated: f.BodyTruncated}
+	scope := param.ScopeOf(e.hash, uint64(k))
+	if learning {
+		if s.par.set.Learn(scope, &req) {
+			s.par.dirty = true
+			s.par.clean = nil // the models changed: forget what fitted them
+		}
+		return
+	}
+	// The models do not change out of learning: a request judged below the alarm scores the
+	// same again. Repeated requests (the same enum values, the same query) skip the parsing;
+	// a request at or above the alarm is judged every time (and names its parameter).
+	h := requestHash(scope, f)
+	if s.par.clean == nil {
+		s.par.clean = new([cleanSlots]cleanEntry)
+	}
+	slot := &s.par.clean[h%cleanSlots]
+	if slot.hash == h {
+		sc.add(ReasonParameterValue, slot.score)
+		return
+	}
+	r := s.par.set.Judge(scope, &req)
+	sc.add(ReasonParameterValue, r.Score)
+	if r.Score >= alarmLevel {
+		s.par.last = r.Param
+		return
+	}
+	*slot = cleanEntry{hash: h, score: r.Score}
+}
+
+// record returns the models for a save (all false): only when they changed since the last
+// one (and then forgets that they did). A full record (the admin API's) leaves them out: they
+// can take most of a megabyte per service.
+func (p *paramState) record(all bool) *param.Snapshot {
+	if all || p.set == nil || !p.dirty {
+		return nil
+	}
+	p.dirty = false
+	snap := p.set.Snapshot()
+	return &snap
+}
+
+// restoreParams loads stored parameter models into s.
+func (m *Model) restoreParams(s *service, snap *param.Snapshot) error {
+	if snap == nil {
+		return nil
+	}
+	set, err := param.Restore(m.cfg.Params, *snap)
+	if err != nil {
+		return fmt.Errorf("parameter models: %w", err)
+	}
+	s.par.set, s.par.clean = set, nil
+	return nil
+}
