@@ -54,11 +54,9 @@ type Stats struct {
 	// Version is the last snapshot version pushed.
 	Version uint64
 	// Builds counts the resources built (a poll that changes nothing a node reads builds
-	// nothing); Pushes counts snapshots set; Holds counts the times a sidecar's push was withheld
-	// because its enforce service has no destination (SkipEmptyAllowList), keeping the
-	// previous snapshot; Nacks counts configuration Envoy rejected; BuildErrors counts
-	// failed builds.
-	Builds, Pushes, Holds, Nacks, BuildErrors uint64
+	// nothing); Pushes counts snapshots set; Nacks counts configuration Envoy rejected;
+	// BuildErrors counts failed builds.
+	Builds, Pushes, Nacks, BuildErrors uint64
 	// Skips counts, by reason, services newly found not enforced at L4 as asked.
 	Skips map[string]uint64
 	// Refused counts ADS streams ended because their client could not speak as the node it
@@ -102,10 +100,9 @@ type Controller struct {
 	seed     maphash.Seed
 	digests  map[string]uint64 // input digest of each key's last build
 	pushed   map[string]Resources
-	held     map[string]bool
 	reported map[string][]Skip
 
-	builds, holds, nacks, buildErrors atomic.Uint64
+	builds, nacks, buildErrors atomic.Uint64
 	// pushMu is held from setting a snapshot until it is counted, and by Stats: an Envoy
 	// can receive a snapshot before SetSnapshot returns, and whoever asks for the stats
 	// after that must see the push counted.
@@ -152,7 +149,6 @@ func NewController(cfg Config, base Baselines, log *slog.Logger, opts ...Option)
 		seed:     maphash.MakeSeed(),
 		digests:  map[string]uint64{},
 		pushed:   map[string]Resources{},
-		held:     map[string]bool{},
 		reported: map[string][]Skip{},
 		skips:    map[string]uint64{},
 		sotw:     map[int64]*adsStream{},
@@ -220,7 +216,7 @@ func (c *Controller) Stats() Stats {
 	v, pushes := c.lastPushed, c.pushes
 	c.pushMu.Unlock()
 	return Stats{
-		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes, Holds: c.holds.Load(),
+		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes,
 		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips, Refused: c.refused.Load(),
 	}
 }
@@ -415,22 +411,6 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 	}
 	c.reportSkips(key, res.Skipped)
 	prev, hadPrev := c.pushed[key]
-	if hadPrev && id.Role == nodeid.RoleSidecar && slices.ContainsFunc(res.Skipped, func(s Skip) bool {
-		return s.Service == id.Service && s.Reason == SkipEmptyAllowList
-	}) {
-		// Keep what Envoy has rather than drop its rules.
-		if !c.held[key] {
-			c.held[key] = true
-			c.holds.Add(1)
-			c.log.Warn("xds: push withheld: enforce service has no learned destination IP; keeping the previous snapshot",
-				"key", key, "service", id.Service)
-		}
-		return
-	}
-	if c.held[key] {
-		delete(c.held, key)
-		c.log.Info("xds: push resumed", "key", key)
-	}
 	if hadPrev && sameResources(prev, res) {
 		return
 	}
