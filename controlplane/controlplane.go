@@ -310,7 +310,7 @@ func (s *Server) Collector() prometheus.Collector { return collector{s} }
 type collector struct{ s *Server }
 
 var (
-	descNodes    = prometheus.NewDesc("meshguard_xds_nodes", "Node keys with a snapshot (sidecar services, gateways).", nil, nil)
+	descNodes    = prometheus.NewDesc("meshguard_xds_nodes", "Node keys in use by ADS streams (sidecar services, gateways, unidentified).", nil, nil)
 	descVersion  = prometheus.NewDesc("meshguard_xds_version", "Version of the last snapshot pushed.", nil, nil)
 	descPushes   = prometheus.NewDesc("meshguard_xds_pushes_total", "Snapshots set.", nil, nil)
 	descNacks    = prometheus.NewDesc("meshguard_xds_nacks_total", "Configurations Envoy rejected.", nil, nil)
@@ -321,7 +321,7 @@ var (
 	descFlows    = prometheus.NewDesc("meshguard_accesslog_flows_total", "Flows learned or decided from access logs.", nil, nil)
 	descDropped  = prometheus.NewDesc("meshguard_accesslog_dropped_total", "Access-log entries not turned into flows, by reason.", []string{"reason"}, nil)
 	descClamped  = prometheus.NewDesc("meshguard_accesslog_clamped_total", "Access-log entry times outside the sane window, replaced by the server clock, by reason.", []string{"reason"}, nil)
-	descRefused  = prometheus.NewDesc("meshguard_controlplane_refused_streams_total", "Streams refused: no TLS where required, or a client certificate that does not back the node claimed, by API (ads, access_log).", []string{"api"}, nil)
+	descRefused  = prometheus.NewDesc("meshguard_controlplane_refused_streams_total", "Streams refused: no TLS where required, a client certificate that does not back the node claimed, or (ads) a new node key beyond max-node-keys, by API (ads, access_log).", []string{"api"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -20,7 +21,9 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -443,6 +446,147 @@ func svcNode(t *testing.T, ns, name, id string) *corev3.Node {
 		t.Fatal(err)
 	}
 	return &corev3.Node{Id: id, Metadata: md}
+}
+
+// refused waits for the stream to end with code, failing if it is served a response first.
+func (a *adsClient) refused(code codes.Code) {
+	a.t.Helper()
+	select {
+	case r := <-a.resps:
+		a.t.Fatalf("served %s version %s, want the stream refused with %v", r.GetTypeUrl(), r.GetVersionInfo(), code)
+	case err := <-a.errs:
+		if status.Code(err) != code {
+			a.t.Fatalf("stream ended with %v, want %v", err, code)
+		}
+	case <-time.After(5 * time.Second):
+		a.t.Fatalf("stream neither served nor refused within 5s")
+	}
+}
+
+// waitFor polls cond until it holds, for at most 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline, not a synchronisation
+	}
+}
+
+// TestAdversaryNodeKeyExhaustion covers issue 10 case 8 (xDS open to forged node claims) and
+// case 11 (limits that open the door): a client that may claim any node fills
+// Config.MaxNodeKeys with forged services. Keys of closed streams are dropped with their
+// snapshots, so a real service connecting afterwards still gets its own RBAC; while the
+// forged streams are held open at the cap, a new node is refused (ResourceExhausted,
+// counted, logged once), never served a snapshot without RBAC.
+func TestAdversaryNodeKeyExhaustion(t *testing.T) {
+	const maxKeys = 6
+	base := &fakeBaselines{}
+	base.set(
+		flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("203.0.113.7:443")},
+		flowmodel.ServiceRecord{Name: "shop/late", Mode: flowmodel.ModeEnforce, Destinations: dests("198.51.100.9:443")},
+	)
+	logs := newLogWatch()
+	c, cc := startXDSLogging(t, Config{PollInterval: 20 * time.Millisecond, MaxNodeKeys: maxKeys}, base, slog.New(logs))
+	const capMsg = "xds: node keys at their cap: refusing streams of new services until a key frees"
+
+	forge := func(i int) *adsClient {
+		t.Helper()
+		a := newADSClient(t, cc, svcNode(t, "forged", "svc-"+strconv.Itoa(i), "forged-"+strconv.Itoa(i)))
+		a.send(resource.ListenerType, "", "")
+		a.next(resource.ListenerType)
+		return a
+	}
+	checkOwnRBAC := func(a *adsClient, allow, deny string) {
+		t.Helper()
+		a.send(resource.ListenerType, "", "")
+		l := unpack[*listenerv3.Listener](t, a.next(resource.ListenerType))[0]
+		for _, p := range []string{"tcp", "tls"} {
+			r := listenerRBAC(t, l, p).GetRules()
+			if r == nil || !allowed(t, r, tcpTo(allow)) || allowed(t, r, tcpTo(deny)) {
+				t.Fatalf("%s: %s served %v, want its own enforcing RBAC", p, a.node.GetId(), r)
+			}
+		}
+	}
+
+	// Fill every key with forged claims, then go away.
+	var forged []*adsClient
+	for i := range maxKeys {
+		forged = append(forged, forge(i))
+	}
+	if n := c.Stats().Nodes; n != maxKeys {
+		t.Fatalf("nodes = %d with %d forged streams open", n, maxKeys)
+	}
+	for _, a := range forged {
+		a.close()
+	}
+	waitFor(t, "forged keys dropped", func() bool { return c.Stats().Nodes == 0 })
+	waitFor(t, "forged snapshots cleared", func() bool {
+		for i := range maxKeys {
+			if _, err := c.Cache().GetSnapshot(keySidecarPfx + "forged/svc-" + strconv.Itoa(i)); err == nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	// The real service still gets its own RBAC.
+	real := newADSClient(t, cc, sidecarNode(t))
+	checkOwnRBAC(real, "203.0.113.7:443", "203.0.113.8:443")
+
+	// Now hold the forged streams open at the cap: a new node is refused, never served.
+	forged = forged[:0]
+	for i := range maxKeys - 1 {
+		forged = append(forged, forge(100+i))
+	}
+	refused := c.Stats().Refused
+	late := newADSClient(t, cc, svcNode(t, "shop", "late", "late-1"))
+	late.send(resource.ListenerType, "", "")
+	late.refused(codes.ResourceExhausted)
+	late2 := newADSClient(t, cc, svcNode(t, "shop", "late", "late-2"))
+	late2.send(resource.ListenerType, "", "")
+	late2.refused(codes.ResourceExhausted)
+	// The same on the delta protocol.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	delta, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := delta.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: svcNode(t, "shop", "late", "late-delta"), TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	deltaErr := make(chan error, 1)
+	go func() {
+		r, err := delta.Recv()
+		if err == nil {
+			err = fmt.Errorf("served %d resources at version %q", len(r.GetResources()), r.GetSystemVersionInfo())
+		}
+		deltaErr <- err
+	}()
+	select {
+	case err := <-deltaErr:
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("delta stream at the cap: %v, want ResourceExhausted", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("delta stream neither served nor refused within 5s")
+	}
+	if got := c.Stats().Refused - refused; got != 3 {
+		t.Errorf("refused = %d more, want 3", got)
+	}
+	if n := logs.count(capMsg); n != 1 {
+		t.Errorf("cap warning logged %d times, want once", n)
+	}
+	// Another sidecar of a service that has a key shares it: not refused.
+	checkOwnRBAC(newADSClient(t, cc, svcNode(t, "shop", "checkout", "checkout-2")), "203.0.113.7:443", "203.0.113.8:443")
+
+	// One forged stream goes away: its key frees and the new service gets its own RBAC.
+	forged[0].close()
+	waitFor(t, "a key freed", func() bool { return c.Stats().Nodes < maxKeys })
+	checkOwnRBAC(newADSClient(t, cc, svcNode(t, "shop", "late", "late-3")), "198.51.100.9:443", "203.0.113.7:443")
 }
 
 // TestDeltaGateway: a gateway on the delta protocol gets per-source RBAC.
