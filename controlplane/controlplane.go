@@ -310,10 +310,9 @@ func (s *Server) Collector() prometheus.Collector { return collector{s} }
 type collector struct{ s *Server }
 
 var (
-	descNodes    = prometheus.NewDesc("meshguard_xds_nodes", "Node keys with a snapshot (sidecar services, gateways).", nil, nil)
+	descNodes    = prometheus.NewDesc("meshguard_xds_nodes", "Node keys in use by ADS streams (sidecar services, gateways, unidentified).", nil, nil)
 	descVersion  = prometheus.NewDesc("meshguard_xds_version", "Version of the last snapshot pushed.", nil, nil)
 	descPushes   = prometheus.NewDesc("meshguard_xds_pushes_total", "Snapshots set.", nil, nil)
-	descHolds    = prometheus.NewDesc("meshguard_xds_holds_total", "Pushes withheld: an enforce service with no destination would have had an empty allow list.", nil, nil)
 	descNacks    = prometheus.NewDesc("meshguard_xds_nacks_total", "Configurations Envoy rejected.", nil, nil)
 	descBuildErr = prometheus.NewDesc("meshguard_xds_build_errors_total", "Failed builds of Envoy resources.", nil, nil)
 	descSkips    = prometheus.NewDesc("meshguard_xds_skips_total", "Services not enforced at L4 as asked, by reason.", []string{"reason"}, nil)
@@ -322,11 +321,11 @@ var (
 	descFlows    = prometheus.NewDesc("meshguard_accesslog_flows_total", "Flows learned or decided from access logs.", nil, nil)
 	descDropped  = prometheus.NewDesc("meshguard_accesslog_dropped_total", "Access-log entries not turned into flows, by reason.", []string{"reason"}, nil)
 	descClamped  = prometheus.NewDesc("meshguard_accesslog_clamped_total", "Access-log entry times outside the sane window, replaced by the server clock, by reason.", []string{"reason"}, nil)
-	descRefused  = prometheus.NewDesc("meshguard_controlplane_refused_streams_total", "Streams refused: no TLS where required, or a client certificate that does not back the node claimed, by API (ads, access_log).", []string{"api"}, nil)
+	descRefused  = prometheus.NewDesc("meshguard_controlplane_refused_streams_total", "Streams refused: no TLS where required, a client certificate that does not back the node claimed, or (ads) a new node key beyond max-node-keys, by API (ads, access_log).", []string{"api"}, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodes, descVersion, descPushes, descHolds, descNacks, descBuildErr, descSkips, descStreams, descEntries, descFlows, descDropped, descClamped, descRefused} {
+	for _, d := range []*prometheus.Desc{descNodes, descVersion, descPushes, descNacks, descBuildErr, descSkips, descStreams, descEntries, descFlows, descDropped, descClamped, descRefused} {
 		ch <- d
 	}
 }
@@ -343,7 +342,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descNodes, float64(x.Nodes))
 	gauge(descVersion, float64(x.Version))
 	counter(descPushes, float64(x.Pushes))
-	counter(descHolds, float64(x.Holds))
 	counter(descNacks, float64(x.Nacks))
 	counter(descBuildErr, float64(x.BuildErrors))
 	for r, n := range x.Skips {

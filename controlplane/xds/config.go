@@ -69,8 +69,10 @@ type Config struct {
 	// MessageTimeout is ext_proc's message_timeout. Default 200ms.
 	MessageTimeout time.Duration `json:"message_timeout,omitempty" yaml:"message_timeout,omitempty"`
 	// FailureModeAllow lets requests through when meshguard cannot be reached. Default false.
-	FailureModeAllow bool           `json:"failure_mode_allow,omitempty" yaml:"failure_mode_allow,omitempty"`
-	ProcessingMode   ProcessingMode `json:"processing_mode,omitzero" yaml:"processing_mode,omitempty"`
+	FailureModeAllow bool `json:"failure_mode_allow,omitempty" yaml:"failure_mode_allow,omitempty"`
+	// ProcessingMode is ext_proc's processing mode. RequestHeader must be SEND (the default):
+	// Check refuses anything else, since a request whose headers are not sent is never decided.
+	ProcessingMode ProcessingMode `json:"processing_mode,omitzero" yaml:"processing_mode,omitempty"`
 	// RequestAttributes and ResponseAttributes are sent to ext_proc. Defaults:
 	// DefaultRequestAttributes and DefaultResponseAttributes.
 	RequestAttributes  []string `json:"request_attributes,omitempty" yaml:"request_attributes,omitempty"`
@@ -80,9 +82,11 @@ type Config struct {
 	// Default 5s.
 	UpstreamConnectTimeout time.Duration `json:"upstream_connect_timeout,omitempty" yaml:"upstream_connect_timeout,omitempty"`
 
-	// DenyAllWhenEmpty makes an enforce service with no learned destination IP an explicit
-	// deny-all at L4. By default such a service is not enforced at L4 and the push is skipped
-	// (see Skip): an empty allow list is never pushed by mistake.
+	// DenyAllWhenEmpty makes a monitor service with no learned destination IP a shadow
+	// deny-all at L4 (Envoy counts every connection as rbac.shadow_denied, as enforce would
+	// refuse it); by default such a service has no shadow rules. It does not change enforce
+	// or quarantine: there an empty allow list always denies everything at L4 (fail closed),
+	// nor learn, which never has L4 rules.
 	DenyAllWhenEmpty bool `json:"deny_all_when_empty,omitempty" yaml:"deny_all_when_empty,omitempty"`
 	// RBACOnHTTP puts the RBAC backstop in front of the HTTP connection manager too, so that
 	// plain HTTP to an unknown IP is refused at L4 even if ext_proc fails open. Off by default:
@@ -223,6 +227,12 @@ func (c Config) Check() (Config, error) {
 	c.ProcessingMode, c.mode, modeErr = c.ProcessingMode.parse()
 	if modeErr != nil {
 		errs = append(errs, modeErr)
+	}
+	if rh := c.ProcessingMode.RequestHeader; rh != "SEND" {
+		// SKIP would let every request through undecided, and DEFAULT leaves the choice to
+		// whatever Envoy or a mode override makes of it: meshguard decides on the request
+		// headers, so they must always be sent.
+		errs = append(errs, fmt.Errorf("processing mode request_header %q: must be SEND (meshguard decides every request on its headers)", rh))
 	}
 	c.principals = make(map[string][]principalSpec, len(c.GatewaySources))
 	for svc, srcs := range c.GatewaySources {

@@ -49,26 +49,29 @@ const (
 
 // Stats are the controller's counters. They only grow, except Nodes and Version.
 type Stats struct {
-	// Nodes is the number of node keys (services with sidecars, gateways, unidentified).
+	// Nodes is the number of node keys in use (services with sidecars, gateways,
+	// unidentified): a key lives while an ADS stream uses it.
 	Nodes int
 	// Version is the last snapshot version pushed.
 	Version uint64
 	// Builds counts the resources built (a poll that changes nothing a node reads builds
-	// nothing); Pushes counts snapshots set; Holds counts the times a sidecar's push was withheld
-	// because its enforce service has no destination (SkipEmptyAllowList), keeping the
-	// previous snapshot; Nacks counts configuration Envoy rejected; BuildErrors counts
-	// failed builds.
-	Builds, Pushes, Holds, Nacks, BuildErrors uint64
+	// nothing); Pushes counts snapshots set; Nacks counts configuration Envoy rejected;
+	// BuildErrors counts failed builds.
+	Builds, Pushes, Nacks, BuildErrors uint64
 	// Skips counts, by reason, services newly found not enforced at L4 as asked.
 	Skips map[string]uint64
 	// Refused counts ADS streams ended because their client could not speak as the node it
-	// named (see WithAuthenticator).
+	// named (see WithAuthenticator), or because the node would have needed a new node key
+	// while Config.MaxNodeKeys were in use.
 	Refused uint64
 }
 
 // Controller keeps one snapshot per node key in go-control-plane's snapshot cache, rebuilt
 // from the baselines every Config.PollInterval and whenever Notify is called or a new node
-// key connects. Versions are decimal, strictly increasing across all keys, and start at
+// key connects. A node key lives while at least one ADS stream uses it: when its last stream
+// closes, the key and its snapshot are dropped. At Config.MaxNodeKeys keys in use, a stream
+// that would need a new sidecar key is refused (ResourceExhausted), never served a snapshot
+// of another key. Versions are decimal, strictly increasing across all keys, and start at
 // Config.FirstVersion (by default the wall clock in nanoseconds), so they keep rising across
 // restarts. A snapshot is set only when a node's resources change.
 //
@@ -87,13 +90,19 @@ type Controller struct {
 	cancel context.CancelFunc
 	wake   chan struct{}
 
-	mu    sync.Mutex
-	nodes map[string]nodeid.Identity
+	// mu guards nodes (the keys in use) and refs (the streams using each key). It is also
+	// held while a dropped key's snapshot is cleared, so that a stream binding the key again
+	// waits and then finds a fresh cache entry for its watches.
+	mu      sync.Mutex
+	nodes   map[string]nodeid.Identity
+	refs    map[string]int
+	capWarn time.Time           // when a refusal at MaxNodeKeys was last logged as a warning
+	dropped map[string]struct{} // keys dropped since Run last cleared their snapshots
 
 	// auth authorises every node claim on ADS; nil trusts them all.
 	auth *nodeauth.Authenticator
 	// streams holds, per open ADS stream (SotW and delta apart: their IDs are counted
-	// separately), the peer and the node it was last authorised as.
+	// separately), the peer, the node it was last authorised as and the key it uses.
 	streamMu    sync.Mutex
 	sotw, delta map[int64]*adsStream
 	refused     atomic.Uint64
@@ -102,10 +111,9 @@ type Controller struct {
 	seed     maphash.Seed
 	digests  map[string]uint64 // input digest of each key's last build
 	pushed   map[string]Resources
-	held     map[string]bool
 	reported map[string][]Skip
 
-	builds, holds, nacks, buildErrors atomic.Uint64
+	builds, nacks, buildErrors atomic.Uint64
 	// pushMu is held from setting a snapshot until it is counted, and by Stats: an Envoy
 	// can receive a snapshot before SetSnapshot returns, and whoever asks for the stats
 	// after that must see the push counted.
@@ -149,10 +157,11 @@ func NewController(cfg Config, base Baselines, log *slog.Logger, opts ...Option)
 		cancel:   cancel,
 		wake:     make(chan struct{}, 1),
 		nodes:    map[string]nodeid.Identity{},
+		refs:     map[string]int{},
+		dropped:  map[string]struct{}{},
 		seed:     maphash.MakeSeed(),
 		digests:  map[string]uint64{},
 		pushed:   map[string]Resources{},
-		held:     map[string]bool{},
 		reported: map[string][]Skip{},
 		skips:    map[string]uint64{},
 		sotw:     map[int64]*adsStream{},
@@ -220,51 +229,119 @@ func (c *Controller) Stats() Stats {
 	v, pushes := c.lastPushed, c.pushes
 	c.pushMu.Unlock()
 	return Stats{
-		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes, Holds: c.holds.Load(),
+		Nodes: n, Version: v, Builds: c.builds.Load(), Pushes: pushes,
 		Nacks: c.nacks.Load(), BuildErrors: c.buildErrors.Load(), Skips: skips, Refused: c.refused.Load(),
 	}
 }
 
-// nodeKey maps a node to its snapshot key, registering new keys and waking Run for them.
-// Beyond Config.MaxNodeKeys, new sidecar services share the unidentified snapshot (no RBAC).
-func (c *Controller) nodeKey(n *corev3.Node) string {
+// keyOf maps a node to its snapshot key and the identity the key is built for.
+func keyOf(n *corev3.Node) (string, nodeid.Identity) {
 	id := nodeid.Identify(n)
-	key := keyUnidentified
 	switch {
 	case id.Role == nodeid.RoleGateway:
-		key = keyGateway
+		return keyGateway, id
 	case id.Service != "":
-		key = keySidecarPfx + id.Service
+		return keySidecarPfx + id.Service, id
+	}
+	return keyUnidentified, nodeid.Identity{Role: id.Role}
+}
+
+// capWarnEvery spaces the warnings of refusals at Config.MaxNodeKeys (each is counted; a
+// client churning streams at the cap must not flood the log).
+const capWarnEvery = time.Minute
+
+// bind makes stream id of m use the key of node (nil: the stream's node), registering the
+// key when it is new and waking Run for it. A new sidecar key while Config.MaxNodeKeys keys
+// are in use is refused with ResourceExhausted and counted in Stats.Refused; the gateway and
+// unidentified keys are never refused (there is one of each). go-control-plane calls the
+// request callbacks, hence bind, before it reads the snapshot of the request's node.
+func (c *Controller) bind(m map[int64]*adsStream, sid int64, node *corev3.Node) error {
+	c.streamMu.Lock()
+	st, ok := m[sid]
+	var old string
+	if ok {
+		old = st.key
+		if node == nil {
+			node = st.node
+		}
+	}
+	c.streamMu.Unlock()
+	if !ok {
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	key, id := keyOf(node)
+	if key == old {
+		return nil
 	}
 	c.mu.Lock()
 	_, known := c.nodes[key]
 	if !known && len(c.nodes) >= c.gen.cfg.MaxNodeKeys && key != keyGateway && key != keyUnidentified {
-		c.log.Warn("xds: too many node keys, serving the unidentified snapshot", "service", id.Service, "max", c.gen.cfg.MaxNodeKeys)
-		key, id = keyUnidentified, nodeid.Identity{Role: nodeid.RoleSidecar}
-		_, known = c.nodes[key]
+		now := time.Now()
+		warn := now.Sub(c.capWarn) >= capWarnEvery
+		if warn {
+			c.capWarn = now
+		}
+		c.mu.Unlock()
+		c.refused.Add(1)
+		if warn {
+			c.log.Warn("xds: node keys at their cap: refusing streams of new services until a key frees",
+				"max", c.gen.cfg.MaxNodeKeys, "service", id.Service, "node", node.GetId())
+		} else {
+			c.log.Debug("xds: node refused: node keys at their cap", "service", id.Service, "node", node.GetId())
+		}
+		return status.Errorf(codes.ResourceExhausted, "xds: %d node keys in use, no room for service %q", c.gen.cfg.MaxNodeKeys, id.Service)
 	}
 	if !known {
 		c.nodes[key] = id
 	}
+	c.refs[key]++
+	if old != "" {
+		c.releaseLocked(old)
+	}
 	c.mu.Unlock()
+	c.streamMu.Lock()
+	st.key = key
+	if node != nil {
+		st.node = node
+	}
+	c.streamMu.Unlock()
 	if !known {
-		c.log.Info("xds: new node key", "key", key, "node", n.GetId())
+		c.log.Info("xds: new node key", "key", key, "node", node.GetId())
 		c.Notify()
 	}
-	return key
+	return nil
+}
+
+// releaseLocked drops one stream's use of key; the last one drops the key, and Run then
+// clears its snapshot. c.mu must be held.
+func (c *Controller) releaseLocked(key string) {
+	c.refs[key]--
+	if c.refs[key] > 0 {
+		return
+	}
+	delete(c.refs, key)
+	delete(c.nodes, key)
+	c.dropped[key] = struct{}{}
+	c.Notify()
 }
 
 type nodeHash struct{ c *Controller }
 
-func (h nodeHash) ID(n *corev3.Node) string { return h.c.nodeKey(n) }
+func (h nodeHash) ID(n *corev3.Node) string {
+	key, _ := keyOf(n)
+	return key
+}
 
 // adsStream is what the controller knows of one open ADS stream.
 type adsStream struct {
 	peer nodeauth.Peer
 	// err, when set, refuses every request (the connection failed authentication).
 	err error
-	// node is the node the stream was last authorised as; nil before its first request.
+	// node is the node the stream last named (and was authorised as); nil before its first
+	// request.
 	node *corev3.Node
+	// key is the node key the stream uses ("" before its first accepted request).
+	key string
 }
 
 // openStream records the peer of a new stream. Authentication failures are recorded and
@@ -317,10 +394,20 @@ func (c *Controller) authorize(m map[int64]*adsStream, id int64, node *corev3.No
 	return nil
 }
 
+// closeStream forgets a stream and releases its node key.
 func (c *Controller) closeStream(m map[int64]*adsStream, id int64) {
 	c.streamMu.Lock()
+	var key string
+	if st, ok := m[id]; ok {
+		key = st.key
+	}
 	delete(m, id)
 	c.streamMu.Unlock()
+	if key != "" {
+		c.mu.Lock()
+		c.releaseLocked(key)
+		c.mu.Unlock()
+	}
 }
 
 func (c *Controller) callbacks() serverv3.Callbacks {
@@ -344,6 +431,9 @@ func (c *Controller) callbacks() serverv3.Callbacks {
 			if err := c.authorize(c.sotw, id, req.GetNode()); err != nil {
 				return err
 			}
+			if err := c.bind(c.sotw, id, req.GetNode()); err != nil {
+				return err
+			}
 			if d := req.GetErrorDetail(); d != nil {
 				nack(req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), d.GetMessage())
 			}
@@ -351,6 +441,9 @@ func (c *Controller) callbacks() serverv3.Callbacks {
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
 			if err := c.authorize(c.delta, id, req.GetNode()); err != nil {
+				return err
+			}
+			if err := c.bind(c.delta, id, req.GetNode()); err != nil {
 				return err
 			}
 			if d := req.GetErrorDetail(); d != nil {
@@ -366,6 +459,7 @@ func (c *Controller) sync(ctx context.Context) {
 	c.mu.Lock()
 	nodes := maps.Clone(c.nodes)
 	c.mu.Unlock()
+	c.dropUnused()
 	if len(nodes) == 0 {
 		return
 	}
@@ -399,6 +493,28 @@ func (c *Controller) sync(ctx context.Context) {
 	}
 }
 
+// dropUnused clears the snapshot (and go-control-plane's record of the node) and forgets the
+// state of every key dropped since the last sync, unless it is in use again (its next sync
+// then rebuilds it if needed).
+func (c *Controller) dropUnused() {
+	c.mu.Lock()
+	var gone []string
+	for key := range c.dropped {
+		if _, back := c.nodes[key]; !back {
+			c.cache.ClearSnapshot(key)
+			gone = append(gone, key)
+		}
+	}
+	clear(c.dropped)
+	c.mu.Unlock()
+	for _, key := range gone {
+		delete(c.digests, key)
+		delete(c.pushed, key)
+		delete(c.reported, key)
+		c.log.Debug("xds: node key dropped", "key", key)
+	}
+}
+
 func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity, recs []flowmodel.ServiceRecord) {
 	// Most polls change nothing a node is told: skip the build then.
 	digest := c.digest(recs)
@@ -415,22 +531,6 @@ func (c *Controller) syncKey(ctx context.Context, key string, id nodeid.Identity
 	}
 	c.reportSkips(key, res.Skipped)
 	prev, hadPrev := c.pushed[key]
-	if hadPrev && id.Role == nodeid.RoleSidecar && slices.ContainsFunc(res.Skipped, func(s Skip) bool {
-		return s.Service == id.Service && s.Reason == SkipEmptyAllowList
-	}) {
-		// Keep what Envoy has rather than drop its rules.
-		if !c.held[key] {
-			c.held[key] = true
-			c.holds.Add(1)
-			c.log.Warn("xds: push withheld: enforce service has no learned destination IP; keeping the previous snapshot",
-				"key", key, "service", id.Service)
-		}
-		return
-	}
-	if c.held[key] {
-		delete(c.held, key)
-		c.log.Info("xds: push resumed", "key", key)
-	}
 	if hadPrev && sameResources(prev, res) {
 		return
 	}

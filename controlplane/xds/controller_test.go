@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -20,7 +21,9 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -177,6 +180,8 @@ type adsClient struct {
 	node   *corev3.Node
 	resps  chan *discoverygrpc.DiscoveryResponse
 	errs   chan error
+	// close ends the stream (as an Envoy that goes away).
+	close context.CancelFunc
 }
 
 func newADSClient(t *testing.T, conn *grpc.ClientConn, node *corev3.Node) *adsClient {
@@ -187,7 +192,7 @@ func newADSClient(t *testing.T, conn *grpc.ClientConn, node *corev3.Node) *adsCl
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &adsClient{t: t, stream: stream, node: node, resps: make(chan *discoverygrpc.DiscoveryResponse, 16), errs: make(chan error, 1)}
+	a := &adsClient{t: t, stream: stream, node: node, resps: make(chan *discoverygrpc.DiscoveryResponse, 16), errs: make(chan error, 1), close: cancel}
 	go func() {
 		for {
 			r, err := stream.Recv()
@@ -387,49 +392,201 @@ func TestADSModeChange(t *testing.T) {
 	}
 }
 
-// TestEmptyAllowListIsNeverPushed: an enforce service whose baseline empties keeps its
-// previous snapshot; a new sidecar of such a service still gets a listener (without RBAC).
-func TestEmptyAllowListIsNeverPushed(t *testing.T) {
+// TestAdversaryEmptyAllowListDeniesAll covers a careful attacker's trick (issue 10, fail closed
+// as in case 1): a service in enforce with no learned destination IP must not be open at L4.
+// An enforce service whose baseline empties is pushed a deny-all (never kept on stale rules,
+// never left without RBAC), and a new sidecar of an enforce service with nothing learned gets a
+// deny-all on its first push.
+func TestAdversaryEmptyAllowListDeniesAll(t *testing.T) {
 	base := &fakeBaselines{}
 	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("203.0.113.7:443")})
-	c, cc := startXDS(t, Config{PollInterval: 20 * time.Millisecond}, base)
+	_, cc := startXDS(t, Config{PollInterval: 20 * time.Millisecond}, base)
 	ads := newADSClient(t, cc, sidecarNode(t))
 	ads.send(resource.ListenerType, "", "")
 	l := unpack[*listenerv3.Listener](t, ads.next(resource.ListenerType))[0]
-	if listenerRBAC(t, l, "tcp").GetRules() == nil {
-		t.Fatal("enforce service without an enforcing RBAC")
+	if r := listenerRBAC(t, l, "tcp").GetRules(); r == nil || !allowed(t, r, tcpTo("203.0.113.7:443")) {
+		t.Fatal("enforce service without an enforcing RBAC allowing what it learned")
 	}
 
 	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce})
-	base.waitPolls(t, 2) // a whole poll has seen the empty baseline
-	if st := c.Stats(); st.Holds != 1 {
-		t.Fatalf("stats = %+v after a poll of the empty baseline, want one hold", st)
-	}
-	base.waitPolls(t, 5) // and 5 more polls of it are counted as nothing new
-	if !ads.quiet(resource.ListenerType, 200*time.Millisecond) {
-		t.Fatal("a listener was pushed for an enforce service with an empty baseline")
-	}
-	if st := c.Stats(); st.Holds != 1 || st.Skips[SkipEmptyAllowList] != 1 {
-		t.Errorf("stats = %+v, want one hold and one empty_allow_list skip (counted once over many polls)", st)
+	l = unpack[*listenerv3.Listener](t, ads.next(resource.ListenerType))[0]
+	for _, p := range []string{"tcp", "tls"} {
+		r := listenerRBAC(t, l, p).GetRules()
+		if r == nil || allowed(t, r, tcpTo("203.0.113.7:443")) || allowed(t, r, tlsTo("203.0.113.7:443", "")) {
+			t.Errorf("%s: emptied enforce baseline pushed %v, want a deny-all", p, r)
+		}
 	}
 
-	// The baseline comes back: the push resumes.
+	// The baseline comes back: the RBAC follows it.
 	base.set(flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("203.0.113.8:443")})
 	l = unpack[*listenerv3.Listener](t, ads.next(resource.ListenerType))[0]
-	r := rbacOf(t, Resources{Listeners: []*listenerv3.Listener{l}}, "tcp")
-	if !allowed(t, r.GetRules(), tcpTo("203.0.113.8:443")) || allowed(t, r.GetRules(), tcpTo("203.0.113.7:443")) {
-		t.Error("resumed RBAC does not follow the new baseline")
+	r := listenerRBAC(t, l, "tcp").GetRules()
+	if !allowed(t, r, tcpTo("203.0.113.8:443")) || allowed(t, r, tcpTo("203.0.113.7:443")) {
+		t.Error("RBAC does not follow the new baseline")
 	}
 
-	// A new service in enforce with nothing learned: its sidecar starts without RBAC.
+	// A new service in enforce with nothing learned: denied everything from the first push.
 	base.set(flowmodel.ServiceRecord{Name: "shop/new", Mode: flowmodel.ModeEnforce})
-	md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "shop", "WORKLOAD_NAME": "new"})
-	other := newADSClient(t, cc, &corev3.Node{Id: "new-1", Metadata: md})
+	other := newADSClient(t, cc, svcNode(t, "shop", "new", "new-1"))
 	other.send(resource.ListenerType, "", "")
 	l = unpack[*listenerv3.Listener](t, other.next(resource.ListenerType))[0]
-	if r := listenerRBAC(t, l, "tcp"); r != nil {
-		t.Errorf("new enforce service with an empty baseline got an RBAC: %v", r)
+	for _, p := range []string{"tcp", "tls"} {
+		r := listenerRBAC(t, l, p).GetRules()
+		if r == nil || allowed(t, r, tcpTo("203.0.113.7:443")) || allowed(t, r, tlsTo("198.51.100.1:443", "api.example.com")) {
+			t.Errorf("%s: new enforce service with nothing learned got %v, want a deny-all", p, r)
+		}
 	}
+}
+
+// svcNode is a sidecar node of service ns/name.
+func svcNode(t *testing.T, ns, name, id string) *corev3.Node {
+	t.Helper()
+	md, err := structpb.NewStruct(map[string]any{"NAMESPACE": ns, "WORKLOAD_NAME": name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corev3.Node{Id: id, Metadata: md}
+}
+
+// refused waits for the stream to end with code, failing if it is served a response first.
+func (a *adsClient) refused(code codes.Code) {
+	a.t.Helper()
+	select {
+	case r := <-a.resps:
+		a.t.Fatalf("served %s version %s, want the stream refused with %v", r.GetTypeUrl(), r.GetVersionInfo(), code)
+	case err := <-a.errs:
+		if status.Code(err) != code {
+			a.t.Fatalf("stream ended with %v, want %v", err, code)
+		}
+	case <-time.After(5 * time.Second):
+		a.t.Fatalf("stream neither served nor refused within 5s")
+	}
+}
+
+// waitFor polls cond until it holds, for at most 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling with a deadline, not a synchronisation
+	}
+}
+
+// TestAdversaryNodeKeyExhaustion covers issue 10 case 8 (xDS open to forged node claims) and
+// case 11 (limits that open the door): a client that may claim any node fills
+// Config.MaxNodeKeys with forged services. Keys of closed streams are dropped with their
+// snapshots, so a real service connecting afterwards still gets its own RBAC; while the
+// forged streams are held open at the cap, a new node is refused (ResourceExhausted,
+// counted, logged once), never served a snapshot without RBAC.
+func TestAdversaryNodeKeyExhaustion(t *testing.T) {
+	const maxKeys = 6
+	base := &fakeBaselines{}
+	base.set(
+		flowmodel.ServiceRecord{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("203.0.113.7:443")},
+		flowmodel.ServiceRecord{Name: "shop/late", Mode: flowmodel.ModeEnforce, Destinations: dests("198.51.100.9:443")},
+	)
+	logs := newLogWatch()
+	c, cc := startXDSLogging(t, Config{PollInterval: 20 * time.Millisecond, MaxNodeKeys: maxKeys}, base, slog.New(logs))
+	const capMsg = "xds: node keys at their cap: refusing streams of new services until a key frees"
+
+	forge := func(i int) *adsClient {
+		t.Helper()
+		a := newADSClient(t, cc, svcNode(t, "forged", "svc-"+strconv.Itoa(i), "forged-"+strconv.Itoa(i)))
+		a.send(resource.ListenerType, "", "")
+		a.next(resource.ListenerType)
+		return a
+	}
+	checkOwnRBAC := func(a *adsClient, allow, deny string) {
+		t.Helper()
+		a.send(resource.ListenerType, "", "")
+		l := unpack[*listenerv3.Listener](t, a.next(resource.ListenerType))[0]
+		for _, p := range []string{"tcp", "tls"} {
+			r := listenerRBAC(t, l, p).GetRules()
+			if r == nil || !allowed(t, r, tcpTo(allow)) || allowed(t, r, tcpTo(deny)) {
+				t.Fatalf("%s: %s served %v, want its own enforcing RBAC", p, a.node.GetId(), r)
+			}
+		}
+	}
+
+	// Fill every key with forged claims, then go away.
+	var forged []*adsClient
+	for i := range maxKeys {
+		forged = append(forged, forge(i))
+	}
+	if n := c.Stats().Nodes; n != maxKeys {
+		t.Fatalf("nodes = %d with %d forged streams open", n, maxKeys)
+	}
+	for _, a := range forged {
+		a.close()
+	}
+	waitFor(t, "forged keys dropped", func() bool { return c.Stats().Nodes == 0 })
+	waitFor(t, "forged snapshots cleared", func() bool {
+		for i := range maxKeys {
+			if _, err := c.Cache().GetSnapshot(keySidecarPfx + "forged/svc-" + strconv.Itoa(i)); err == nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	// The real service still gets its own RBAC.
+	real := newADSClient(t, cc, sidecarNode(t))
+	checkOwnRBAC(real, "203.0.113.7:443", "203.0.113.8:443")
+
+	// Now hold the forged streams open at the cap: a new node is refused, never served.
+	forged = forged[:0]
+	for i := range maxKeys - 1 {
+		forged = append(forged, forge(100+i))
+	}
+	refused := c.Stats().Refused
+	late := newADSClient(t, cc, svcNode(t, "shop", "late", "late-1"))
+	late.send(resource.ListenerType, "", "")
+	late.refused(codes.ResourceExhausted)
+	late2 := newADSClient(t, cc, svcNode(t, "shop", "late", "late-2"))
+	late2.send(resource.ListenerType, "", "")
+	late2.refused(codes.ResourceExhausted)
+	// The same on the delta protocol.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	delta, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := delta.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: svcNode(t, "shop", "late", "late-delta"), TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	deltaErr := make(chan error, 1)
+	go func() {
+		r, err := delta.Recv()
+		if err == nil {
+			err = fmt.Errorf("served %d resources at version %q", len(r.GetResources()), r.GetSystemVersionInfo())
+		}
+		deltaErr <- err
+	}()
+	select {
+	case err := <-deltaErr:
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("delta stream at the cap: %v, want ResourceExhausted", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("delta stream neither served nor refused within 5s")
+	}
+	if got := c.Stats().Refused - refused; got != 3 {
+		t.Errorf("refused = %d more, want 3", got)
+	}
+	if n := logs.count(capMsg); n != 1 {
+		t.Errorf("cap warning logged %d times, want once", n)
+	}
+	// Another sidecar of a service that has a key shares it: not refused.
+	checkOwnRBAC(newADSClient(t, cc, svcNode(t, "shop", "checkout", "checkout-2")), "203.0.113.7:443", "203.0.113.8:443")
+
+	// One forged stream goes away: its key frees and the new service gets its own RBAC.
+	forged[0].close()
+	waitFor(t, "a key freed", func() bool { return c.Stats().Nodes < maxKeys })
+	checkOwnRBAC(newADSClient(t, cc, svcNode(t, "shop", "late", "late-3")), "198.51.100.9:443", "203.0.113.7:443")
 }
 
 // TestDeltaGateway: a gateway on the delta protocol gets per-source RBAC.

@@ -248,13 +248,18 @@ func (g *Generator) sidecarPolicy(rec *flowmodel.ServiceRecord) nodePolicy {
 		set := parseAllow(rec.Name, destinationStrings(rec.Destinations), &np.skipped)
 		enforce := rec.Mode == flowmodel.ModeEnforce
 		if !set.hasIP() {
+			// Nothing learned allows nothing: an enforce service denies everything at L4
+			// from its first push (fail closed); a monitor service shadows that only when
+			// asked to.
 			switch {
-			case enforce && g.cfg.DenyAllWhenEmpty:
+			case enforce:
 				for p := range numPaths {
 					np.rules[p] = allowRBAC(nil)
 				}
-			case enforce:
-				np.skipped = append(np.skipped, Skip{Service: rec.Name, Reason: SkipEmptyAllowList})
+			case g.cfg.DenyAllWhenEmpty:
+				for p := range numPaths {
+					np.shadow[p] = allowRBAC(nil)
+				}
 			}
 			return np
 		}
@@ -326,13 +331,13 @@ func (g *Generator) gatewayPolicy(services []flowmodel.ServiceRecord) nodePolicy
 			set := parseAllow(rec.Name, destinationStrings(rec.Destinations), &np.skipped)
 			enforce := rec.Mode == flowmodel.ModeEnforce
 			if !set.hasIP() {
+				// No policy of its own, but its sources are excluded from the others policy:
+				// denied everything (enforce), or shadow-denied (monitor, when asked).
 				switch {
-				case enforce && g.cfg.DenyAllWhenEmpty:
-					// No policy of its own, but its sources are excluded from the others
-					// policy: denied everything.
-					enforced = append(enforced, e)
 				case enforce:
-					np.skipped = append(np.skipped, Skip{Service: rec.Name, Reason: SkipEmptyAllowList})
+					enforced = append(enforced, e)
+				case g.cfg.DenyAllWhenEmpty:
+					monitored = append(monitored, e)
 				}
 				continue
 			}

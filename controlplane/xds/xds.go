@@ -43,13 +43,12 @@
 //
 //   - learn: no RBAC.
 //   - monitor: the enforce rules as shadow rules (Envoy counts rbac.shadow_denied; nothing is
-//     refused).
+//     refused). A monitor service with no learned destination IP has no shadow rules unless
+//     Config.DenyAllWhenEmpty makes them a shadow deny-all.
 //   - enforce: only learned destination IPs and ports; on TLS, the SNI when present must be a
-//     learned host. An enforce service with no learned destination IP is never compiled into
-//     an empty allow list: unless Config.DenyAllWhenEmpty makes it an explicit deny-all, it is
-//     reported as a Skip, its sidecars keep their previous snapshot (the Controller withholds
-//     the push; a sidecar with no snapshot yet gets one without RBAC), and on a gateway its
-//     sources fall under the policy that lets unenforced sources through.
+//     learned host. An enforce service with no learned destination IP denies everything at
+//     L4 from its first push (on a gateway: its sources are denied everything); nothing
+//     learned never means nothing enforced.
 //   - quarantine: only the explicit allow list (IPs on every path, host names by SNI on TLS);
 //     an empty allow list is a deliberate deny-all.
 //
@@ -90,9 +89,6 @@ const (
 
 // Skip reasons: why a service is not enforced at L4 as its mode says.
 const (
-	// SkipEmptyAllowList: an enforce service has no learned destination IP, and an empty
-	// allow list is never pushed by mistake.
-	SkipEmptyAllowList = "empty_allow_list"
 	// SkipNoPrincipals: a gateway cannot tell the service's connections apart (its name is
 	// neither an IP nor NS/SA with a trust domain, and no GatewaySources are configured).
 	SkipNoPrincipals = "no_principals"

@@ -9,6 +9,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
@@ -212,15 +213,22 @@ func TestSidecarModes(t *testing.T) {
 		{name: "unidentified sidecar: no RBAC", id: nodeid.Identity{Role: nodeid.RoleSidecar}, rec: []flowmodel.ServiceRecord{checkout(flowmodel.ModeEnforce)}},
 		{name: "monitor: shadow rules", id: sidecar, rec: []flowmodel.ServiceRecord{checkout(flowmodel.ModeMonitor)}, wantShadow: true,
 			checks: []check{{"tcp", tcpTo("203.0.113.7:443"), true}, {"tcp", tcpTo("203.0.113.8:443"), false}}},
-		{name: "enforce without destinations: skipped, not empty", id: sidecar,
-			rec:     []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeEnforce}},
-			skipped: []Skip{{Service: "shop/checkout", Reason: SkipEmptyAllowList}}},
-		{name: "enforce with host names only: skipped", id: sidecar,
-			rec:     []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("api.example.com:443")}},
-			skipped: []Skip{{Service: "shop/checkout", Reason: SkipEmptyAllowList}}},
-		{name: "enforce without destinations, deny-all asked", cfg: Config{DenyAllWhenEmpty: true}, id: sidecar,
+		{name: "enforce without destinations: deny-all", id: sidecar,
+			rec: []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeEnforce}}, wantRules: true,
+			checks: []check{{"tcp", tcpTo("203.0.113.7:443"), false}, {"tls", tlsTo("203.0.113.7:443", ""), false}}},
+		{name: "enforce with host names only: deny-all", id: sidecar,
+			rec: []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("api.example.com:443")}}, wantRules: true,
+			checks: []check{{"tls", tlsTo("203.0.113.7:443", "api.example.com"), false}, {"tcp", tcpTo("203.0.113.7:443"), false}}},
+		{name: "enforce without destinations, deny-all asked: the same", cfg: Config{DenyAllWhenEmpty: true}, id: sidecar,
 			rec: []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeEnforce}}, wantRules: true,
 			checks: []check{{"tcp", tcpTo("203.0.113.7:443"), false}, {"tls", tlsTo("203.0.113.7:443", "api.example.com"), false}}},
+		{name: "monitor without destinations: no shadow rules", id: sidecar,
+			rec: []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeMonitor}}},
+		{name: "monitor without destinations, deny-all asked: shadow deny-all", cfg: Config{DenyAllWhenEmpty: true}, id: sidecar,
+			rec: []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeMonitor}}, wantShadow: true,
+			checks: []check{{"tcp", tcpTo("203.0.113.7:443"), false}, {"tls", tlsTo("203.0.113.7:443", ""), false}}},
+		{name: "learn, deny-all asked: no RBAC", cfg: Config{DenyAllWhenEmpty: true}, id: sidecar,
+			rec: []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeLearn}}},
 		{name: "bad destination left out", id: sidecar,
 			rec:       []flowmodel.ServiceRecord{{Name: "shop/checkout", Mode: flowmodel.ModeEnforce, Destinations: dests("203.0.113.7:443", "bad host:x")}},
 			wantRules: true, skipped: []Skip{{Service: "shop/checkout", Reason: SkipBadDestination, Detail: "bad host:x"}},
@@ -294,7 +302,7 @@ func TestGateway(t *testing.T) {
 		{Name: "ops/watch", Mode: flowmodel.ModeMonitor, Destinations: dests("198.51.100.8:443")},
 	}
 	res := build(t, g, gateway, svcs...)
-	wantSkipped := []Skip{{Service: "bad name", Reason: SkipNoPrincipals}, {Service: "ops/empty", Reason: SkipEmptyAllowList}}
+	wantSkipped := []Skip{{Service: "bad name", Reason: SkipNoPrincipals}}
 	if !slices.Equal(res.Skipped, wantSkipped) {
 		t.Errorf("skipped = %v, want %v", res.Skipped, wantSkipped)
 	}
@@ -313,7 +321,7 @@ func TestGateway(t *testing.T) {
 		{"IP-named service to checkout's destination", from("10.1.2.3", tcpTo("203.0.113.7:443")), false},
 		{"learning source goes anywhere", from("10.7.7.7", tcpTo("192.0.2.200:9999")), true},
 		{"quarantined with no allow list", from("10.7.7.7", spiffe(tcpTo("203.0.113.7:443"), "spiffe://cluster.local/ns/ops/sa/backup")), false},
-		{"enforce without destinations is not enforced", from("10.7.7.7", spiffe(tcpTo("192.0.2.200:9999"), "spiffe://cluster.local/ns/ops/sa/empty")), true},
+		{"enforce without destinations denies all", from("10.7.7.7", spiffe(tcpTo("192.0.2.200:9999"), "spiffe://cluster.local/ns/ops/sa/empty")), false},
 		{"monitored source not enforced", from("10.7.7.7", spiffe(tcpTo("192.0.2.200:9999"), "spiffe://cluster.local/ns/ops/sa/watch")), true},
 	}
 	for _, tt := range tests {
@@ -545,26 +553,82 @@ func TestConfigCheck(t *testing.T) {
 	}
 }
 
+// TestGatewayDenyAllWhenEmpty: on a gateway, a service with no learned destination IP denies
+// its sources everything in enforce, whatever DenyAllWhenEmpty says; in monitor the option
+// makes that a shadow denial. Other sources are untouched.
 func TestGatewayDenyAllWhenEmpty(t *testing.T) {
-	svcs := []flowmodel.ServiceRecord{{Name: "ops/empty", Mode: flowmodel.ModeEnforce}}
 	empty := conn{src: netip.MustParseAddr("10.7.7.7"), dst: netip.MustParseAddrPort("192.0.2.200:9999"), peer: "spiffe://cluster.local/ns/ops/sa/empty"}
 	other := empty
 	other.peer = "spiffe://cluster.local/ns/ops/sa/other"
 	for _, tt := range []struct {
-		deny      bool
-		wantEmpty bool
-		skipped   int
-	}{{false, true, 1}, {true, false, 0}} {
-		res := build(t, newGen(t, Config{DenyAllWhenEmpty: tt.deny}), gateway, svcs...)
-		if len(res.Skipped) != tt.skipped {
-			t.Errorf("deny=%v: skipped %v", tt.deny, res.Skipped)
-		}
-		rules := rbacOf(t, res, "tcp").GetRules()
-		if got := allowed(t, rules, empty); got != tt.wantEmpty {
-			t.Errorf("deny=%v: empty service allowed = %v, want %v", tt.deny, got, tt.wantEmpty)
-		}
-		if !allowed(t, rules, other) {
-			t.Errorf("deny=%v: another source is denied", tt.deny)
-		}
+		name             string
+		mode             flowmodel.Mode
+		deny             bool
+		wantRules        bool // the service's sources are denied by the rules
+		wantShadowDenied bool
+	}{
+		{"enforce", flowmodel.ModeEnforce, false, true, false},
+		{"enforce, deny-all asked", flowmodel.ModeEnforce, true, true, false},
+		{"monitor", flowmodel.ModeMonitor, false, false, false},
+		{"monitor, deny-all asked", flowmodel.ModeMonitor, true, false, true},
+		{"learn, deny-all asked", flowmodel.ModeLearn, true, false, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			res := build(t, newGen(t, Config{DenyAllWhenEmpty: tt.deny}), gateway, flowmodel.ServiceRecord{Name: "ops/empty", Mode: tt.mode})
+			if len(res.Skipped) != 0 {
+				t.Errorf("skipped %v", res.Skipped)
+			}
+			r := rbacOf(t, res, "tcp")
+			if got := r.GetRules() != nil && !allowed(t, r.GetRules(), empty); got != tt.wantRules {
+				t.Errorf("denied by the rules = %v, want %v", got, tt.wantRules)
+			}
+			if got := r.GetShadowRules() != nil && !allowed(t, r.GetShadowRules(), empty); got != tt.wantShadowDenied {
+				t.Errorf("denied by the shadow rules = %v, want %v", got, tt.wantShadowDenied)
+			}
+			for _, rb := range []*rbacv3.RBAC{r.GetRules(), r.GetShadowRules()} {
+				if rb != nil && !allowed(t, rb, other) {
+					t.Error("another source is denied")
+				}
+			}
+		})
+	}
+}
+
+// TestAdversaryRequestHeaderMode covers a careful attacker's configuration trick (issue 10,
+// fail closed as in case 3: every request is decided): a processing mode that does not send
+// the request headers to ext_proc would leave every request undecided, or decided after it
+// went out. Check refuses any request_header mode but SEND.
+func TestAdversaryRequestHeaderMode(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		mode string
+		ok   bool
+	}{
+		{"default is SEND", "", true},
+		{"SEND", "SEND", true},
+		{"send, any case", "send", true},
+		{"SKIP", "SKIP", false},
+		{"skip, any case", "Skip", false},
+		{"DEFAULT", "DEFAULT", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Config{ProcessingMode: ProcessingMode{RequestHeader: tt.mode}}.Check()
+			if (err == nil) != tt.ok {
+				t.Fatalf("Check(request_header %q) = %v, want ok %v", tt.mode, err, tt.ok)
+			}
+			if _, gerr := NewGenerator(Config{ProcessingMode: ProcessingMode{RequestHeader: tt.mode}}); (gerr == nil) != tt.ok {
+				t.Fatalf("NewGenerator(request_header %q) = %v, want ok %v", tt.mode, gerr, tt.ok)
+			}
+			if !tt.ok {
+				if !strings.Contains(err.Error(), "request_header") {
+					t.Errorf("error %q does not name request_header", err)
+				}
+				return
+			}
+			res := build(t, newGen(t, Config{ProcessingMode: ProcessingMode{RequestHeader: tt.mode}}), sidecar, checkout(flowmodel.ModeEnforce))
+			if got := extProcOf(t, res).GetProcessingMode().GetRequestHeaderMode(); got != extprocv3.ProcessingMode_SEND {
+				t.Errorf("served request_header_mode = %v (config %+v), want SEND", got, c.ProcessingMode)
+			}
+		})
 	}
 }
