@@ -66,7 +66,7 @@ func TestHealthListenServesOnlyProbes(t *testing.T) {
 		{"GET", "/healthz", 200, "ok"},
 		{"GET", "/readyz", 200, "ok"},
 		{"HEAD", "/readyz", 200, ""},
-		{"GET", "/metrics", 200, "meshguard_spans_dropped_total 0"},
+		{"GET", "/metrics", 200, `meshguard_spans_dropped_total{reason="queue_full"} 0`},
 		{"GET", "/v1/services", 404, ""},
 		{"PUT", "/v1/services/shop%2Fcheckout/mode", 404, ""},
 		{"POST", "/healthz", 405, ""},
