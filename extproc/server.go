@@ -80,7 +80,8 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 	// DecisionLogsPerSecond caps the decision lines logged per second (alerts and blocks are
 	// logged at info and warn); the others are counted in
-	// meshguard_decision_logs_suppressed_total and summed up in one line. Default: 100;
+	// meshguard_decision_logs_suppressed_total and summed up in one line. The cap is shared
+	// fairly between services; a service's first line in a second is always logged. Default: 100;
 	// negative: no cap.
 	DecisionLogsPerSecond int
 	// Metrics, when set, counts decisions.
@@ -811,7 +812,7 @@ func (s *Server) logDecision(st *stream) {
 	if !s.log.Enabled(ctx, level) {
 		return
 	}
-	ok, suppressed := s.logLimit.allow(st.received)
+	ok, suppressed := s.logLimit.allow(st.received, st.flow.Service)
 	if suppressed > 0 {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "decision logs suppressed", slog.Int64("lines", suppressed),
 			slog.Int("limit_per_second", s.cfg.DecisionLogsPerSecond))

@@ -284,7 +284,7 @@ func TestSpansDroppedAreCounted(t *testing.T) {
 				deadline := time.Now().Add(30 * time.Second)
 				for {
 					_, metrics := ts.http(t, "GET", "/metrics", nil)
-					if n := metricValue(metrics, "meshguard_spans_dropped_total"); n >= 1 {
+					if n := metricValue(metrics, `meshguard_spans_dropped_total{reason="export_failed"}`); n >= 1 {
 						break
 					}
 					if time.Now().After(deadline) {

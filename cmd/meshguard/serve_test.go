@@ -110,7 +110,7 @@ func TestHealthMetrics(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != want || (path == "/metrics" && !strings.Contains(string(b), "meshguard_spans_dropped_total")) {
+		if resp.StatusCode != want || (path == "/metrics" && !strings.Contains(string(b), `meshguard_spans_dropped_total{reason="queue_full"} 0`)) {
 			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
