@@ -67,8 +67,10 @@ type Config struct {
 	Probation         int
 	ProbationInterval time.Duration
 
-	// PrefixBits4 and PrefixBits6: a learned host keeps working when it is reached at a new
-	// IP inside a prefix of this length around an IP it was learned at. Defaults: 24, 48.
+	// PrefixBits4 and PrefixBits6: the prefix length of the networks a learned host is
+	// recorded at, as evidence for review and policy export. A prefix never vouches for a
+	// new IP on its own (a Host header does not pick the prefix): a learned host is known at
+	// a new IP only when it is among the host's fresh DNS answers. Defaults: 24, 48.
 	PrefixBits4, PrefixBits6 int
 
 	// Resolver, when set, gives the model a host name's fresh DNS answers. They are the only

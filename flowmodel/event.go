@@ -29,6 +29,10 @@ type Event struct {
 		Path      string            `json:"path,omitempty"`
 		Headers   map[string]string `json:"headers,omitempty"`
 		BodyBytes *int64            `json:"body_bytes,omitempty"`
+		// Body is the request body (or its start) when the recorder kept it: the parameter
+		// value models judge its form or JSON fields, as they judge a body Envoy buffers.
+		Body          string `json:"body,omitempty"`
+		BodyTruncated bool   `json:"body_truncated,omitempty"`
 	} `json:"request"`
 	Response struct {
 		Status    int    `json:"status,omitempty"`
@@ -151,6 +155,10 @@ func (e *Event) Flow() (Flow, error) {
 			errs = append(errs, errors.New("request.body_bytes is negative"))
 		}
 		f.RequestBytes = *b
+	}
+	f.Body, f.BodyTruncated = e.Request.Body, e.Request.BodyTruncated
+	if f.Body != "" && f.RequestBytes < 0 {
+		f.RequestBytes = int64(len(f.Body))
 	}
 	if b := e.Response.BodyBytes; b != nil {
 		if *b < 0 {

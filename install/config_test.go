@@ -43,6 +43,7 @@ var knownOptions = map[string]optionKind{
 	"data-dir":                kindString,
 	"default-mode":            kindString,
 	"learn-window":            kindDuration,
+	"alert-episode-gap":       kindDuration,
 	"learn-min-requests":      kindInt,
 	"after-learning":          kindString,
 	"max-destinations":        kindInt,

@@ -17,6 +17,7 @@ import (
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/extproc/certs"
 	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/meshguard/meshguard/flowmodel/episode"
 	"github.com/spf13/pflag"
 )
 
@@ -35,6 +36,7 @@ type modelFlags struct {
 	probationInterval time.Duration
 	prefixV4          int
 	prefixV6          int
+	episodeGap        time.Duration
 }
 
 // options is the table of the model's options.
@@ -51,8 +53,9 @@ func (m *modelFlags) options() []option {
 		{"disable", &m.disable, "", "detectors to turn off, by reason: new_shape, rare_shape, rate_spike, burst, volume_spike, host_ip_mismatch"},
 		{"probation", &m.probation, flowmodel.DefaultProbation, "distinct --probation-intervals a new shape (or, in monitor mode, destination) must be seen in before it is learned"},
 		{"probation-interval", &m.probationInterval, flowmodel.DefaultProbationInterval, "the interval probation counts in"},
-		{"host-prefix-v4", &m.prefixV4, flowmodel.DefaultPrefixBits4, "a learned host may move to IPv4 addresses within this prefix length of where it was learned"},
+		{"host-prefix-v4", &m.prefixV4, flowmodel.DefaultPrefixBits4, "prefix length of the IPv4 networks a learned host is recorded at (evidence for review and policy export); it never vouches for a new IP: only the host's fresh DNS answers do"},
 		{"host-prefix-v6", &m.prefixV6, flowmodel.DefaultPrefixBits6, "the same for IPv6"},
+		{"alert-episode-gap", &m.episodeGap, episode.DefaultQuietGap, "quiet time after an alert episode's last alert after which it closes; the alert budget counts episodes"},
 	}
 }
 
@@ -71,6 +74,7 @@ func (m *modelFlags) config() (flowmodel.Config, error) {
 		ProbationInterval: m.probationInterval,
 		PrefixBits4:       m.prefixV4,
 		PrefixBits6:       m.prefixV6,
+		Episodes:          episode.Config{QuietGap: m.episodeGap},
 	}
 	var err error
 	if c.BlockReasons, err = flowmodel.ParseReasons(m.blockReasons); err != nil {
@@ -215,7 +219,7 @@ func (f *serveFlags) options() []option {
 		{"max-streams-per-connection", &c.maxStreamsPerConnection, 1000, "concurrent ext_proc streams on one connection"},
 		{"first-message-timeout", &c.firstMessageTimeout, 2 * time.Second, "an ext_proc stream silent this long after opening is closed"},
 		{"max-message-bytes", &c.maxMessageBytes, 1 << 20, "largest ext_proc message accepted; a larger one is answered with a 403 (at least 65536; raise it when bodies are buffered)"},
-		{"max-body-bytes", &c.maxBodyBytes, 8192, "request body bytes inspected for parameter values (Envoy BUFFERED body)"},
+		{"max-body-bytes", &c.maxBodyBytes, 8192, "request body bytes judged for parameter values when Envoy buffers the body (request_body_mode BUFFERED); such a request is decided at its body message (0: bodies are not inspected)"},
 		{"tls-cert", &c.tls.cert, "", "serve ext_proc over TLS with this certificate (PEM, reloaded when it changes)"},
 		{"tls-key", &c.tls.key, "", "private key of --tls-cert (PEM)"},
 		{"tls-client-ca", &c.tls.clientCA, "", "require client certificates issued by these CAs (PEM): mutual TLS for ext_proc"},
@@ -294,6 +298,13 @@ func (f *serveFlags) validate() (serveConfig, error) {
 	c.extproc.FirstMessageTimeout = c.firstMessageTimeout
 	c.extproc.MaxStreamsPerConnection = c.maxStreamsPerConnection
 	c.extproc.MaxMessageBytes = c.maxMessageBytes
+	// Bodies Envoy buffers are judged for parameter values up to max-body-bytes; 0 turns
+	// that off, and every request is decided at its headers.
+	c.extproc.MaxBodyBytes = -1
+	if c.maxBodyBytes > 0 {
+		c.extproc.MaxBodyBytes = c.maxBodyBytes
+		c.model.Params.Limits.MaxBodyBytes = c.maxBodyBytes
+	}
 	if c.extproc, err = c.extproc.Check(); err != nil {
 		errs = append(errs, err)
 	}

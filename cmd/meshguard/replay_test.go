@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestReplay(t *testing.T) {
@@ -126,5 +129,57 @@ func TestReplayAllGarbage(t *testing.T) {
 				t.Errorf("stderr lacks %q:\n%s", tc.summary, stderr.String())
 			}
 		})
+	}
+}
+
+// TestReplayJudgesParameterValues: flow events carry query strings and bodies
+// (request.body), and replay judges their values against what the service learned: an SQL
+// injection in a known JSON field or query parameter is parameter_value, named benign
+// values are not.
+func TestReplayJudgesParameterValues(t *testing.T) {
+	var lines []string
+	t0 := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	event := func(at time.Duration, path, body string) string {
+		b, _ := json.Marshal(map[string]any{
+			"time": t0.Add(at).Format(time.RFC3339Nano), "service": "shop/checkout",
+			"destination": map[string]any{"ip": "203.0.113.7", "port": 443, "host": "api.example.com"},
+			"request": map[string]any{"method": "POST", "path": path, "body": body,
+				"headers": map[string]string{"content-type": "application/json"}},
+		})
+		return string(b)
+	}
+	skus := []string{"A-1001", "B-2044", "C-3120", "D-0457", "E-9981"}
+	for i := range 200 {
+		lines = append(lines, event(time.Duration(i)*time.Minute, fmt.Sprintf("/v1/orders?page=%d&sort=price", i%7+1),
+			fmt.Sprintf(`{"sku":%q,"qty":%d,"note":"deliver to door %d"}`, skus[i%len(skus)], i%9+1, i%40)))
+	}
+	after := 4 * time.Hour
+	lines = append(lines,
+		event(after, "/v1/orders?page=3&sort=price", `{"sku":"C-3120","qty":4,"note":"deliver to door 12"}`),
+		event(after+time.Minute, "/v1/orders?page=3&sort=price", `{"sku":"C-3120' OR '1'='1","qty":4,"note":"deliver to door 12"}`),
+		event(after+2*time.Minute, "/v1/orders?page=1%20UNION%20SELECT%20password%20FROM%20users--&sort=price", `{"sku":"A-1001","qty":2,"note":"deliver to door 3"}`),
+	)
+	var stdout, stderr strings.Builder
+	args := []string{"replay", "--learn-window", "3h", "--learn-min-requests", "100", "--after-learning", "monitor", "-"}
+	if err := run(context.Background(), args, strings.NewReader(strings.Join(lines, "\n")), &stdout, &stderr); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	out := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	last := out[len(out)-3:]
+	var got []replayLine
+	for _, l := range last {
+		var r replayLine
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		got = append(got, r)
+	}
+	if got[0].Mode != "monitor" || slices.Contains(got[0].Reasons, "parameter_value") {
+		t.Errorf("benign request after learning: %+v", got[0])
+	}
+	for i, what := range []string{"injection in a JSON body field", "injection in a query parameter"} {
+		if g := got[i+1]; g.Verdict != "alert" || !slices.Contains(g.Reasons, "parameter_value") {
+			t.Errorf("%s: %+v, want an alert with parameter_value", what, g)
+		}
 	}
 }
