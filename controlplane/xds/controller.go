@@ -456,10 +456,13 @@ func (c *Controller) callbacks() serverv3.Callbacks {
 
 // sync rebuilds every node key's resources and pushes those that changed.
 func (c *Controller) sync(ctx context.Context) {
+	// Drop first, then take the keys: a key dropped after this clone is still in c.dropped
+	// at the next sync, after this one may have set its snapshot again. (Dropping after the
+	// clone let this sync restore a snapshot the drop had just cleared, for good.)
+	c.dropUnused()
 	c.mu.Lock()
 	nodes := maps.Clone(c.nodes)
 	c.mu.Unlock()
-	c.dropUnused()
 	if len(nodes) == 0 {
 		return
 	}

@@ -466,10 +466,10 @@ func (a *adsClient) refused(code codes.Code) {
 // waitFor polls cond until it holds, for at most 10s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
+			t.Fatalf("%s: not within 30s", what)
 		}
 		time.Sleep(5 * time.Millisecond) // polling with a deadline, not a synchronisation
 	}
