@@ -106,6 +106,10 @@ type Config struct {
 	Burst     burst.Config
 	// BurstTick is the tick of the burst detector's sketches. Default: 1 minute.
 	BurstTick time.Duration
+	// Seasonal is the hour-of-day detector of each service's total request rate: rises
+	// alert as rate_spike, drops as rate_drop (see seasonal.go). Zero fields take
+	// rate.SeasonalConfig's defaults.
+	Seasonal rate.SeasonalConfig
 }
 
 // Resolver answers, without waiting, which addresses a host name resolves to.
@@ -242,6 +246,9 @@ func (c Config) Check() (Config, error) {
 		errs = append(errs, err)
 	}
 	if c.Rate, err = c.Rate.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Seasonal, err = c.Seasonal.Check(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Volume, err = c.Volume.Check(); err != nil {

@@ -28,6 +28,7 @@ type Model struct {
 	cfg    Config
 	shaper *shape.Shaper
 	rate   *rate.Detector
+	season *rate.Seasonal // each service's hour-of-day profile (seasonal.go)
 	volume *volume.Detector
 	bursts [burstShards]burstShard
 
@@ -55,6 +56,9 @@ func New(cfg Config) (*Model, error) {
 	m := &Model{cfg: cfg, services: make(map[string]*service)}
 	m.shaper = shape.New(shape.Config{Seed: cfg.ShapeSeed})
 	if m.rate, err = rate.New(cfg.Rate); err != nil {
+		return nil, err
+	}
+	if m.season, err = rate.NewSeasonal(cfg.Seasonal); err != nil {
 		return nil, err
 	}
 	if m.volume, err = volume.New(cfg.Volume); err != nil {
@@ -202,6 +206,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 			}
 		}
 	}
+	m.decideSeasonal(s, f.Time, &v)
 	switch v.Action {
 	case Alert:
 		s.alerted++
