@@ -20,7 +20,8 @@ import (
 // is flagged rate_spike only once the current bucket (hour) holds more requests than its
 // expected count, so the usual share of each hour passes and the excess alerts. A drop
 // belongs to no request: it is reported once per drop, on the service's next request (which
-// closes the silent or quiet hours) or by SweepSeasonal, whichever sees it first. A drop
+// closes the silent or quiet hours, however many) or by SweepSeasonal, whichever sees it
+// first. A drop
 // alerts, it never blocks.
 
 // seasonState is one service's memory for the seasonal detector. Call its users with the
@@ -30,6 +31,8 @@ type seasonState struct {
 	// dropOpen is set while a drop alarm that has been reported lasts, so that it is
 	// reported once.
 	dropOpen bool
+	// last is the latest request's time (Unix nanoseconds).
+	last int64
 }
 
 // decideSeasonal counts a request of s at t in its hour-of-day profile and adds the
@@ -42,8 +45,23 @@ func (m *Model) decideSeasonal(s *service, t time.Time, v *Verdict) {
 	if spikeOff && dropOff {
 		return
 	}
-	q := m.season.Observe(&s.season.st, t)
 	judged := s.mode == ModeMonitor || s.mode == ModeEnforce
+	if last, period := s.season.last, m.cfg.Seasonal.Period; last != 0 && t.UnixNano()-last > int64(period) {
+		// Back after more than a period of silence: judge the silence as a sweep would
+		// have, a period after the last request (the detector forgets a silence longer
+		// than two periods once a request closes it).
+		q := m.season.Advance(&s.season.st, time.Unix(0, last).Add(period))
+		if q.Alarm && q.Drop && judged && !s.season.dropOpen && !dropOff {
+			v.Reasons = v.Reasons.With(ReasonRateDrop)
+			v.Score = max(v.Score, min(q.Score, maxSoftScore))
+			if v.Action == Allow {
+				v.Action = Alert
+			}
+		}
+		s.season.dropOpen = s.season.dropOpen || q.Alarm && q.Drop
+	}
+	s.season.last = max(s.season.last, t.UnixNano())
+	q := m.season.Observe(&s.season.st, t)
 	if q.Alarm && q.Drop {
 		if !judged || s.season.dropOpen {
 			// A drop seen while learning or quarantined is old news once judged.
