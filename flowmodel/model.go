@@ -611,6 +611,7 @@ func (m *Model) score(s *service, e *destEntry, f *Flow, req *shapeReq, learning
 	if !m.cfg.Disabled.Has(ReasonRateSpike) {
 		edgeRate := m.rate.Observe(&es.rate, f.Time)
 		svcRate := m.rate.Observe(&s.rate, f.Time)
+		s.season.edge, s.season.edgeHot = e.hash, edgeRate.Count > max(1, 2*edgeRate.Expected) // for decideSeasonal
 		sc.add(ReasonRateSpike, edgeRate.Score)
 		// The service's total rate is the sum of its edges': its alarm is this request's
 		// only if this edge is running well above its own baseline, so that a flood to

@@ -18,7 +18,11 @@ import (
 //
 // A rise belongs to the requests that make it: while the service's rate alarms, a request
 // is flagged rate_spike only once the current bucket (hour) holds more requests than its
-// expected count, so the usual share of each hour passes and the excess alerts. A drop
+// expected count, so the usual share of each hour passes and the excess alerts; and once
+// some of the alarm's requests went to an edge running well above its own rate (the test
+// the service's rate CUSUM applies), only that edge's are flagged, so that a flood to one destination
+// does not flag the service's ordinary calls elsewhere. A flood spread thin over many
+// edges, none of them hot, is flagged on every request beyond the expected count. A drop
 // belongs to no request: it is reported once per drop, on the service's next request (which
 // closes the silent or quiet hours, however many) or by SweepSeasonal, whichever sees it
 // first. A drop
@@ -33,6 +37,51 @@ type seasonState struct {
 	dropOpen bool
 	// last is the latest request's time (Unix nanoseconds).
 	last int64
+	// edge and edgeHot are set by Model.score: the request's edge (its hash), and whether
+	// it runs well above its own expected rate (the test the service's rate CUSUM applies
+	// to flag a request). decideSeasonal clears them.
+	edge    uint64
+	edgeHot bool
+	// hot lists the edges (hashes) found hot since the current alarm began; hotN counts
+	// them, up to maxHotEdges+1 (more than hot holds).
+	hot  [maxHotEdges]uint64
+	hotN int
+}
+
+// maxHotEdges is how many hot edges a service's alarm remembers; past them every edge
+// counts as hot.
+const maxHotEdges = 4
+
+// excessOf reports whether a request to edge e carries part of the service's excess: every
+// request does while no edge of the service has been hot since the alarm began (a flood
+// spread thin over many edges), or more than maxHotEdges have; else only requests to the
+// hot edges do (an edge stays hot for the alarm's duration, once its own rate detector has
+// caught up with a flood).
+func (st *seasonState) excessOf(e uint64) bool {
+	if st.hotN == 0 || st.hotN > maxHotEdges {
+		return true
+	}
+	for _, h := range st.hot[:st.hotN] {
+		if h == e {
+			return true
+		}
+	}
+	return false
+}
+
+// markHot records that edge e was hot during the current alarm.
+func (st *seasonState) markHot(e uint64) {
+	if st.hotN <= maxHotEdges {
+		for _, h := range st.hot[:min(st.hotN, maxHotEdges)] {
+			if h == e {
+				return
+			}
+		}
+	}
+	if st.hotN < maxHotEdges {
+		st.hot[st.hotN] = e
+	}
+	st.hotN = min(st.hotN+1, maxHotEdges+1)
 }
 
 // decideSeasonal counts a request of s at t in its hour-of-day profile and adds the
@@ -46,6 +95,8 @@ func (m *Model) decideSeasonal(s *service, t time.Time, v *Verdict) {
 		return
 	}
 	judged := s.mode == ModeMonitor || s.mode == ModeEnforce
+	edge, hot := s.season.edge, s.season.edgeHot
+	s.season.edge, s.season.edgeHot = 0, false
 	if last, period := s.season.last, m.cfg.Seasonal.Period; last != 0 && t.UnixNano()-last > int64(period) {
 		// Back after more than a period of silence: judge the silence as a sweep would
 		// have, a period after the last request (the detector forgets a silence longer
@@ -62,6 +113,12 @@ func (m *Model) decideSeasonal(s *service, t time.Time, v *Verdict) {
 	}
 	s.season.last = max(s.season.last, t.UnixNano())
 	q := m.season.Observe(&s.season.st, t)
+	if !q.Alarm {
+		s.season.hotN = 0
+	}
+	if hot {
+		s.season.markHot(edge)
+	}
 	if q.Alarm && q.Drop {
 		if !judged || s.season.dropOpen {
 			// A drop seen while learning or quarantined is old news once judged.
@@ -80,6 +137,11 @@ func (m *Model) decideSeasonal(s *service, t time.Time, v *Verdict) {
 	}
 	s.season.dropOpen = false
 	if !judged || spikeOff || !q.Alarm || q.Count <= q.Expected {
+		return
+	}
+	if !s.season.excessOf(edge) {
+		// Some of this hour's requests go to edges running well above their own rate:
+		// the excess is theirs, not this request's.
 		return
 	}
 	v.Reasons = v.Reasons.With(ReasonRateSpike)

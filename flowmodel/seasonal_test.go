@@ -235,3 +235,36 @@ func itoa(i int) string {
 	}
 	return itoa(i/10) + digits[i%10:i%10+1]
 }
+
+// TestSeasonalFloodOneEdge: a flood to one destination raises the service's hourly total;
+// the seasonal rise flags the flooded destination's requests, never the service's ordinary
+// calls to its other destinations that keep their usual rate.
+func TestSeasonalFloodOneEdge(t *testing.T) {
+	m := mustModel(t, Config{LearnWindow: seasonLearn, Seasonal: rate.SeasonalConfig{SameWeekends: true},
+		Disabled: Reasons(0).With(ReasonBurst).With(ReasonVolumeSpike).With(ReasonNewShape).With(ReasonRareShape)})
+	decide := func(at time.Duration, i int) Verdict {
+		f := flow("shop/api", "203.0.113."+itoa(i), 443, "", 0)
+		f.Time = seasonT0.Add(at)
+		return m.Decide(f)
+	}
+	i := 0
+	for at := time.Duration(0); at < 96*time.Hour; at += 6 * time.Second {
+		decide(at, 1+i%20) // 600 an hour over twenty destinations
+		i++
+	}
+	var flooded, others []Verdict
+	for at := 96 * time.Hour; at < 99*time.Hour; at += time.Second {
+		if at%(6*time.Second) == 0 {
+			others = append(others, decide(at, 1+i%19))
+			i++
+		} else {
+			flooded = append(flooded, decide(at, 20))
+		}
+	}
+	if n := count(flooded, ReasonRateSpike); n == 0 {
+		t.Fatalf("two hours of a flood to one known destination: no rate_spike in %d requests", len(flooded))
+	}
+	if n := count(others, ReasonRateSpike); n != 0 {
+		t.Errorf("%d of %d ordinary calls to the other destinations flagged rate_spike", n, len(others))
+	}
+}
