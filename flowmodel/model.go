@@ -28,6 +28,7 @@ type Model struct {
 	cfg    Config
 	shaper *shape.Shaper
 	rate   *rate.Detector
+	season *rate.Seasonal // each service's hour-of-day profile (seasonal.go)
 	volume *volume.Detector
 	bursts [burstShards]burstShard
 	// episodes groups the alerts of every service into episodes (episodes.go).
@@ -57,6 +58,9 @@ func New(cfg Config) (*Model, error) {
 	m := &Model{cfg: cfg, services: make(map[string]*service)}
 	m.shaper = shape.New(shape.Config{Seed: cfg.ShapeSeed})
 	if m.rate, err = rate.New(cfg.Rate); err != nil {
+		return nil, err
+	}
+	if m.season, err = rate.NewSeasonal(cfg.Seasonal); err != nil {
 		return nil, err
 	}
 	if m.volume, err = volume.New(cfg.Volume); err != nil {
@@ -207,6 +211,7 @@ func (m *Model) Decide(f *Flow) Verdict {
 			}
 		}
 	}
+	m.decideSeasonal(s, f.Time, &v)
 	m.annotate(s, f, &v)
 	switch v.Action {
 	case Alert:
@@ -613,6 +618,7 @@ func (m *Model) score(s *service, e *destEntry, f *Flow, req *shapeReq, learning
 	if !m.cfg.Disabled.Has(ReasonRateSpike) {
 		edgeRate := m.rate.Observe(&es.rate, f.Time)
 		svcRate := m.rate.Observe(&s.rate, f.Time)
+		s.season.edge, s.season.edgeHot = e.hash, edgeRate.Count > max(1, 2*edgeRate.Expected) // for decideSeasonal
 		sc.add(ReasonRateSpike, edgeRate.Score)
 		// The service's total rate is the sum of its edges': its alarm is this request's
 		// only if this edge is running well above its own baseline, so that a flood to

@@ -224,6 +224,7 @@ type service struct {
 	shapeCount    int          // shapes in the tables of dests
 	allow         []allowEntry // quarantine allow list
 	rate          rate.State   // the service's total request rate
+	season        seasonState  // its hour-of-day profile (seasonal.go)
 	calib         calibration
 	probation     *simplelru.LRU[probeKey, *probe]
 	rejected      map[probeKey]struct{}

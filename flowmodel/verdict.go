@@ -112,6 +112,9 @@ const (
 	ReasonOversizedShape
 	// ReasonParameterValue: a query or body parameter value broke its learned value model.
 	ReasonParameterValue
+	// ReasonRateDrop: a service's request rate fell below its hour-of-day profile (the
+	// seasonal detector); reported on the service's next request and by Model.SweepSeasonal.
+	ReasonRateDrop
 	numReasons
 )
 
@@ -130,6 +133,7 @@ var reasonNames = [numReasons]string{
 	ReasonIdentityMismatch:   "identity_mismatch",
 	ReasonOversizedShape:     "oversized_shape",
 	ReasonParameterValue:     "parameter_value",
+	ReasonRateDrop:           "rate_drop",
 }
 
 func (r Reason) String() string {

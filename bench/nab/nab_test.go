@@ -111,3 +111,36 @@ func TestEvaluation(t *testing.T) {
 		t.Errorf("%.2f false episodes per series-day, above the fixed threshold's %.2f", m.FalsePerDay(), b.FalsePerDay())
 	}
 }
+
+// TestModelEvaluation feeds each NAB series through the whole model (Decide) as flow events
+// of one service, learning during NAB's probationary period, and holds the model's verdicts
+// to the goal the detectors meet: every window alerted, at most 2 false episodes per
+// series-day on every series, and a NAB standard score above the fixed threshold's.
+func TestModelEvaluation(t *testing.T) {
+	dir, err := evaluate.DatasetDir("nab")
+	dir = evaluate.NeedDataset(t, filepath.Join(dir, "windows.json"), err)
+	series, err := Load(filepath.Dir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := Evaluate(series)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EvaluateModel(rows, DefaultModelEvents, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + ModelReport(rows))
+	for _, r := range rows {
+		m := r.Model
+		if m.Alerted != m.Windows {
+			t.Errorf("%s: %d of %d windows alerted by the model, want all", r.Series.Name, m.Alerted, m.Windows)
+		}
+		if m.FalsePerDay() > 2 {
+			t.Errorf("%s: %.2f false episodes per series-day from the model, want at most 2", r.Series.Name, m.FalsePerDay())
+		}
+	}
+	if m, b := Total(rows, model), Total(rows, trivial); m.Score <= b.Score {
+		t.Errorf("model: NAB standard score %.1f, below the fixed threshold's %.1f", m.Score, b.Score)
+	}
+}

@@ -17,7 +17,10 @@ type Row struct {
 	Series             *Series
 	Meshguard, Trivial Result
 	NoRebaseline       Result // meshguard without re-baselining
+	Model              Result // the whole model (Decide) on flow events, see MeshguardModel
+	ModelStep          Result // the same, the rate CUSUM's interval the series' step
 	MeshNote, TrivNote string
+	ModelNote          string
 }
 
 // Evaluate runs meshguard and the baseline on every series.
@@ -90,11 +93,14 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := EvaluateModel(rows, DefaultModelEvents, true); err != nil {
+		return err
+	}
 	sens, err := Sensitivity(series)
 	if err != nil {
 		return err
 	}
-	return res.Publish(stdout, stderr, Report(rows)+sens)
+	return res.Publish(stdout, stderr, Report(rows)+ModelReport(rows)+sens)
 }
 
 // Report renders the results section.
@@ -102,7 +108,7 @@ func Report(rows []Row) string {
 	var b strings.Builder
 	b.WriteString(`## NAB: rate re-baselining and alert episodes (Numenta Anomaly Benchmark)
 
-Command: ` + "`go run ./bench/nab --write`" + ` (dataset ` + "`nab/`" + ` of the shared datasets; about a second).
+Command: ` + "`go run ./bench/nab --write`" + ` (dataset ` + "`nab/`" + ` of the shared datasets; about half a minute, most of it the model runs).
 
 Each series is one service's requests per interval: a Twitter volume row (5 minutes) or a
 New York taxi row (30 minutes, passengers) is that many requests in its interval. meshguard
