@@ -94,11 +94,12 @@ type Config struct {
 	// OnBudget is the answer when a decision overruns DecisionBudget: "allow" (default:
 	// CONTINUE, recorded as an alert) or "block" (a 403 with details BudgetDetails).
 	OnBudget string
-	// MaxStreams bounds the ext_proc streams served at once; further streams fail at once
-	// with RESOURCE_EXHAUSTED instead of queueing. A stream counts from its first message
-	// on, so that streams that never send one cannot hold the slots of real requests (they
-	// are bounded by MaxStreamsPerConnection and FirstMessageTimeout). Zero: no bound but
-	// the HTTP/2 one.
+	// MaxStreams bounds the ext_proc decisions in progress; a stream beyond it fails at
+	// once with RESOURCE_EXHAUSTED instead of queueing. A stream counts from its first
+	// message until its deciding message is answered (see peer.go), so that neither streams
+	// that never send a message (bounded by MaxStreamsPerConnection and
+	// FirstMessageTimeout) nor allowed requests waiting for their response hold the slots of
+	// real decisions. Zero: no bound but the HTTP/2 one.
 	MaxStreams int
 	// FirstMessageTimeout is how long a new stream may stay silent: Envoy sends its first
 	// message as soon as it opens a stream, so a stream without one after this long is
@@ -111,6 +112,10 @@ type Config struct {
 	// MaxMessageBytes is the largest ext_proc message accepted (the gRPC receive limit, see
 	// NewGRPCServer); a larger one is answered with a 403. Default: DefaultMaxMessageBytes.
 	MaxMessageBytes int
+	// AuthorizePeer, when set, decides whether a stream's client may speak for the identity
+	// the stream names (see peer.go); a refusal is blocked as identity_mismatch in every
+	// mode and never learned. nil: every claim is believed.
+	AuthorizePeer AuthorizePeerFunc
 }
 
 // Defaults of the stream bounds.
@@ -290,6 +295,14 @@ type stream struct {
 	answeredBy     atomic.Int32 // answerPending, answerDecider or answerWatchdog
 	budgetExceeded bool
 	handedOver     chan error
+
+	// slot is set while the stream holds a MaxStreams slot (see releaseDecided).
+	slot bool
+	// With Config.AuthorizePeer: the identity checked, and the answer.
+	authChecked bool
+	authService string
+	authSource  IdentitySource
+	authErr     error
 }
 
 // Process handles one ext_proc stream.
@@ -322,7 +335,12 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 		return status.Errorf(codes.ResourceExhausted,
 			"meshguard: %d ext_proc streams in progress, the limit; retry on another meshguard", s.cfg.MaxStreams)
 	}
-	defer s.release()
+	st.slot = true
+	defer func() {
+		if st.slot {
+			s.release()
+		}
+	}()
 	st.md, _ = metadata.FromIncomingContext(st.ctx)
 	s.metrics.streamStarted()
 	defer s.metrics.streamEnded()
@@ -524,6 +542,7 @@ func (s *Server) send(st *stream, resp *extprocv3.ProcessingResponse, final bool
 			st.endSpan()
 		}
 	}
+	s.releaseDecided(st)
 	if st.observe {
 		st.observe = false
 		s.decider.Observe(&st.flow)
@@ -562,6 +581,14 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 			// first was, never let through on the first one's verdict.
 			st.endSpan()
 			st.decided = false
+			if !st.slot {
+				if !s.admit() {
+					s.metrics.streamRejected()
+					return nil, false, status.Errorf(codes.ResourceExhausted,
+						"meshguard: %d ext_proc decisions in progress, the limit", s.cfg.MaxStreams)
+				}
+				st.slot = true
+			}
 		}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		// Envoy may be configured to skip every request phase: then the response decides.
@@ -687,6 +714,10 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 		// No service, no mode to judge by: the configured answer, and the decider is not
 		// asked.
 		return flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}, true
+	}
+	if s.peerRefused(st, id.service, id.source) {
+		// The client may not speak for this service: blocked, the decider not asked.
+		return s.refusedVerdict(id.service), true
 	}
 	var inc incomplete
 	if id.other != "" {
@@ -822,6 +853,9 @@ func (s *Server) logDecision(st *stream) {
 	}
 	if st.budgetExceeded {
 		attrs = append(attrs, slog.Bool("budget_exceeded", true))
+	}
+	if st.authErr != nil {
+		attrs = append(attrs, slog.String("peer_refused", st.authErr.Error()))
 	}
 	if st.traceID.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", st.traceID.String()))
