@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 
 	"github.com/meshguard/meshguard/controlplane/nodeauth"
@@ -168,4 +170,51 @@ func serveExtProcTLS(t *testing.T, d extproc.Decider, cfg extproc.Config, ca *ce
 	}
 	t.Cleanup(func() { conn.Close() })
 	return extprocv3.NewExternalProcessorClient(conn)
+}
+
+// heldDecider holds decisions in progress while hold is set, for tests of --max-streams.
+type heldDecider struct {
+	extproc.Decider
+	hold    atomic.Bool
+	entered chan struct{} // receives once per held decision
+	release chan struct{} // closed to let held decisions go
+}
+
+func newHeldDecider() *heldDecider {
+	return &heldDecider{entered: make(chan struct{}, 16), release: make(chan struct{})}
+}
+
+func (d *heldDecider) wrap(inner extproc.Decider) extproc.Decider { d.Decider = inner; return d }
+
+func (d *heldDecider) Decide(f *flowmodel.Flow) flowmodel.Verdict {
+	if d.hold.Load() {
+		d.entered <- struct{}{}
+		<-d.release
+	}
+	return d.Decider.Decide(f)
+}
+
+// startWrappedTestServer is startTestServer with the model wrapped by wrap.
+func startWrappedTestServer(t *testing.T, dataDir string, wrap wrapDecider, extra ...string) *testServer {
+	t.Helper()
+	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
+	cfg, err := parseServe(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := startServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), wrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.shutdown(context.Background()) })
+	conn, err := grpc.NewClient(srv.extprocAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ts := &testServer{server: srv, client: extprocv3.NewExternalProcessorClient(conn), adminURL: "http://" + srv.adminAddr}
+	if ts.adminToken, err = (adminAuth{dataDir: dataDir}).token(noEnv); err != nil {
+		t.Fatal(err)
+	}
+	return ts
 }
