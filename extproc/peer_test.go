@@ -3,7 +3,9 @@ package extproc
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,4 +201,43 @@ func TestAdversaryHeldAllowedStreamsDoNotStarve(t *testing.T) {
 	if greedy != len(held) {
 		t.Fatalf("observed %d held responses of shop/greedy, want %d: %v", greedy, len(held), observed)
 	}
+}
+
+// TestAdversaryWaitingStreamsHoldLittle covers the memory half of issue 10 case 7's
+// held-stream trick: streams waiting for their response hold no max-streams slot, so what
+// each one keeps must be small however large its request was. 64 allowed requests with
+// 512 KiB of headers each (32 MiB in all) are held open after their CONTINUE: the heap
+// keeps a small fraction of that, not the requests.
+func TestAdversaryWaitingStreamsHoldLittle(t *testing.T) {
+	const (
+		streams = 64
+		pad     = 512 << 10
+	)
+	d := &fakeDecider{verdict: blockNew}
+	c := startServer(t, d, Config{Logger: quietLogger})
+	big := sidecarRequest("api.example.com")
+	big.Headers = append(slices.Clone(big.Headers), envoysim.Header{Key: "x-pad", Value: strings.Repeat("a", pad)})
+	big.Attributes[AttrRequestedServer] = strings.Repeat("b", 64<<10)
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	before := heap()
+	held := make([]extprocv3.ExternalProcessor_ProcessClient, streams)
+	for i := range held {
+		held[i] = openDecidingStream(t, c, big)
+		if r, err := held[i].Recv(); err != nil || r.GetRequestHeaders() == nil {
+			t.Fatalf("stream %d: %v %v, want CONTINUE", i, r, err)
+		}
+	}
+	after := heap()
+	grown := int64(after) - int64(before)
+	if limit := int64(streams * pad / 4); grown > limit {
+		t.Fatalf("heap grew by %d KiB for %d waiting streams, want under %d KiB: waiting streams keep their requests", grown>>10, streams, limit>>10)
+	}
+	t.Logf("heap grew by %d KiB for %d waiting streams of %d KiB requests", grown>>10, streams, pad>>10)
+	runtime.KeepAlive(held)
 }
