@@ -73,6 +73,10 @@ type Config struct {
 	// "block" (default: meshguard fails closed when it cannot decide), "alert" or "allow".
 	// Its reason is invalid_request.
 	OnMissing string
+	// AuthorizePeer, when set, decides whether a stream's client may speak for the identity
+	// the stream names (see peer.go); a refusal is blocked as identity_mismatch in every
+	// mode and never learned. nil: every claim is believed.
+	AuthorizePeer AuthorizePeerFunc
 	// Logger receives a line per alert and block (and per allow at debug level). Default:
 	// slog.Default().
 	Logger *slog.Logger
@@ -112,10 +116,6 @@ type Config struct {
 	// MaxMessageBytes is the largest ext_proc message accepted (the gRPC receive limit, see
 	// NewGRPCServer); a larger one is answered with a 403. Default: DefaultMaxMessageBytes.
 	MaxMessageBytes int
-	// AuthorizePeer, when set, decides whether a stream's client may speak for the identity
-	// the stream names (see peer.go); a refusal is blocked as identity_mismatch in every
-	// mode and never learned. nil: every claim is believed.
-	AuthorizePeer AuthorizePeerFunc
 }
 
 // Defaults of the stream bounds.
@@ -854,14 +854,14 @@ func (s *Server) logDecision(st *stream) {
 	if st.budgetExceeded {
 		attrs = append(attrs, slog.Bool("budget_exceeded", true))
 	}
-	if st.authErr != nil {
-		attrs = append(attrs, slog.String("peer_refused", st.authErr.Error()))
-	}
 	if st.traceID.IsValid() {
 		attrs = append(attrs, slog.String("trace_id", st.traceID.String()))
 	}
 	if rid := st.reqHeaders.get("x-request-id"); rid != "" {
 		attrs = append(attrs, slog.String("request_id", rid))
+	}
+	if st.authErr != nil {
+		attrs = append(attrs, slog.String("peer_refused", st.authErr.Error()))
 	}
 	s.log.LogAttrs(ctx, level, "decision", attrs...)
 }
