@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/meshguard/meshguard/flowmodel"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Binding a stream's identity to its client.
@@ -65,24 +67,43 @@ func (s *Server) refusedVerdict(service string) flowmodel.Verdict {
 
 // The MaxStreams slot. It bounds the decisions in progress, not the requests: a stream takes
 // one when its first message comes (before that, FirstMessageTimeout and
-// MaxStreamsPerConnection bound it) and gives it back once the deciding message is answered.
-// A stream then waiting for its response holds no slot and only small state (see wait), so
-// that streams of allowed requests kept open for a long time (a slow upstream, or a workload
-// holding its responses back on purpose) cannot starve the decisions of other services. A
-// later request_headers on the same stream takes a slot again for its decision. A stream
-// whose decision overran the budget keeps its slot until its end: its decider is stuck.
+// MaxStreamsPerConnection bound it) and gives it back as soon as a message is answered with
+// no decision pending. A stream then waiting for its response holds no slot and only small
+// state (see wait), so that streams of allowed requests kept open for a long time (a slow
+// upstream, or a workload holding its responses back on purpose) cannot starve the decisions
+// of other services. The next decision on the stream (a later request_headers, or a decision
+// that was put off until a later message) takes a slot again, or ends the stream with
+// RESOURCE_EXHAUSTED as a new stream would. A stream whose decision overran the budget keeps
+// its slot until its end: its decider is stuck.
 
-// releaseDecided gives the stream's slot back once its decision has been answered, and drops
-// what the decision needed and the rest of the stream does not.
-func (s *Server) releaseDecided(st *stream) {
-	if !st.decided || st.budgetExceeded {
+// admitDecision takes a slot for the decision about to be made on st, unless it holds one.
+func (s *Server) admitDecision(st *stream) error {
+	if st.slot {
+		return nil
+	}
+	if !s.admit() {
+		s.metrics.streamRejected()
+		return status.Errorf(codes.ResourceExhausted,
+			"meshguard: %d ext_proc decisions in progress, the limit; retry on another meshguard", s.cfg.MaxStreams)
+	}
+	st.slot = true
+	return nil
+}
+
+// afterAnswer runs once a message of st is answered (or, in observability mode, handled): no
+// decision is in progress, so the slot goes back, and a decided stream drops what the
+// decision needed and the rest of the stream does not.
+func (s *Server) afterAnswer(st *stream) {
+	if st.budgetExceeded {
 		return
 	}
 	if st.slot {
 		st.slot = false
 		s.release()
 	}
-	st.wait()
+	if st.decided {
+		st.wait()
+	}
 }
 
 // wait drops a decided stream's request state: what the response phase needs is the flow's

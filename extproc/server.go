@@ -542,7 +542,7 @@ func (s *Server) send(st *stream, resp *extprocv3.ProcessingResponse, final bool
 			st.endSpan()
 		}
 	}
-	s.releaseDecided(st)
+	s.afterAnswer(st)
 	if st.observe {
 		st.observe = false
 		s.decider.Observe(&st.flow)
@@ -581,14 +581,6 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 			// first was, never let through on the first one's verdict.
 			st.endSpan()
 			st.decided = false
-			if !st.slot {
-				if !s.admit() {
-					s.metrics.streamRejected()
-					return nil, false, status.Errorf(codes.ResourceExhausted,
-						"meshguard: %d ext_proc decisions in progress, the limit", s.cfg.MaxStreams)
-				}
-				st.slot = true
-			}
 		}
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		// Envoy may be configured to skip every request phase: then the response decides.
@@ -607,6 +599,9 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 	}
 	if !st.decided {
 		st.current = req
+		if err := s.admitDecision(st); err != nil {
+			return nil, false, err
+		}
 		v, inTime := s.decide(st, now)
 		if !inTime {
 			return nil, false, errHandedOver
