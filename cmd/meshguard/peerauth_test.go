@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/peer"
 
 	"github.com/meshguard/meshguard/controlplane/nodeauth"
 	"github.com/meshguard/meshguard/extproc"
@@ -217,4 +219,24 @@ func startWrappedTestServer(t *testing.T, dataDir string, wrap wrapDecider, extr
 		t.Fatal(err)
 	}
 	return ts
+}
+
+// BenchmarkExtProcPeerAuthorizer is the cost of the check, once per ext_proc stream with
+// mutual TLS: go test -run '^$' -bench ExtProcPeerAuthorizer ./cmd/meshguard/
+func BenchmarkExtProcPeerAuthorizer(b *testing.B) {
+	ca := certtest.NewCA(b, "mesh")
+	leaf := ca.ClientURI(b, "payments", "spiffe://cluster.local/ns/shop/sa/payments")
+	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{
+		State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf.Cert}}}}})
+	authorize, err := extProcPeerAuthorizer("client-ca.pem", nodeauth.Config{TrustDomain: "cluster.local"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := extproc.Identity{Service: "shop/payments", Source: extproc.IdentityNode}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := authorize(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
