@@ -12,18 +12,21 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// TestStreamsOverTheLimitFailFast holds MaxStreams streams open over real gRPC: one more
-// fails at once with RESOURCE_EXHAUSTED (not a hang until Envoy's message_timeout), and once
-// a held stream ends, a new one is served again.
+// TestStreamsOverTheLimitFailFast holds MaxStreams decisions in progress over real gRPC (the
+// decider is stuck): one more stream fails at once with RESOURCE_EXHAUSTED (not a hang until
+// Envoy's message_timeout), and once the decisions are answered, a new stream is served.
 func TestStreamsOverTheLimitFailFast(t *testing.T) {
 	const limit = 4
 	metrics, reg := newMetrics(t)
-	c := startServer(t, &fakeDecider{}, Config{Logger: quietLogger, MaxStreams: limit, Metrics: metrics})
+	d := newStuckDecider()
+	c := startServer(t, d, Config{Logger: quietLogger, MaxStreams: limit, Metrics: metrics})
 	held := make([]extprocv3.ExternalProcessor_ProcessClient, limit)
 	for i := range held {
 		held[i] = openDecidingStream(t, c, sidecarRequest("api.example.com"))
-		if r, err := held[i].Recv(); err != nil || r.GetRequestHeaders() == nil {
-			t.Fatalf("held stream %d: %v %v", i, r, err)
+		select {
+		case <-d.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("decision %d never reached the decider", i)
 		}
 	}
 	if n := metricValue(t, reg, "meshguard_extproc_streams_active"); n != limit {
@@ -49,11 +52,13 @@ func TestStreamsOverTheLimitFailFast(t *testing.T) {
 		t.Errorf("streams_rejected_total %v, want 1", n)
 	}
 
-	held[0].CloseSend()
-	if _, err := held[0].Recv(); err == nil {
-		t.Fatal("held stream sent a second response")
+	close(d.release)
+	for i, h := range held {
+		if r, err := h.Recv(); err != nil || r.GetImmediateResponse() == nil {
+			t.Fatalf("held stream %d: %v %v, want its verdict", i, r, err)
+		}
 	}
 	if _, err := envoysim.Do(context.Background(), c, sidecarRequest("api.example.com"), 2*time.Second); err != nil {
-		t.Fatalf("after a held stream ended: %v", err)
+		t.Fatalf("after the held decisions were answered: %v", err)
 	}
 }

@@ -73,6 +73,10 @@ type Config struct {
 	// "block" (default: meshguard fails closed when it cannot decide), "alert" or "allow".
 	// Its reason is invalid_request.
 	OnMissing string
+	// AuthorizePeer, when set, decides whether a stream's client may speak for the identity
+	// the stream names (see peer.go); a refusal is blocked as identity_mismatch in every
+	// mode and never learned. nil: every claim is believed.
+	AuthorizePeer AuthorizePeerFunc
 	// Logger receives a line per alert and block (and per allow at debug level). Default:
 	// slog.Default().
 	Logger *slog.Logger
@@ -95,11 +99,12 @@ type Config struct {
 	// OnBudget is the answer when a decision overruns DecisionBudget: "allow" (default:
 	// CONTINUE, recorded as an alert) or "block" (a 403 with details BudgetDetails).
 	OnBudget string
-	// MaxStreams bounds the ext_proc streams served at once; further streams fail at once
-	// with RESOURCE_EXHAUSTED instead of queueing. A stream counts from its first message
-	// on, so that streams that never send one cannot hold the slots of real requests (they
-	// are bounded by MaxStreamsPerConnection and FirstMessageTimeout). Zero: no bound but
-	// the HTTP/2 one.
+	// MaxStreams bounds the ext_proc decisions in progress; a stream beyond it fails at
+	// once with RESOURCE_EXHAUSTED instead of queueing. A stream counts from its first
+	// message until its deciding message is answered (see peer.go), so that neither streams
+	// that never send a message (bounded by MaxStreamsPerConnection and
+	// FirstMessageTimeout) nor allowed requests waiting for their response hold the slots of
+	// real decisions. Zero: no bound but the HTTP/2 one.
 	MaxStreams int
 	// FirstMessageTimeout is how long a new stream may stay silent: Envoy sends its first
 	// message as soon as it opens a stream, so a stream without one after this long is
@@ -299,6 +304,14 @@ type stream struct {
 	answeredBy     atomic.Int32 // answerPending, answerDecider or answerWatchdog
 	budgetExceeded bool
 	handedOver     chan error
+
+	// slot is set while the stream holds a MaxStreams slot (see releaseDecided).
+	slot bool
+	// With Config.AuthorizePeer: the identity checked, and the answer.
+	authChecked bool
+	authService string
+	authSource  IdentitySource
+	authErr     error
 }
 
 // Process handles one ext_proc stream.
@@ -331,7 +344,12 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 		return status.Errorf(codes.ResourceExhausted,
 			"meshguard: %d ext_proc streams in progress, the limit; retry on another meshguard", s.cfg.MaxStreams)
 	}
-	defer s.release()
+	st.slot = true
+	defer func() {
+		if st.slot {
+			s.release()
+		}
+	}()
 	st.md, _ = metadata.FromIncomingContext(st.ctx)
 	s.metrics.streamStarted()
 	defer s.metrics.streamEnded()
@@ -533,6 +551,7 @@ func (s *Server) send(st *stream, resp *extprocv3.ProcessingResponse, final bool
 			st.endSpan()
 		}
 	}
+	s.afterAnswer(st)
 	if st.observe {
 		st.observe = false
 		s.decider.Observe(&st.flow)
@@ -592,6 +611,9 @@ func (s *Server) handle(st *stream, req *extprocv3.ProcessingRequest) (resp *ext
 	}
 	if !st.decided {
 		st.current = req
+		if err := s.admitDecision(st); err != nil {
+			return nil, false, err
+		}
 		v, inTime := s.decide(st, now)
 		if !inTime {
 			return nil, false, errHandedOver
@@ -700,6 +722,10 @@ func (s *Server) decide(st *stream, now time.Time) (v flowmodel.Verdict, inTime 
 		// No service, no mode to judge by: the configured answer, and the decider is not
 		// asked.
 		return flowmodel.Verdict{Action: s.onMissing, Score: 1, Reasons: flowmodel.Reasons(0).With(flowmodel.ReasonInvalidRequest)}, true
+	}
+	if s.peerRefused(st, id.service, id.source) {
+		// The client may not speak for this service: blocked, the decider not asked.
+		return s.refusedVerdict(id.service), true
 	}
 	var inc incomplete
 	if id.other != "" {
@@ -842,6 +868,9 @@ func (s *Server) logDecision(st *stream) {
 	}
 	if rid := st.reqHeaders.get("x-request-id"); rid != "" {
 		attrs = append(attrs, slog.String("request_id", rid))
+	}
+	if st.authErr != nil {
+		attrs = append(attrs, slog.String("peer_refused", st.authErr.Error()))
 	}
 	s.log.LogAttrs(ctx, level, "decision", attrs...)
 }

@@ -229,10 +229,12 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 	}
 }
 
-// TestMaxStreamsFlag holds --max-streams streams open: one more fails at once with
-// RESOURCE_EXHAUSTED.
+// TestMaxStreamsFlag: allowed requests waiting for their responses hold no --max-streams
+// slot; with --max-streams decisions in progress (the decider held), one more stream fails at
+// once with RESOURCE_EXHAUSTED.
 func TestMaxStreamsFlag(t *testing.T) {
-	ts := startTestServer(t, t.TempDir(), "--max-streams", "2")
+	held := newHeldDecider()
+	ts := startWrappedTestServer(t, t.TempDir(), held.wrap, "--max-streams", "2")
 	req := checkout.request("203.0.113.10", 443, "api.stripe.com", "GET", "/", "")
 	first := &extprocv3.ProcessingRequest{
 		Request:    &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: envoysim.HeaderMap(req.Headers)}},
@@ -240,7 +242,7 @@ func TestMaxStreamsFlag(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for range 2 {
+	open := func() extprocv3.ExternalProcessor_ProcessClient {
 		s, err := ts.client.Process(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -248,18 +250,36 @@ func TestMaxStreamsFlag(t *testing.T) {
 		if err := s.Send(first); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Recv(); err != nil {
-			t.Fatal(err)
+		return s
+	}
+	for i := range 2 {
+		if r, err := open().Recv(); err != nil || r.GetRequestHeaders() == nil {
+			t.Fatalf("allowed stream %d: %v %v", i, r, err)
+		}
+	}
+	held.hold.Store(true)
+	deciding := []extprocv3.ExternalProcessor_ProcessClient{open(), open()}
+	for range deciding {
+		select {
+		case <-held.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a decision never reached the decider: the waiting streams held its slot")
 		}
 	}
 	start := time.Now()
 	_, err := envoysim.Do(ctx, ts.client, req, time.Second)
 	if status.Code(err) != codes.ResourceExhausted || time.Since(start) > 500*time.Millisecond {
-		t.Fatalf("third stream: %v after %v, want RESOURCE_EXHAUSTED at once", err, time.Since(start))
+		t.Fatalf("third decision: %v after %v, want RESOURCE_EXHAUSTED at once", err, time.Since(start))
 	}
 	code, metrics := ts.http(t, "GET", "/metrics", nil)
 	if code != 200 || !strings.Contains(metrics, "meshguard_extproc_streams_rejected_total 1") {
 		t.Fatalf("metrics: %d, no meshguard_extproc_streams_rejected_total 1", code)
+	}
+	close(held.release)
+	for i, s := range deciding {
+		if r, err := s.Recv(); err != nil || r.GetRequestHeaders() == nil {
+			t.Fatalf("held decision %d: %v %v", i, r, err)
+		}
 	}
 }
 
