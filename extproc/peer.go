@@ -116,4 +116,5 @@ func (st *stream) wait() {
 	st.attrs = attrs{}
 	st.decideFlow = flowmodel.Flow{}
 	st.flow.Path, st.flow.HeaderKeys, st.flow.Method, st.flow.ContentType = "", nil, "", ""
+	st.body, st.flow.Body = bodyState{}, "" // a judged body: up to max-body-bytes each
 }

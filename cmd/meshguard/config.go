@@ -50,7 +50,7 @@ func (m *modelFlags) options() []option {
 		{"max-services", &m.maxServices, flowmodel.DefaultMaxServices, "services tracked at most"},
 		{"alert-budget", &m.alertBudget, float64(flowmodel.DefaultAlertBudget), "alerts per service per day the scored detectors may raise on learned traffic; sets each service's alert threshold"},
 		{"block-reasons", &m.blockReasons, "new_destination,host_ip_mismatch", "reasons that block in enforce mode; the others alert"},
-		{"disable", &m.disable, "", "detectors to turn off, by reason: new_shape, rare_shape, rate_spike, burst, volume_spike, host_ip_mismatch"},
+		{"disable", &m.disable, "", "detectors to turn off, by reason: new_shape, rare_shape, parameter_value, rate_spike, rate_drop, burst, volume_spike, host_ip_mismatch"},
 		{"probation", &m.probation, flowmodel.DefaultProbation, "distinct --probation-intervals a new shape (or, in monitor mode, destination) must be seen in before it is learned"},
 		{"probation-interval", &m.probationInterval, flowmodel.DefaultProbationInterval, "the interval probation counts in"},
 		{"host-prefix-v4", &m.prefixV4, flowmodel.DefaultPrefixBits4, "prefix length of the IPv4 networks a learned host is recorded at (evidence for review and policy export); it never vouches for a new IP: only the host's fresh DNS answers do"},

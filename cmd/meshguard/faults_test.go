@@ -69,7 +69,7 @@ func TestServeMutualTLS(t *testing.T) {
 		"--tls-cert", ep.Cert, "--tls-key", ep.Key, "--tls-client-ca", ep.ClientCA,
 		"--admin-tls-cert", adm.Cert, "--admin-tls-key", adm.Key, "--admin-tls-client-ca", adm.ClientCA,
 		"--admin-cert-roles", "operator=operator", "--tls-reload-interval", "20ms")
-	envoy, operator, stranger := mesh.Client(t, "envoy"), ops.Client(t, "operator"), other.Client(t, "stranger")
+	envoy, operator, stranger := mesh.ClientURI(t, "envoy", "spiffe://cluster.local/ns/shop/sa/checkout"), ops.Client(t, "operator"), other.Client(t, "stranger")
 	intern := ops.Client(t, "intern") // verified, but --admin-cert-roles gives it no role
 	req := checkout.request("203.0.113.10", 443, "api.stripe.com", "GET", "/", "")
 

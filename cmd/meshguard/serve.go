@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/controlplane/admin"
+	"github.com/meshguard/meshguard/controlplane/nodeauth"
 	"github.com/meshguard/meshguard/extproc"
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/meshguard/meshguard/flowmodel/resolve"
@@ -244,6 +245,11 @@ func (s *server) newExtProc(ctx, tlsCtx context.Context, tlsm *tlsMetrics, reg p
 	}
 	epCfg := cfg.extproc
 	epCfg.Logger, epCfg.TracerProvider, epCfg.Metrics = s.log, s.tracing.provider, metrics
+	// Under mutual TLS a stream's identity must be one its SPIFFE certificate may speak for,
+	// as on the xDS and access-log listener.
+	if epCfg.AuthorizePeer, err = extProcPeerAuthorizer(cfg.tls.clientCA, nodeauth.Config{TrustDomain: cfg.xds.trustDomain}); err != nil {
+		return nil, err
+	}
 	var decider extproc.Decider = s.model
 	if wrap != nil {
 		decider = wrap(decider)
@@ -355,10 +361,32 @@ func (s *server) startPersister(reg prometheus.Registerer) {
 	}
 	p.OnSave = func(n int) { pm.saved.Add(float64(n)) }
 	go func() { s.persistDone <- p.Run(pctx) }()
+	go s.sweepRateDrops(pctx, pm.rateDrops, time.Minute)
 	if sched := s.backupSchedule(); sched.Interval > 0 {
 		bctx, stop := context.WithCancel(context.Background())
 		s.stopBackups, s.backupsDone = stop, make(chan struct{})
 		go func() { defer close(s.backupsDone); s.store.RunBackups(bctx, sched) }()
+	}
+}
+
+// sweepRateDrops asks the model every interval for services whose request rate dropped
+// below their hour-of-day profile and that have made no request since (a drop that belongs
+// to no request), and reports each once: a log line and meshguard_rate_drops_total.
+func (s *server) sweepRateDrops(ctx context.Context, drops prometheus.Counter, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, d := range s.model.SweepSeasonal(now) {
+				drops.Inc()
+				s.log.Warn("rate drop", slog.String("service", d.Service), slog.String("mode", d.Mode.String()),
+					slog.Float64("count", d.Count), slog.Float64("expected", d.Expected), slog.Float64("score", d.Score),
+					slog.String("reason", flowmodel.ReasonRateDrop.String()))
+			}
+		}
 	}
 }
 
@@ -485,14 +513,16 @@ func withPprof(h http.Handler, a *admin.Handler) http.Handler {
 }
 
 type persistMetrics struct {
-	saved, failures prometheus.Counter
+	saved, failures, rateDrops prometheus.Counter
 }
 
 func newPersistMetrics(reg prometheus.Registerer) persistMetrics {
 	m := persistMetrics{
 		saved:    prometheus.NewCounter(prometheus.CounterOpts{Name: "meshguard_store_services_saved_total", Help: "Service records written to the store."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshguard_store_save_failures_total", Help: "Failed batch saves (retried)."}),
+		rateDrops: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshguard_rate_drops_total",
+			Help: "Services found silent below their hour-of-day profile by the periodic sweep (rate_drop; a drop seen on a request is a decision instead)."}),
 	}
-	reg.MustRegister(m.saved, m.failures)
+	reg.MustRegister(m.saved, m.failures, m.rateDrops)
 	return m
 }
