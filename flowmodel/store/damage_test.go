@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -171,19 +172,6 @@ func mustHighWaterPageSize(t *testing.T, data []byte) uint32 {
 	return m.pageSize
 }
 
-type bytesReaderAt []byte
-
-func (b bytesReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off >= int64(len(b)) {
-		return 0, fmt.Errorf("EOF")
-	}
-	n := copy(p, b[off:])
-	if n < len(p) {
-		return n, fmt.Errorf("EOF")
-	}
-	return n, nil
-}
-
 // TestAdversaryEmptyStoreFile covers issue 10 case 9: a 0-byte meshguard.db, with or without
 // its marker, is refused, never taken as a new empty store (every service back to learn).
 func TestAdversaryEmptyStoreFile(t *testing.T) {
@@ -255,4 +243,52 @@ func TestAdversaryRandomFlipsNeverPanic(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d damaged files refused", refused, trials)
+}
+
+// TestAdversaryFlippedOffsetsAreRefused covers issue 10 case 9 where bbolt cannot protect
+// itself: its consistency check (Tx.Check) follows element offsets in a goroutine of its own,
+// where a fault is fatal, not a panic to recover. An offset flipped to point far beyond its
+// page, in every element of every branch and leaf page reachable from the root, must be
+// refused as damage by the bounds-checked walk before Tx.Check runs (this crashed the test
+// process now and then before validatePages).
+func TestAdversaryFlippedOffsetsAreRefused(t *testing.T) {
+	src := t.TempDir()
+	populate(t, src)
+	orig, err := os.ReadFile(filepath.Join(src, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := parseMeta(orig, 0)
+	if !ok {
+		t.Fatal("no meta page")
+	}
+	ps := int(m.pageSize)
+	tried := 0
+	for id := 2; (id+1)*ps <= len(orig); id++ {
+		start := id * ps
+		flags, count := binary.LittleEndian.Uint16(orig[start+8:]), int(binary.LittleEndian.Uint16(orig[start+10:]))
+		if flags&(branchPageFlag|leafPageFlag) == 0 || count == 0 {
+			continue
+		}
+		posAt := start + pageHeaderSize // a branch element's pos
+		if flags&leafPageFlag != 0 {
+			posAt += 4 // a leaf element's pos follows its flags
+		}
+		data := append([]byte(nil), orig...)
+		binary.LittleEndian.PutUint32(data[posAt:], 0x7fff0000)
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, FileName), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := validatePages(filepath.Join(dir, FileName)); err == nil {
+			continue // a page no longer reachable (free): bbolt never reads it
+		}
+		tried++
+		if _, err := openAndRead(t, dir); !errors.Is(err, ErrDamaged) {
+			t.Fatalf("page %d with a flipped offset: %v, want ErrDamaged", id, err)
+		}
+	}
+	if tried == 0 {
+		t.Fatal("no reachable branch or leaf page found to damage")
+	}
 }

@@ -85,6 +85,7 @@ type meta struct {
 	pageSize uint32
 	pgid     uint64
 	txid     uint64
+	root     uint64 // the root bucket's page (set by parseMeta)
 }
 
 func readMeta(r io.ReaderAt, off int64) (meta, bool) {

@@ -179,8 +179,13 @@ func OpenFile(path string, opts Options) (*Bolt, error) {
 // maxCheckErrors bounds the problems a consistency check reports.
 const maxCheckErrors = 5
 
-// check runs bbolt's consistency check over every page, then reads every record.
+// check runs bbolt's consistency check over every page, then reads every record. The pages'
+// offsets are checked first by plain reads of the file (validatePages): Tx.Check follows them
+// in a goroutine of its own, where a fault cannot be recovered.
 func (b *Bolt) check() error {
+	if err := validatePages(b.db.Path()); err != nil {
+		return fmt.Errorf("consistency check failed: %w", err)
+	}
 	return guard(b.db.Path(), func() error {
 		return b.db.View(func(tx *bolt.Tx) error {
 			var errs []error
