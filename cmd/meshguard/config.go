@@ -278,6 +278,11 @@ func (f *serveFlags) validate() (serveConfig, error) {
 		}
 		c.dnsServers = append(c.dnsServers, d)
 	}
+	if c.tls.clientCA != "" {
+		// ext_proc asks for client certificates: the Envoys this control plane configures
+		// must present theirs (the SDS workload certificate) to reach it.
+		c.xds.cfg.UpstreamTLS.ExtProc = true
+	}
 	if err := c.xds.check(c.insecureListen); err != nil {
 		errs = append(errs, err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,5 +86,31 @@ func TestServeServesXDS(t *testing.T) {
 	_, body := ts.http(t, "GET", "/metrics", nil)
 	if err := contains(body, "meshguard_xds_nodes 1", "meshguard_xds_pushes_total"); err != nil {
 		t.Fatalf("%v in /metrics", err)
+	}
+}
+
+// With mutual TLS on ext_proc (tls-client-ca), the Envoy configuration meshguard serves
+// reaches ext_proc over TLS with the workload's certificate; without it, in plaintext.
+func TestExtProcMutualTLSReachesServedConfig(t *testing.T) {
+	dir := t.TempDir()
+	files := []string{"--tls-cert", filepath.Join(dir, "c.pem"), "--tls-key", filepath.Join(dir, "k.pem")}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want bool
+	}{
+		{"plaintext", nil, false},
+		{"server TLS only", files, false},
+		{"mutual TLS", append(append([]string{}, files...), "--tls-client-ca", filepath.Join(dir, "ca.pem")), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseServe(tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.xds.cfg.UpstreamTLS.ExtProc; got != tc.want {
+				t.Errorf("served ext_proc cluster over TLS: %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
