@@ -34,12 +34,18 @@ type testServer struct {
 // startTestServer starts meshguard on loopback port 0 with dataDir and extra serve flags.
 func startTestServer(t *testing.T, dataDir string, extra ...string) *testServer {
 	t.Helper()
+	return startWrappedTestServer(t, dataDir, nil, extra...)
+}
+
+// startWrappedTestServer is startTestServer with the model wrapped by wrap (nil: as it is).
+func startWrappedTestServer(t *testing.T, dataDir string, wrap wrapDecider, extra ...string) *testServer {
+	t.Helper()
 	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
 	cfg, err := parseServe(args)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := startServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	srv, err := startServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), wrap)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/peer"
 
@@ -194,31 +193,6 @@ func (d *heldDecider) Decide(f *flowmodel.Flow) flowmodel.Verdict {
 		<-d.release
 	}
 	return d.Decider.Decide(f)
-}
-
-// startWrappedTestServer is startTestServer with the model wrapped by wrap.
-func startWrappedTestServer(t *testing.T, dataDir string, wrap wrapDecider, extra ...string) *testServer {
-	t.Helper()
-	args := append([]string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dataDir, "--lameduck", "0"}, extra...)
-	cfg, err := parseServe(args)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := startServer(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), wrap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.shutdown(context.Background()) })
-	conn, err := grpc.NewClient(srv.extprocAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ts := &testServer{server: srv, client: extprocv3.NewExternalProcessorClient(conn), adminURL: "http://" + srv.adminAddr}
-	if ts.adminToken, err = (adminAuth{dataDir: dataDir}).token(noEnv); err != nil {
-		t.Fatal(err)
-	}
-	return ts
 }
 
 // BenchmarkExtProcPeerAuthorizer is the cost of the check, once per ext_proc stream with
