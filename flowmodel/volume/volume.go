@@ -14,7 +14,9 @@
 // Slow exfiltration is caught by a CUSUM over intervals (default one minute): an interval
 // whose n requests have log2 sizes l1..ln scores z = Σ(li − mean)/(√n·sd), which is standard
 // normal when the requests are ordinary and grows with √n when they all carry more than they
-// used to. The CUSUM adds min(z, Cap) − Allowance per interval and raises an alarm at
+// used to. The CUSUM adds min(z, Cap) − Allowance per interval with requests (an empty
+// interval says nothing: over a gap the CUSUM fades with the baseline's half-life, so that a
+// key uploading every half hour is judged on its uploads) and raises an alarm at
 // Threshold once the bytes above the baseline (n times the mean size, summed since the CUSUM
 // left zero) reach MinExcessBytes. Scoring the requests of an interval rather than its total
 // makes the test blind to the daily ups and downs of traffic (they change n, not what each
@@ -125,6 +127,12 @@ const (
 
 // ceilHalfLife is how fast the ceiling of the baseline relaxes towards a baseline below it.
 const ceilHalfLife = 7 * 24 * time.Hour
+
+// minWeight is the least weight (in requests) that time alone ages a key's baseline down to.
+const minWeight = 100
+
+// cusumFloor is the CUSUM below which a fading one is cleared (with its excess).
+const cusumFloor = 1e-3
 
 // Check applies defaults and reports every problem in c.
 func (c Config) Check() (Config, error) {
@@ -402,11 +410,15 @@ func (d *Detector) close(s *State, next int64) {
 		m, sd := d.logStats(s)
 		s.cusum, s.excess = d.step(s, m, sd)
 		anomalous = s.cusum >= d.cfg.Threshold
-		// Empty intervals carry no evidence: each lowers the CUSUM by the allowance.
+		// Empty intervals carry no evidence, for or against: over a gap the CUSUM only fades,
+		// with the baseline's half-life. Lowering it by the allowance per empty interval (as
+		// for an ordinary one) made a key that uploads every half hour forget each upload in
+		// the empty minutes after it, so that slow exfiltration by sparse uploads, four times
+		// the usual size, never accumulated.
 		if gap := next - s.cur - 1; gap > 0 {
-			s.cusum = max(s.cusum-float64(gap)*d.cfg.Allowance, 0)
-			if s.cusum == 0 {
-				s.excess = 0
+			s.cusum *= interval.Pow(d.keep, gap)
+			if s.cusum < cusumFloor {
+				s.cusum, s.excess = 0, 0
 			}
 		}
 	}
@@ -418,6 +430,12 @@ func (d *Detector) close(s *State, next int64) {
 		steps--
 	}
 	f := interval.Pow(d.keep, steps)
+	if s.w*f < minWeight && s.w > 0 {
+		// A sparse key ages by requests, not by time, below minWeight: a key that sends a
+		// few requests an hour would otherwise keep a baseline of a couple of dozen, each
+		// new request a twentieth of it, and learn a shift faster than it could alarm.
+		f = min(1, minWeight/s.w)
+	}
 	s.w *= f
 	s.s1 *= f
 	s.l1 *= f

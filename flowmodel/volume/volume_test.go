@@ -335,3 +335,43 @@ func benchObserve(b *testing.B, step time.Duration) {
 		d.Observe(&s, at, 4096)
 	}
 }
+
+// TestSparseExfiltration: a key that uploads about 50 KB (±0.7 bit) two or three times an
+// hour starts uploading about 250 KB (×5, 2.3 bits more) as often. Each upload is its own
+// interval, z ≈ 2.3, and the empty minutes between uploads carry no evidence: the CUSUM
+// gains about 1.8 an upload and fades only with the baseline's half-life, so it passes 12 in
+// a few hours; the excess (about 200 KB an upload) passes 1 MiB after six. Before the
+// change, three days of the same key raise nothing; nor does a week of a quiet key at the
+// old size (TestStable has more).
+func TestSparseExfiltration(t *testing.T) {
+	for seed := range uint64(3) {
+		d := newDetector(t, Config{RequireApproval: true})
+		rng := rand.New(rand.NewPCG(seed, 7))
+		change := t0.Add(72 * time.Hour)
+		before := workload(rng, t0, change, 2.5, func(time.Time) float64 { return 2.5 }, logNormal(50e3, 0.7))
+		after := workload(rng, change, change.Add(24*time.Hour), 2.5, func(time.Time) float64 { return 2.5 }, logNormal(250e3, 0.7))
+		o := feed(d, before)
+		if len(o.spikes)+len(o.sustained) > 0 {
+			t.Fatalf("seed %d: %d spikes, %d sustained alarms before the change", seed, len(o.spikes), len(o.sustained))
+		}
+		var first time.Time
+		for _, r := range after {
+			if res := d.Observe(&o.state, r.at, r.bytes); res.Sustained && first.IsZero() {
+				first = r.at
+			}
+		}
+		if first.IsZero() || first.Sub(change) > 12*time.Hour {
+			t.Errorf("seed %d: first sustained alarm %v after the change (zero: never); want within 12h", seed, first.Sub(change))
+		}
+		t.Logf("seed %d: flagged %s after the change", seed, first.Sub(change).Round(time.Minute))
+	}
+	// The same key without the change: a week, no alarm.
+	for seed := range uint64(3) {
+		d := newDetector(t, Config{})
+		rng := rand.New(rand.NewPCG(seed, 8))
+		o := feed(d, workload(rng, t0, t0.Add(7*24*time.Hour), 2.5, func(time.Time) float64 { return 2.5 }, logNormal(50e3, 0.7)))
+		if len(o.spikes)+len(o.sustained) > 0 {
+			t.Errorf("seed %d, no change: %d spikes, %d sustained alarms in a week", seed, len(o.spikes), len(o.sustained))
+		}
+	}
+}
