@@ -178,13 +178,16 @@ func TestEvalSlice(t *testing.T) {
 			t.Errorf("%s: time to detect %v, want 0: the first event goes to a new IP", kind, ttd)
 		}
 	}
-	// Measured on the slice: new_shape AUC 0.995, alert recall 0.957; rate_change 0.965 and
-	// 0.389, every instance found; slow_exfil 0.926, two instances of three.
+	// Measured on the slice: new_shape AUC 0.996; rate_change 0.927, every instance found;
+	// slow_exfil 0.978 (0.926 before sparse keys aged by requests), two instances of three.
+	// rate_change was 0.965 while rate and volume scores far below their alarm still ranked
+	// flows (see quiet in flowmodel): that noise also ranked a benign host's flows above a
+	// learned beacon on bench/stratosphere. The bound is 0.92 since.
 	for _, want := range []struct {
 		kind     string
 		auc      float64
 		detected int
-	}{{kindNewShape, 0.98, 3}, {kindRateChange, 0.93, 3}, {kindSlowExfil, 0.9, 2}} {
+	}{{kindNewShape, 0.98, 3}, {kindRateChange, 0.92, 3}, {kindSlowExfil, 0.95, 2}} {
 		k, _ := rep.Kind(want.kind)
 		if k.AUC < want.auc || k.Detected < want.detected {
 			t.Errorf("%s: AUC %.3f, detected %d/%d; want >= %.2f and >= %d", want.kind, k.AUC, k.Detected, k.Instances, want.auc, want.detected)

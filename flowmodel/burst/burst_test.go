@@ -96,7 +96,7 @@ func TestCheck(t *testing.T) {
 }
 
 // With Decay < 0 (no carry-over) a tick's current count is its edge count, so the scores are
-// plain arithmetic: the mean of the ticks before, m, and (a-m)²/m.
+// plain arithmetic: the mean of the ticks before, m, and the deviance 2(a·ln(a/m) − (a−m)).
 func TestScoresNoDecay(t *testing.T) {
 	cfg := Config{Decay: -1, Seed: 1}
 	tests := []struct {
@@ -117,7 +117,7 @@ func TestScoresNoDecay(t *testing.T) {
 		{
 			name:    "10x burst",
 			perTick: append(repeat(10, 20), 100),
-			want:    append(make([]float64, 20), 90.0*90/10),
+			want:    append(make([]float64, 20), dev(100, 10)),
 		},
 		{
 			name:    "quiet tick is not a burst",
@@ -125,11 +125,11 @@ func TestScoresNoDecay(t *testing.T) {
 			want:    []float64{0, 0, 0, 0},
 		},
 		{
-			// Ticks 1-2 have 10, tick 3 has 42: m = 10, score 102.4 >= the threshold 100, so
+			// Ticks 1-2 have 10, tick 3 has 60: m = 10, score 115 >= the threshold 100, so
 			// tick 3 is not merged; at tick 4 the total is 20 + 10 (the mean), m = 10 again.
 			name:    "anomalous tick replaced by the mean",
-			perTick: []int{10, 10, 42, 42},
-			want:    []float64{0, 0, 102.4, 102.4},
+			perTick: []int{10, 10, 60, 60},
+			want:    []float64{0, 0, dev(60, 10), dev(60, 10)},
 		},
 	}
 	for _, tt := range tests {
@@ -156,12 +156,12 @@ func TestScoresDefaultDecay(t *testing.T) {
 		tot += cur
 	}
 	// Tick 2: a = 15 against m = 10; later ticks score less.
-	if !near(flat[1].Raw, 2.5) {
-		t.Errorf("tick 2: raw %v, want 2.5", flat[1].Raw)
+	if want := dev(15, 10); !near(flat[1].Raw, want) {
+		t.Errorf("tick 2: raw %v, want %v", flat[1].Raw, want)
 	}
 	for i, s := range flat[2:] {
-		if s.Raw > 2.5 {
-			t.Errorf("flat tick %d: raw %v above tick 2's 2.5", i+3, s.Raw)
+		if s.Raw > flat[1].Raw {
+			t.Errorf("flat tick %d: raw %v above tick 2's %v", i+3, s.Raw, flat[1].Raw)
 		}
 	}
 	burst := d.Observe(1, 2, 60) // tick 61, first edge
@@ -169,10 +169,10 @@ func TestScoresDefaultDecay(t *testing.T) {
 		burst = d.Observe(1, 2, 60)
 	}
 	a, m := cur*0.5+100, tot/60
-	if want := (a - m) * (a - m) / m; !near(burst.Raw, want) {
+	if want := dev(a, m); !near(burst.Raw, want) {
 		t.Errorf("10x burst: raw %v, want %v", burst.Raw, want)
 	}
-	if burst.Raw < 400 || burst.Norm < 0.8 {
+	if burst.Raw < 150 || burst.Norm < 0.6 {
 		t.Errorf("10x burst scores low: %+v", burst)
 	}
 }
@@ -187,15 +187,15 @@ func TestLongAttack(t *testing.T) {
 		last      float64 // score of the attack's last tick
 	}{
 		// m stays at 10: every attack tick is replaced by the mean.
-		{name: "filtered", threshold: 0, last: 90.0 * 90 / 10},
+		{name: "filtered", threshold: 0, last: dev(100, 10)},
 		// After 29 merged attack ticks the total is 300 + 2900 over 59 ticks.
-		{name: "unfiltered", threshold: math.Inf(1), last: sq(100-3200.0/59) / (3200.0 / 59)},
+		{name: "unfiltered", threshold: math.Inf(1), last: dev(100, 3200.0/59)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := run(mustNew(t, Config{Decay: -1, Threshold: tt.threshold, Seed: 3}), 7, 8, 0, stream)
-			if first := got[30].Raw; !near(first, 810) {
-				t.Errorf("first attack tick: raw %v, want 810", first)
+			if first, want := got[30].Raw, dev(100, 10); !near(first, want) {
+				t.Errorf("first attack tick: raw %v, want %v", first, want)
 			}
 			if last := got[59].Raw; !near(last, tt.last) {
 				t.Errorf("last attack tick: raw %v, want %v", last, tt.last)
@@ -203,8 +203,6 @@ func TestLongAttack(t *testing.T) {
 		})
 	}
 }
-
-func sq(x float64) float64 { return x * x }
 
 // A key that appears late in the stream and is steady from then on is learned: its mean runs
 // over its own ticks, not the stream's (with the stream's, as in MIDAS, it would score about
@@ -465,3 +463,6 @@ func TestPValue(t *testing.T) {
 		}
 	}
 }
+
+// dev is the Poisson deviance of a count a against a mean m, as the detector computes it.
+func dev(a, m float64) float64 { return 2 * (a*math.Log(a/m) - (a - m)) }
