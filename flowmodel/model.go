@@ -411,6 +411,7 @@ func (m *Model) record(s *service, k destKey, t time.Time, src string) *destEntr
 	if !ok {
 		e = &destEntry{key: k, first: nanos(t), last: nanos(t), source: src, hash: m.hashKey(k)}
 		s.dests.Add(k, e)
+		s.near.note(m, k)
 	}
 	touch(s, e, t)
 	return e
@@ -523,10 +524,11 @@ func (m *Model) judge(s *service, f *Flow, req *shapeReq) (float64, Reasons) {
 	}
 	if !known {
 		hard = hard.With(ReasonNewDestination)
+		score := m.newDestScore(s, f, newDest{ipKey: ipKey, hostKey: hostKey, hasIP: hasIP, hasHost: hasHost, hostKnown: hostE != nil, hard: hard})
 		if s.mode == ModeMonitor {
 			m.probeDestination(s, f, ipKey, hostKey, hasIP)
 		}
-		return 1, hard
+		return score, hard
 	}
 	if ipE != nil {
 		touch(s, ipE, f.Time)
@@ -571,10 +573,12 @@ const (
 	// detector saturating on benign traffic never ties with them.
 	maxSoftScore = 0.99
 	// probationScore is the least score of a flow to a destination that entered the
-	// baseline by probation: it no longer alerts, but it ranks above the destinations the
-	// service learned or an operator approved (a beacon that kept calling for the probation
-	// period is tolerated, not trusted) and below the detectors' alarms (alarmLevel).
-	probationScore = alarmLevel / 2
+	// baseline by probation: it no longer alerts, but it ranks with the strongest soft
+	// anomalies, above every flow to a destination the service learned or an operator
+	// approved, and below new destinations. A beacon that kept calling for the probation
+	// period is tolerated, not trusted: nothing but its persistence vouches for it, and a
+	// detector's noise on the service's own learned traffic must not outrank it.
+	probationScore = maxSoftScore
 	// sourceProbation is the source of baseline entries admitted by probation.
 	sourceProbation = "probation"
 )

@@ -231,6 +231,8 @@ type service struct {
 	feedback      []FeedbackRecord
 	par           paramState // parameter value models (params.go)
 	ep            episodeDest
+	near          nearby // what the baseline says of destinations it lacks (novelty.go)
+	fan           fanout // recent new destinations (novelty.go)
 
 	queued     bool // in Model.dirty
 	dirtyDests []*destEntry
@@ -574,6 +576,7 @@ func (m *Model) Restore(r ServiceRecord) error {
 			e.edgeState().prefixes = append(e.edgeState().prefixes, p)
 		}
 		s.dests.Add(k, e)
+		s.near.note(m, k)
 	}
 	if err := m.restoreShapes(s, r.Shapes); err != nil {
 		errs = append(errs, err)

@@ -174,7 +174,7 @@ func TestSpansReachAnOTLPReceiver(t *testing.T) {
 			}
 			want := map[string]string{
 				"meshguard.service": "shop/checkout", "meshguard.mode": "enforce", "meshguard.verdict": "block",
-				"meshguard.score": "1", "meshguard.reasons": "[new_destination]", "destination.address": "198.51.100.66",
+				"meshguard.score": "0.993", "meshguard.reasons": "[new_destination]", "destination.address": "198.51.100.66", // a new destination on a port the service uses (flowmodel/novelty.go)
 				"destination.port": "443", "server.address": "exfil.example.net", "http.request.method": "POST",
 				"url.path": "/upload",
 			}
