@@ -206,9 +206,10 @@ func (m *Model) SweepSeasonal(now time.Time) []RateDrop {
 	return out
 }
 
-// AcceptRate tells the model that a service's current rate (its rate_spike or rate_drop
-// shift) is normal: the service's rate detectors make its recent level their baseline at
-// once, whatever their probation, and lift any rejection.
+// AcceptRate tells the model that a service's current rate or volume shift (its
+// rate_spike, rate_drop or volume_spike) is normal: the service's rate detectors, and those
+// of each of its destinations whose rate or volume is shifted, make their recent level their
+// baseline at once, whatever their probation, and lift any rejection.
 func (m *Model) AcceptRate(service string) error {
 	s := m.lookup(service, false)
 	if s == nil {
@@ -219,12 +220,22 @@ func (m *Model) AcceptRate(service string) error {
 	m.rate.Accept(&s.rate)
 	m.season.Accept(&s.season.st)
 	s.season.dropOpen = false
+	m.shiftedEdges(s, func(es *edgeState, rateShifted, volShifted bool) {
+		if rateShifted {
+			m.rate.Accept(&es.rate)
+		}
+		if volShifted {
+			m.volume.Accept(&es.vol)
+		}
+	})
 	return nil
 }
 
-// RejectRate tells the model that a service's current rate shift is not normal: it keeps
-// alarming instead of becoming the baseline after probation (a slow ramp or a flood the
-// workload hopes to outlast), until a probation period passes without alarm or AcceptRate.
+// RejectRate tells the model that a service's current rate or volume shift is not normal:
+// the service's rate detectors, and those of each destination whose rate or volume is
+// shifted, keep alarming instead of making it their baseline after probation (a slow ramp or
+// a flood the workload hopes to outlast), until a probation period passes without alarm or
+// AcceptRate.
 func (m *Model) RejectRate(service string) error {
 	s := m.lookup(service, false)
 	if s == nil {
@@ -234,5 +245,32 @@ func (m *Model) RejectRate(service string) error {
 	defer s.mu.Unlock()
 	m.rate.Reject(&s.rate)
 	m.season.Reject(&s.season.st)
+	m.shiftedEdges(s, func(es *edgeState, rateShifted, volShifted bool) {
+		if rateShifted {
+			m.rate.Reject(&es.rate)
+		}
+		if volShifted {
+			m.volume.Reject(&es.vol)
+		}
+	})
 	return nil
+}
+
+// shiftedEdges calls fn for each destination of s whose rate or volume is shifted: in alarm,
+// held out of its baseline towards probation, or rejected. It walks every destination (an
+// operator's call, not the request path). Call with s.mu held.
+func (m *Model) shiftedEdges(s *service, fn func(es *edgeState, rateShifted, volShifted bool)) {
+	for _, e := range s.dests.Values() {
+		es := e.edge
+		if es == nil {
+			continue
+		}
+		held, rejected := m.rate.Shift(&es.rate)
+		r := held > 0 || rejected || m.rate.Peek(&es.rate).Alarm
+		held, rejected = m.volume.Shift(&es.vol)
+		v := held > 0 || rejected || m.volume.Peek(&es.vol).Alarm
+		if r || v {
+			fn(es, r, v)
+		}
+	}
 }

@@ -268,3 +268,55 @@ func TestSeasonalFloodOneEdge(t *testing.T) {
 		t.Errorf("%d of %d ordinary calls to the other destinations flagged rate_spike", n, len(others))
 	}
 }
+
+// TestRateShiftDecisionsReachDestinations: a flood to one known destination (ten times its
+// rate) raises that destination's rate_spike. Unjudged, the flood becomes its baseline after
+// the 24h probation; RejectRate keeps it alarming past that; AcceptRate silences it at once.
+// The seasonal detector is made deaf: the decisions must reach the destination's own CUSUM.
+func TestRateShiftDecisionsReachDestinations(t *testing.T) {
+	newModel := func() *Model {
+		m := mustModel(t, Config{
+			LearnWindow: seasonLearn,
+			Disabled:    Reasons(0).With(ReasonBurst).With(ReasonVolumeSpike).With(ReasonNewShape).With(ReasonRareShape),
+			Seasonal:    rate.SeasonalConfig{Threshold: 1e9},
+		})
+		seasonFeed(m, "shop/api", 0, seasonLearn+time.Minute, 5*time.Minute)
+		if mode, _ := m.Mode("shop/api"); mode != ModeMonitor {
+			t.Fatalf("mode after learning: %s, want monitor", mode)
+		}
+		return m
+	}
+	flood := seasonLearn + time.Minute
+	for _, tc := range []struct {
+		name     string
+		decide   func(*Model) error
+		wantLate bool // still alarming 30h into the flood
+		wantNext bool // alarming right after the decision
+	}{
+		{"no decision", nil, false, true},
+		{"rejected", func(m *Model) error { return m.RejectRate("shop/api") }, true, true},
+		{"accepted", func(m *Model) error { return m.AcceptRate("shop/api") }, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newModel()
+			vs := seasonFeed(m, "shop/api", flood, flood+2*time.Hour, 30*time.Second)
+			if n := count(vs, ReasonRateSpike); n == 0 {
+				t.Fatalf("2h of a 10× flood: no rate_spike")
+			}
+			if tc.decide != nil {
+				if err := tc.decide(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			next := seasonFeed(m, "shop/api", flood+2*time.Hour, flood+2*time.Hour+10*time.Minute, 30*time.Second)
+			if got := count(next, ReasonRateSpike) > 0; got != tc.wantNext {
+				t.Errorf("10 minutes after the decision: rate_spike %v, want %v", got, tc.wantNext)
+			}
+			seasonFeed(m, "shop/api", flood+2*time.Hour+10*time.Minute, flood+30*time.Hour, 30*time.Second)
+			late := seasonFeed(m, "shop/api", flood+30*time.Hour, flood+31*time.Hour, 30*time.Second)
+			if got := count(late, ReasonRateSpike) > 0; got != tc.wantLate {
+				t.Errorf("30h into the flood: rate_spike on %d of %d requests, want alarming %v", count(late, ReasonRateSpike), len(late), tc.wantLate)
+			}
+		})
+	}
+}
