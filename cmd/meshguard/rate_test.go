@@ -6,8 +6,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshguard/meshguard/controlplane/admin"
+	"github.com/meshguard/meshguard/flowmodel"
+	"github.com/meshguard/meshguard/flowmodel/rate"
 )
 
 // TestRateCommandsSendTokenAndJSON: approve --rate and reject --rate post to the service's
@@ -118,5 +121,106 @@ func TestApproveAndRejectRateCommands(t *testing.T) {
 	}
 	if err := contains(out, "approved for shop/checkout: the rate shift (by carol)"); err != nil {
 		t.Errorf("%v in:\n%s", err, out)
+	}
+}
+
+// TestRateOptions: the rate detectors' options reach the model's configuration from the
+// defaults, a file, the environment and the flags, and the model serve runs uses them.
+func TestRateOptions(t *testing.T) {
+	cfg, err := parseServe(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := flowmodel.Config{
+		Rate: rate.Config{Interval: flowmodel.DefaultRateInterval, Probation: 24 * time.Hour},
+		Seasonal: rate.SeasonalConfig{WarmupDays: rate.DefaultWarmupDays, Threshold: rate.DefaultSeasonThreshold,
+			MinRate: rate.DefaultMinRate, Probation: 24 * time.Hour},
+	}
+	check := func(name string, got flowmodel.Config) {
+		t.Helper()
+		r, s := got.Rate, got.Seasonal
+		wr, ws := want.Rate, want.Seasonal
+		if r.Interval != wr.Interval || r.Probation != wr.Probation || r.RequireApproval != wr.RequireApproval ||
+			s.WarmupDays != ws.WarmupDays || s.Threshold != ws.Threshold || s.MinRate != ws.MinRate || s.Offset != ws.Offset ||
+			s.SameWeekends != ws.SameWeekends || s.Probation != ws.Probation || s.RequireApproval != ws.RequireApproval {
+			t.Errorf("%s: rate %+v\nseasonal %+v\nwant rate %+v\nseasonal %+v", name, r, s, wr, ws)
+		}
+	}
+	check("defaults", cfg.model)
+
+	file := writeFile(t, "rate.yaml", "rate-interval: 1m\nseasonal-threshold: 8.5\nseasonal-utc-offset: -5h\nseasonal-same-weekends: true\n")
+	vars := map[string]string{"MESHGUARD_RATE_PROBATION": "72h", "MESHGUARD_SEASONAL_MIN_RATE": "5"}
+	var f serveFlags
+	fs := newServeFlagSet(&f)
+	if err := fs.Parse([]string{"--seasonal-warmup-days", "7"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err = resolveServe(fs, &f, file, func(k string) (string, bool) { v, ok := vars[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.Rate = rate.Config{Interval: time.Minute, Probation: 72 * time.Hour}
+	want.Seasonal = rate.SeasonalConfig{WarmupDays: 7, Threshold: 8.5, MinRate: 5, Offset: -5 * time.Hour, SameWeekends: true,
+		Probation: 72 * time.Hour}
+	check("file, environment and flags", cfg.model)
+
+	ts := startTestServer(t, t.TempDir(), "--rate-interval", "1m", "--seasonal-threshold", "8.5", "--seasonal-utc-offset", "-5h",
+		"--seasonal-same-weekends", "--rate-probation", "72h", "--seasonal-min-rate", "5", "--seasonal-warmup-days", "7")
+	check("the model serve runs", ts.model.Config())
+}
+
+// TestRateOptionErrors: a bad value of a rate option is one error naming the option and
+// where its value came from, with every other problem in the same report, and never a
+// second, vaguer one from the model's own check or from the value pflag left behind.
+func TestRateOptionErrors(t *testing.T) {
+	file := writeFile(t, "bad.yaml", "rate-interval: 0s\nseasonal-threshold: -1\nseasonal-min-rate: .nan\nseasonal-utc-offset: 15h\n")
+	vars := map[string]string{"MESHGUARD_RATE_PROBATION": "30m", "MESHGUARD_SEASONAL_WARMUP_DAYS": "0", "MESHGUARD_SEASONAL_SAME_WEEKENDS": "maybe"}
+	_, _, err := runEnv(t, vars, "serve", "--config", file, "--rate-interval", "2h")
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	msg := err.Error()
+	if err := contains(msg,
+		"--rate-interval must be between 1s and 1h (whole milliseconds), got 2h0m0s\n", // the flag wins over the file
+		"--seasonal-threshold must be a positive number, got -1 (file "+file+":2)",
+		file+`:3: seasonal-min-rate ".nan": want a number`,
+		"--seasonal-utc-offset must be whole minutes between -14h and 14h, got 15h0m0s (file "+file+":4)",
+		"--rate-probation must be at least 1h, got 30m0s (env MESHGUARD_RATE_PROBATION)",
+		"--seasonal-warmup-days must be between 1 and 30, got 0 (env MESHGUARD_SEASONAL_WARMUP_DAYS)",
+		`MESHGUARD_SEASONAL_SAME_WEEKENDS: seasonal-same-weekends "maybe": want true or false`,
+	); err != nil {
+		t.Fatalf("%v in:\n%s", err, msg)
+	}
+	if n := strings.Count(msg, "\n") + 1; n != 7 {
+		t.Errorf("%d lines, want one per problem (7):\n%s", n, msg)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"interval under a second", []string{"--rate-interval", "500ms"}, "--rate-interval must be between 1s and 1h"},
+		{"interval not whole milliseconds", []string{"--rate-interval", "1.0000001s"}, "--rate-interval must be between 1s and 1h (whole milliseconds)"},
+		{"infinite threshold", []string{"--seasonal-threshold", "+Inf"}, "--seasonal-threshold must be a positive number, got +Inf"},
+		{"NaN min rate", []string{"--seasonal-min-rate", "NaN"}, "--seasonal-min-rate must be a positive number, got NaN"},
+		{"zero threshold", []string{"--seasonal-threshold", "0"}, "--seasonal-threshold must be a positive number, got 0"},
+		{"warm-up of a year", []string{"--seasonal-warmup-days", "365"}, "--seasonal-warmup-days must be between 1 and 30, got 365"},
+		{"offset in seconds", []string{"--seasonal-utc-offset", "1h30s"}, "--seasonal-utc-offset must be whole minutes"},
+		{"offset west of the date line", []string{"--seasonal-utc-offset", "-14h1m"}, "--seasonal-utc-offset must be whole minutes between -14h and 14h"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseServe(tc.args)
+			if err == nil || err.Error() != tc.want && !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("%v, want one error starting %q", err, tc.want)
+			}
+		})
+	}
+	for _, args := range [][]string{
+		{"--rate-interval", "1s", "--rate-probation", "1h", "--seasonal-utc-offset", "14h", "--seasonal-warmup-days", "30"},
+		{"--rate-interval", "1h", "--seasonal-utc-offset", "-14h", "--seasonal-utc-offset", "5h30m", "--seasonal-warmup-days", "1"},
+	} {
+		if _, err := parseServe(args); err != nil {
+			t.Errorf("%q: %v", args, err)
+		}
 	}
 }
