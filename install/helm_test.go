@@ -391,6 +391,7 @@ func TestHelmChartRejects(t *testing.T) {
 		{name: "flag spelling", values: "config:\n  --listen: 0.0.0.0:1\n", wantErr: "--listen"},
 		{name: "option of the wrong type", values: "config:\n  resolve-hosts: \"yes\"\n", wantErr: "resolve-hosts"},
 		{name: "unknown mode", values: "config:\n  default-mode: block\n", wantErr: "default-mode"},
+		{name: "learning after learning", values: "config:\n  after-learning: learn\n", wantErr: "after-learning"},
 		{name: "bad duration", values: "config:\n  learn-window: 7d\n", wantErr: "learn-window"},
 		{name: "negative interval", values: "config:\n  rate-interval: -5m\n", wantErr: "rate-interval"},
 		{name: "no seasonal warm-up", values: "config:\n  seasonal-warmup-days: 0\n", wantErr: "seasonal-warmup-days"},
