@@ -111,7 +111,7 @@ func (m *modelFlags) config() (flowmodel.Config, error) {
 		errs = append(errs, fmt.Errorf("--after-learning: %w", err))
 	} else if c.AfterLearning == flowmodel.ModeLearn {
 		// Said here, naming the option (and so its source), rather than by Config.Check.
-		errs = append(errs, errors.New("--after-learning must be monitor, enforce or quarantine, not learn"))
+		errs = append(errs, errors.New("--after-learning mode must be monitor, enforce or quarantine, not learn"))
 		c.AfterLearning = 0
 	}
 	// Zero means "default" in flowmodel.Config, so explicit zeros become "none".

@@ -154,7 +154,7 @@ learn-window: -1h
 		`MESHGUARD_PPROF: pprof "yes": want true or false`,
 		"--learn-window must not be negative (file "+file+":6)",
 		`--log-format "xml": valid formats are text, json (env MESHGUARD_LOG_FORMAT)`,
-		"--after-learning must be monitor, enforce or quarantine, not learn (env MESHGUARD_AFTER_LEARNING)",
+		"--after-learning mode must be monitor, enforce or quarantine, not learn (env MESHGUARD_AFTER_LEARNING)",
 	); err != nil {
 		t.Fatalf("%v in:\n%v", err, err)
 	}
