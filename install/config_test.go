@@ -22,7 +22,8 @@ const (
 	kindBool
 	kindInt
 	kindFloat
-	kindDuration // a string that Go's time.ParseDuration reads
+	kindDuration       // a string that Go's time.ParseDuration reads, not negative
+	kindSignedDuration // the same, negative or not (an offset)
 )
 
 // knownOptions are the option names of `meshguard serve` and the YAML type of each. The
@@ -98,6 +99,14 @@ var knownOptions = map[string]optionKind{
 	"max-services-action":        kindString,
 	"backup-interval":            kindDuration,
 	"max-body-bytes":             kindInt,
+	// The rate detectors (issue 11).
+	"rate-interval":          kindDuration,
+	"rate-probation":         kindDuration,
+	"seasonal-warmup-days":   kindInt,
+	"seasonal-threshold":     kindFloat,
+	"seasonal-min-rate":      kindFloat,
+	"seasonal-utc-offset":    kindSignedDuration,
+	"seasonal-same-weekends": kindBool,
 }
 
 const (
@@ -154,13 +163,17 @@ func checkKind(v any, kind optionKind) error {
 		if kind == kindInt && f != float64(int64(f)) {
 			return fmt.Errorf("%v is not an integer", v)
 		}
-	case kindDuration:
+	case kindDuration, kindSignedDuration:
 		s, ok := v.(string)
 		if !ok {
 			return fmt.Errorf("%v (%T) is not a duration string", v, v)
 		}
-		if _, err := time.ParseDuration(s); err != nil {
+		d, err := time.ParseDuration(s)
+		if err != nil {
 			return err
+		}
+		if d < 0 && kind == kindDuration {
+			return fmt.Errorf("%s is negative", s)
 		}
 	default:
 		if _, ok := v.(string); !ok {

@@ -149,6 +149,9 @@ config:
   after-learning: enforce
   log-level: debug
   max-message-bytes: 1048576
+  rate-probation: 72h
+  seasonal-utc-offset: -5h
+  seasonal-warmup-days: 7
 networkPolicy:
   from:
   - podSelector:
@@ -180,6 +183,7 @@ otel:
 					"admin-listen": "0.0.0.0:9002", "default-mode": "monitor", "learn-window": "168h",
 					"learn-min-requests": float64(100), "after-learning": "enforce", "log-level": "debug",
 					"max-message-bytes": float64(1048576), "listen": "0.0.0.0:9001",
+					"rate-probation": "72h", "seasonal-utc-offset": "-5h", "seasonal-warmup-days": float64(7),
 				} {
 					if got := cfg[option]; got != want {
 						t.Errorf("%s %v (%T), want %v", option, got, got, want)
@@ -327,7 +331,8 @@ func TestHelmSchemaKnowsEveryOption(t *testing.T) {
 	if cfg.AdditionalProperties == nil || *cfg.AdditionalProperties {
 		t.Error("config allows additional properties: a misspelt option would render")
 	}
-	want := map[optionKind]string{kindString: "string", kindBool: "boolean", kindInt: "integer", kindFloat: "number", kindDuration: "#/definitions/duration"}
+	want := map[optionKind]string{kindString: "string", kindBool: "boolean", kindInt: "integer", kindFloat: "number", kindDuration: "#/definitions/duration",
+		kindSignedDuration: "#/definitions/signedDuration"}
 	for name, kind := range knownOptions {
 		p, ok := cfg.Properties[name]
 		if !ok {
@@ -386,7 +391,12 @@ func TestHelmChartRejects(t *testing.T) {
 		{name: "flag spelling", values: "config:\n  --listen: 0.0.0.0:1\n", wantErr: "--listen"},
 		{name: "option of the wrong type", values: "config:\n  resolve-hosts: \"yes\"\n", wantErr: "resolve-hosts"},
 		{name: "unknown mode", values: "config:\n  default-mode: block\n", wantErr: "default-mode"},
+		{name: "learning after learning", values: "config:\n  after-learning: learn\n", wantErr: "after-learning"},
 		{name: "bad duration", values: "config:\n  learn-window: 7d\n", wantErr: "learn-window"},
+		{name: "negative interval", values: "config:\n  rate-interval: -5m\n", wantErr: "rate-interval"},
+		{name: "no seasonal warm-up", values: "config:\n  seasonal-warmup-days: 0\n", wantErr: "seasonal-warmup-days"},
+		{name: "seasonal threshold of zero", values: "config:\n  seasonal-threshold: 0\n", wantErr: "seasonal-threshold"},
+		{name: "seasonal offset in days", values: "config:\n  seasonal-utc-offset: -1d\n", wantErr: "seasonal-utc-offset"},
 		{name: "no health listener", values: "config:\n  health-listen: null\n", wantErr: "health-listen"},
 		{name: "unix socket behind a Service", values: "config:\n  listen: unix:///run/meshguard/extproc.sock\n", wantErr: "needs host:port"},
 		{name: "persistence with a DaemonSet", values: "kind: DaemonSet\npersistence:\n  enabled: true\n", wantErr: "persistence.enabled needs kind: Deployment"},

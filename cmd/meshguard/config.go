@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/meshguard/meshguard/extproc/certs"
 	"github.com/meshguard/meshguard/flowmodel"
 	"github.com/meshguard/meshguard/flowmodel/episode"
+	"github.com/meshguard/meshguard/flowmodel/rate"
 	"github.com/spf13/pflag"
 )
 
@@ -37,6 +39,16 @@ type modelFlags struct {
 	prefixV4          int
 	prefixV6          int
 	episodeGap        time.Duration
+
+	// The rate detectors: the rate CUSUM of each service and edge, and the seasonal
+	// (hour-of-day) detector of each service's total.
+	rateInterval         time.Duration
+	rateProbation        time.Duration
+	seasonalWarmupDays   int
+	seasonalThreshold    float64
+	seasonalMinRate      float64
+	seasonalOffset       time.Duration
+	seasonalSameWeekends bool
 }
 
 // options is the table of the model's options.
@@ -56,6 +68,13 @@ func (m *modelFlags) options() []option {
 		{"host-prefix-v4", &m.prefixV4, flowmodel.DefaultPrefixBits4, "prefix length of the IPv4 networks a learned host is recorded at (evidence for review and policy export); it never vouches for a new IP: only the host's fresh DNS answers do"},
 		{"host-prefix-v6", &m.prefixV6, flowmodel.DefaultPrefixBits6, "the same for IPv6"},
 		{"alert-episode-gap", &m.episodeGap, episode.DefaultQuietGap, "quiet time after an alert episode's last alert after which it closes; the alert budget counts episodes"},
+		{"rate-interval", &m.rateInterval, flowmodel.DefaultRateInterval, "the interval request rates are counted in, per service and per destination (rate_spike), 1s to 1h"},
+		{"rate-probation", &m.rateProbation, rate.DefaultProbation, "how long a shifted request rate (a service's, or to one destination) alerts before it becomes the baseline, unless rejected (meshguard reject --rate); at least 1h"},
+		{"seasonal-warmup-days", &m.seasonalWarmupDays, rate.DefaultWarmupDays, "days of history an hour of the day needs before the seasonal detector judges a service's rate in it (rate_spike, rate_drop)"},
+		{"seasonal-threshold", &m.seasonalThreshold, float64(rate.DefaultSeasonThreshold), "evidence, in spreads of the hour's usual rate, at which the seasonal detector alarms; higher is fewer alerts and later ones"},
+		{"seasonal-min-rate", &m.seasonalMinRate, float64(rate.DefaultMinRate), "requests an hour below which the seasonal detector ignores drops and damps changes (so a sparse service does not alert on silence)"},
+		{"seasonal-utc-offset", &m.seasonalOffset, time.Duration(0), "offset from UTC of the local time whose midnight starts the seasonal detector's day (and weekend), e.g. -5h or 5h30m"},
+		{"seasonal-same-weekends", &m.seasonalSameWeekends, false, "judge Saturdays and Sundays by the same hour-of-day profile as weekdays (default: a profile of their own)"},
 	}
 }
 
@@ -90,6 +109,10 @@ func (m *modelFlags) config() (flowmodel.Config, error) {
 	}
 	if c.AfterLearning, err = flowmodel.ParseMode(m.afterLearning); err != nil {
 		errs = append(errs, fmt.Errorf("--after-learning: %w", err))
+	} else if c.AfterLearning == flowmodel.ModeLearn {
+		// Said here, naming the option (and so its source), rather than by Config.Check.
+		errs = append(errs, errors.New("--after-learning mode must be monitor, enforce or quarantine, not learn"))
+		c.AfterLearning = 0
 	}
 	// Zero means "default" in flowmodel.Config, so explicit zeros become "none".
 	if m.learnWindow == 0 {
@@ -110,9 +133,59 @@ func (m *modelFlags) config() (flowmodel.Config, error) {
 	if m.maxServices <= 0 {
 		errs = append(errs, errors.New("--max-services must be positive"))
 	}
+	errs = append(errs, m.rateConfig(&c)...)
 	checked, err := c.Check()
 	return checked, errors.Join(append(errs, err)...)
 }
+
+// maxUTCOffset bounds --seasonal-utc-offset: the time zones of the world lie within it.
+const maxUTCOffset = 14 * time.Hour
+
+// rateConfig sets the rate detectors' options in c and returns the problems with them, each
+// naming its option. A bad value is left out of c (flowmodel then takes its default), so
+// that Config.Check does not report it a second time.
+func (m *modelFlags) rateConfig(c *flowmodel.Config) []error {
+	var errs []error
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+	if iv := m.rateInterval; iv < time.Second || iv > time.Hour || iv%time.Millisecond != 0 {
+		errs = append(errs, fmt.Errorf("--rate-interval must be between 1s and 1h (whole milliseconds), got %s", iv))
+	} else {
+		c.Rate.Interval = iv
+	}
+	// The seasonal detector counts by the hour: a shorter probation would end before the
+	// hour that raised the alarm does.
+	if p := m.rateProbation; p < time.Hour {
+		errs = append(errs, fmt.Errorf("--rate-probation must be at least 1h, got %s", p))
+	} else {
+		c.Rate.Probation, c.Seasonal.Probation = p, p
+	}
+	if d := m.seasonalWarmupDays; d < 1 || d > maxWarmupDays {
+		errs = append(errs, fmt.Errorf("--seasonal-warmup-days must be between 1 and %d, got %d", maxWarmupDays, d))
+	} else {
+		c.Seasonal.WarmupDays = d
+	}
+	if v := m.seasonalThreshold; !(v > 0) || !finite(v) {
+		errs = append(errs, fmt.Errorf("--seasonal-threshold must be a positive number, got %g", v))
+	} else {
+		c.Seasonal.Threshold = v
+	}
+	if v := m.seasonalMinRate; !(v > 0) || !finite(v) {
+		errs = append(errs, fmt.Errorf("--seasonal-min-rate must be a positive number, got %g", v))
+	} else {
+		c.Seasonal.MinRate = v
+	}
+	if o := m.seasonalOffset; o < -maxUTCOffset || o > maxUTCOffset || o%time.Minute != 0 {
+		errs = append(errs, fmt.Errorf("--seasonal-utc-offset must be whole minutes between -14h and 14h, got %s", o))
+	} else {
+		c.Seasonal.Offset = o
+	}
+	c.Seasonal.SameWeekends = m.seasonalSameWeekends
+	return errs
+}
+
+// maxWarmupDays bounds --seasonal-warmup-days: a month of history is more than any hour of
+// the day needs, and a larger value would keep the detector quiet for good.
+const maxWarmupDays = 30
 
 // serveConfig is everything "meshguard serve" needs, checked.
 type serveConfig struct {

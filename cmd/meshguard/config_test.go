@@ -140,7 +140,7 @@ listen: 127.0.0.1:2
 lameduck: {a: b}
 learn-window: -1h
 `)
-	vars := map[string]string{"MESHGUARD_DRAIN_TIMEOUT": "forever", "MESHGUARD_PPROF": "yes", "MESHGUARD_LOG_FORMAT": "xml"}
+	vars := map[string]string{"MESHGUARD_DRAIN_TIMEOUT": "forever", "MESHGUARD_PPROF": "yes", "MESHGUARD_LOG_FORMAT": "xml", "MESHGUARD_AFTER_LEARNING": "learn"}
 	_, _, err := runEnv(t, vars, "serve", "--config", file)
 	if err == nil {
 		t.Fatal("want an error")
@@ -154,6 +154,7 @@ learn-window: -1h
 		`MESHGUARD_PPROF: pprof "yes": want true or false`,
 		"--learn-window must not be negative (file "+file+":6)",
 		`--log-format "xml": valid formats are text, json (env MESHGUARD_LOG_FORMAT)`,
+		"--after-learning mode must be monitor, enforce or quarantine, not learn (env MESHGUARD_AFTER_LEARNING)",
 	); err != nil {
 		t.Fatalf("%v in:\n%v", err, err)
 	}

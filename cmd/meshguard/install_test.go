@@ -48,7 +48,7 @@ func TestInstallSchemaKnowsEveryOption(t *testing.T) {
 		if want == "" {
 			want = "string"
 		}
-		if got := p.Type + p.Ref; got != want {
+		if got := p.Type + p.Ref; got != want && !(want == "#/definitions/duration" && got == "#/definitions/signedDuration") {
 			t.Errorf("option %q: schema type %q, want %q", o.name, got, want)
 		}
 	}

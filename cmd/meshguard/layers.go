@@ -170,7 +170,11 @@ func applyLayers(fs *pflag.FlagSet, opts []option, configFile string, lookupEnv 
 			l.sources[o.name] = source{layer: "default"}
 			continue
 		}
+		prev := f.Value.String()
 		if err := f.Value.Set(val); err != nil {
+			// pflag's numbers store what they parsed (0) before reporting the error: put the
+			// previous value back, so that the checks do not report the option a second time.
+			_ = f.Value.Set(prev)
 			errs = append(errs, fmt.Errorf("%s: %s %q: %v", src.where, o.name, val, badValue(f, err)))
 			continue
 		}

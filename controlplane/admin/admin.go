@@ -1,8 +1,9 @@
 // Package admin is meshguard's admin HTTP API for people and probes: /healthz, /readyz and
 // /metrics, open to all; and under /v1 the service API (list services, change a service's
-// mode, approve and reject), the audit log and API tokens, each behind a credential (a
-// bearer token or a verified client certificate) with a role: viewer reads, operator
-// changes modes and approves or rejects, admin manages tokens.
+// mode, approve and reject destinations and shapes, accept or reject a rate shift), the
+// audit log and API tokens, each behind a credential (a bearer token or a verified client
+// certificate) with a role: viewer reads, operator changes modes and approves or rejects,
+// admin manages tokens.
 //
 // Every change is written with its audit record (who, what, before, after, when, why) in
 // one transaction synced to disk before the API answers 200 (Committer). Changes are
@@ -44,6 +45,10 @@ type Model interface {
 	ModeCounts() map[flowmodel.Mode]int
 	ApproveKnown(service string, fb flowmodel.Feedback, addrs []netip.Addr) (flowmodel.Approval, error)
 	Reject(service string, fb flowmodel.Feedback) error
+	// AcceptRate makes a service's current request rate its baseline at once; RejectRate
+	// keeps its current shift alarming past probation (rate.go).
+	AcceptRate(service string) error
+	RejectRate(service string) error
 }
 
 // Committer makes operators' changes durable. flowmodel.Persister satisfies it.
@@ -207,6 +212,8 @@ func New(m Model, o Options) (*Handler, error) {
 	route("PUT /v1/services/{service}/mode", RoleOperator, h.putMode)
 	route("POST /v1/services/{service}/approvals", RoleOperator, h.approve)
 	route("POST /v1/services/{service}/rejections", RoleOperator, h.reject)
+	route("POST /v1/services/{service}/rate/accept", RoleOperator, h.acceptRate)
+	route("POST /v1/services/{service}/rate/reject", RoleOperator, h.rejectRate)
 	route("GET /v1/audit", RoleViewer, h.audit)
 	route("GET /v1/tokens", RoleAdmin, h.listTokens)
 	route("POST /v1/tokens", RoleAdmin, h.createToken)

@@ -300,6 +300,8 @@ func TestRoles(t *testing.T) {
 		{"PUT", svc + "/mode", ModeRequest{Mode: "quarantine", Allow: []string{"vault:8200"}}, RoleOperator},
 		{"POST", svc + "/approvals", FeedbackRequest{Destination: "api.example.com:8443"}, RoleOperator},
 		{"POST", svc + "/rejections", FeedbackRequest{Destination: "api.example.com:8443"}, RoleOperator},
+		{"POST", svc + "/rate/accept", RateRequest{}, RoleOperator},
+		{"POST", svc + "/rate/reject", RateRequest{Reason: "r"}, RoleOperator},
 		{"GET", "/v1/tokens", nil, RoleAdmin},
 		{"POST", "/v1/tokens", TokenRequest{Role: RoleViewer}, RoleAdmin},
 		{"DELETE", "/v1/tokens/", nil, RoleAdmin},
