@@ -3,7 +3,11 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,3 +99,60 @@ func TestREADMEOptionTable(t *testing.T) {
 
 // markdownEscaper keeps help text literal in a Markdown table cell.
 var markdownEscaper = strings.NewReplacer("|", `\|`, "<", "&lt;", ">", "&gt;")
+
+// TestSecurityNamesRealTests: every test SECURITY.md cites as proof (`pkg.TestName`,
+// `pkg.TestPrefix*`, `FuzzName`) is a test function of that package, so the map of attacks to
+// tests cannot point at a test that was renamed or removed.
+func TestSecurityNamesRealTests(t *testing.T) {
+	doc, err := os.ReadFile("../../SECURITY.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cited := regexp.MustCompile("`((?:[a-z][a-z0-9]*/)*[a-z][a-z0-9]*\\.)?((?:Test|Fuzz)[A-Za-z0-9_]*)(\\*?)`").FindAllStringSubmatch(string(doc), -1)
+	if len(cited) < 50 {
+		t.Fatalf("found %d cited tests in SECURITY.md; the pattern is broken", len(cited))
+	}
+	funcs := map[string][]string{} // test function name -> directories declaring it
+	decl := regexp.MustCompile(`(?m)^func ((?:Test|Fuzz)[A-Za-z0-9_]*)\(`)
+	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "node_modules") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range decl.FindAllStringSubmatch(string(b), -1) {
+			funcs[m[1]] = append(funcs[m[1]], filepath.Base(filepath.Dir(path)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cited {
+		pkg := strings.TrimSuffix(c[1], ".")
+		if i := strings.LastIndex(pkg, "/"); i >= 0 {
+			pkg = pkg[i+1:]
+		}
+		found := false
+		for name, dirs := range funcs {
+			if name != c[2] && !(c[3] == "*" && strings.HasPrefix(name, c[2])) {
+				continue
+			}
+			if pkg == "" || slices.Contains(dirs, pkg) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("SECURITY.md cites %s, which no test file of package %q declares", c[0], pkg)
+		}
+	}
+}
