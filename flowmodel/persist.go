@@ -315,6 +315,9 @@ func (p *Persister) add(r ServiceRecord) {
 	if r.Params == nil {
 		r.Params = old.Params // unchanged since the pending record's models
 	}
+	if r.Rates == nil {
+		r.Rates = old.Rates // not due since the pending record's states
+	}
 	dests := make(map[string]DestinationRecord, len(old.Destinations)+len(r.Destinations))
 	shapes := make(map[string][]ShapeRecord)
 	removed := make(map[string]bool, len(old.Removed)+len(r.Removed))

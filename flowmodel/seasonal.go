@@ -228,6 +228,8 @@ func (m *Model) AcceptRate(service string) error {
 			m.volume.Accept(&es.vol)
 		}
 	})
+	s.rs.force = true // saved at the next flush: a restart must not forget it
+	m.markDirty(s)
 	return nil
 }
 
@@ -253,6 +255,8 @@ func (m *Model) RejectRate(service string) error {
 			m.volume.Reject(&es.vol)
 		}
 	})
+	s.rs.force = true
+	m.markDirty(s)
 	return nil
 }
 

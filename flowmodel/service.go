@@ -231,8 +231,9 @@ type service struct {
 	feedback      []FeedbackRecord
 	par           paramState // parameter value models (params.go)
 	ep            episodeDest
-	near          nearby // what the baseline says of destinations it lacks (novelty.go)
-	fan           fanout // recent new destinations (novelty.go)
+	rs            rateSave // when the detectors' states were last saved (ratestate.go)
+	near          nearby   // what the baseline says of destinations it lacks (novelty.go)
+	fan           fanout   // recent new destinations (novelty.go)
 
 	queued     bool // in Model.dirty
 	dirtyDests []*destEntry
@@ -352,6 +353,9 @@ func (s *service) record(all bool) ServiceRecord {
 		},
 	}
 	r.Params = s.par.record(all)
+	if !all {
+		r.Rates = s.rateRecord()
+	}
 	for _, e := range s.allow {
 		r.QuarantineAllow = append(r.QuarantineAllow, e.String())
 	}
@@ -443,6 +447,9 @@ type ServiceRecord struct {
 	// Params are the service's parameter value models, in a save only, and nil there when
 	// they did not change since the last one (a Store then keeps what it has).
 	Params *param.Snapshot `json:"params,omitempty"`
+	// Rates are the states of the service's rate, seasonal and volume detectors, in a save
+	// only, and nil there when not due (see RateSnapshot).
+	Rates *RateSnapshot `json:"rates,omitempty"`
 	// Episodes are the service's open and latest closed alert episodes (Model.Service only).
 	Episodes *EpisodeReport `json:"episodes,omitempty"`
 	// Removed lists destinations forgotten since the last save (a Store deletes them, and
@@ -521,8 +528,8 @@ func (m *Model) TakeChanges() []ServiceRecord {
 }
 
 // Restore loads a stored service into the model, replacing any state of that name. Call it
-// before the model serves flows. Shape tables are rebuilt from the shape records; the rate
-// and volume detectors start afresh (they warm up again).
+// before the model serves flows. Shape tables are rebuilt from the shape records; the rate,
+// seasonal and volume detectors take their saved states (Rates), or start afresh.
 func (m *Model) Restore(r ServiceRecord) error {
 	if r.Name == "" {
 		return errors.New("restore: empty service name")
@@ -584,6 +591,8 @@ func (m *Model) Restore(r ServiceRecord) error {
 	if err := m.restoreParams(s, r.Params); err != nil {
 		errs = append(errs, err)
 	}
+	s.restoreRates(r.Rates) // a state that does not decode warms up again
+	s.rs = rateSave{at: s.now, requests: s.requests}
 	// Entries evicted while restoring more than MaxDestinations are deleted at the next save.
 	if len(s.removed) > 0 {
 		m.markDirty(s)

@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel/internal/interval"
+	"github.com/meshguard/meshguard/flowmodel/internal/wire"
 )
 
 // Config tunes a Detector. The zero value of a field means its default.
@@ -427,4 +428,40 @@ func (d *Detector) skip(s *State, g int64) {
 		s.sq *= f
 		s.n += m
 	}
+}
+
+// stateVersion is the version byte of a State's binary form.
+const stateVersion = 1
+
+// AppendBinary appends s's binary form to b (encoding.BinaryAppender), for the store.
+func (s *State) AppendBinary(b []byte) ([]byte, error) {
+	w := wire.Writer{B: append(b, stateVersion)}
+	w.I64(s.cur)
+	for _, v := range [...]float64{s.count, s.mean, s.sq, s.fast, s.cusum, s.ceil} {
+		w.F64(v)
+	}
+	w.I64(s.n)
+	w.I64(s.held)
+	w.Bool(s.seen)
+	w.Bool(s.rejected)
+	return w.B, nil
+}
+
+// UnmarshalBinary sets s from the form AppendBinary wrote; on error s is unchanged.
+func (s *State) UnmarshalBinary(b []byte) error {
+	r := wire.NewReader(b, stateVersion)
+	var t State
+	t.cur = r.I64(wire.AnyInt)
+	for _, p := range [...]*float64{&t.count, &t.mean, &t.sq, &t.fast, &t.cusum, &t.ceil} {
+		*p = r.F64()
+	}
+	t.n = r.I64(0)
+	t.held = r.I64(0)
+	t.seen = r.Bool()
+	t.rejected = r.Bool()
+	if err := r.Done(); err != nil {
+		return fmt.Errorf("rate state: %w", err)
+	}
+	*s = t
+	return nil
 }

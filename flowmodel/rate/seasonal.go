@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel/internal/interval"
+	"github.com/meshguard/meshguard/flowmodel/internal/wire"
 )
 
 // Seasonal detects a key's request rate leaving its daily profile, in either direction: a
@@ -500,4 +501,58 @@ func (d *Seasonal) probation(s *SeasonalState, silent bool) {
 	case s.up == 0 && s.down == 0:
 		s.held = 0
 	}
+}
+
+// seasonalVersion is the version byte of a SeasonalState's binary form.
+const seasonalVersion = 1
+
+// AppendBinary appends s's binary form to b (encoding.BinaryAppender), for the store.
+func (s *SeasonalState) AppendBinary(b []byte) ([]byte, error) {
+	w := wire.Writer{B: append(b, seasonalVersion)}
+	w.I64(s.cur)
+	for _, v := range [...]float64{s.count, s.upLimit, s.expected, s.level, s.fast, s.pool} {
+		w.F64(v)
+	}
+	w.I64(s.poolN)
+	w.F64(s.up)
+	w.F64(s.down)
+	w.I64(s.buckets)
+	w.I64(s.held)
+	for _, v := range [...]bool{s.alarm, s.dropped, s.seen, s.rejected} {
+		w.Bool(v)
+	}
+	for i := range MaxSlots {
+		w.U16(s.days[i])
+		w.F32(s.mean[i])
+		w.F32(s.vari[i])
+	}
+	return w.B, nil
+}
+
+// UnmarshalBinary sets s from the form AppendBinary wrote; on error s is unchanged.
+func (s *SeasonalState) UnmarshalBinary(b []byte) error {
+	r := wire.NewReader(b, seasonalVersion)
+	var t SeasonalState
+	t.cur = r.I64(wire.AnyInt)
+	for _, p := range [...]*float64{&t.count, &t.upLimit, &t.expected, &t.level, &t.fast, &t.pool} {
+		*p = r.F64()
+	}
+	t.poolN = r.I64(0)
+	t.up = r.F64()
+	t.down = r.F64()
+	t.buckets = r.I64(0)
+	t.held = r.I64(0)
+	for _, p := range [...]*bool{&t.alarm, &t.dropped, &t.seen, &t.rejected} {
+		*p = r.Bool()
+	}
+	for i := range MaxSlots {
+		t.days[i] = r.U16()
+		t.mean[i] = r.F32()
+		t.vari[i] = r.F32()
+	}
+	if err := r.Done(); err != nil {
+		return fmt.Errorf("seasonal state: %w", err)
+	}
+	*s = t
+	return nil
 }

@@ -55,6 +55,7 @@ var (
 	bucketAudit        = []byte("audit")
 	bucketTokens       = []byte("tokens")
 	keyParams          = []byte("params") // the service's parameter models (param.Snapshot JSON)
+	keyRates           = []byte("rates")  // its rate, seasonal and volume detectors (flowmodel.RateSnapshot JSON)
 )
 
 // ErrLocked is returned (wrapped) when another process holds the store's lock, as a running
@@ -320,6 +321,15 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 					return b.undecodable(fmt.Errorf("service %.100q: params: %w", name, err))
 				}
 			}
+			if v := sb.Get(keyRates); v != nil {
+				raw, err := b.unseal(v, name, keyRates)
+				if err != nil {
+					return b.undecodable(fmt.Errorf("service %.100q: rates: %w", name, err))
+				}
+				if err := json.Unmarshal(raw, &r.Rates); err != nil {
+					return b.undecodable(fmt.Errorf("service %.100q: rates: %w", name, err))
+				}
+			}
 			if db := sb.Bucket(bucketDestinations); db != nil {
 				r.Destinations = make([]flowmodel.DestinationRecord, 0, db.Stats().KeyN)
 				err := db.ForEach(func(k, v []byte) error {
@@ -479,13 +489,22 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 		return err
 	}
 	st := r
-	st.Destinations, st.Shapes, st.Removed, st.Params = nil, nil, nil, nil
+	st.Destinations, st.Shapes, st.Removed, st.Params, st.Rates = nil, nil, nil, nil, nil
 	if r.Params != nil { // nil: unchanged, the stored models stay
 		v, err := json.Marshal(r.Params)
 		if err != nil {
 			return err
 		}
 		if err := sb.Put(keyParams, seal(v, []byte(r.Name), keyParams)); err != nil {
+			return err
+		}
+	}
+	if r.Rates != nil { // nil: not due, the stored states stay
+		v, err := json.Marshal(r.Rates)
+		if err != nil {
+			return err
+		}
+		if err := sb.Put(keyRates, seal(v, []byte(r.Name), keyRates)); err != nil {
 			return err
 		}
 	}

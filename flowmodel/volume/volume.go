@@ -55,6 +55,7 @@ import (
 	"time"
 
 	"github.com/meshguard/meshguard/flowmodel/internal/interval"
+	"github.com/meshguard/meshguard/flowmodel/internal/wire"
 )
 
 // Config tunes a Detector. The zero value of a field means its default.
@@ -499,4 +500,40 @@ func (d *Detector) probation(s *State, anomalous bool, n int64) {
 		s.held = 0
 		s.hw, s.hs1, s.hl1, s.hl2 = 0, 0, 0, 0
 	}
+}
+
+// stateVersion is the version byte of a State's binary form.
+const stateVersion = 1
+
+// AppendBinary appends s's binary form to b (encoding.BinaryAppender), for the store.
+func (s *State) AppendBinary(b []byte) ([]byte, error) {
+	w := wire.Writer{B: append(b, stateVersion)}
+	w.I64(s.cur)
+	w.I64(s.start)
+	for _, v := range [...]float64{s.bytes, s.reqs, s.lsum, s.w, s.s1, s.l1, s.l2, s.hw, s.hs1, s.hl1, s.hl2, s.cusum, s.excess, s.ceil} {
+		w.F64(v)
+	}
+	w.I64(s.held)
+	w.Bool(s.seen)
+	w.Bool(s.rejected)
+	return w.B, nil
+}
+
+// UnmarshalBinary sets s from the form AppendBinary wrote; on error s is unchanged.
+func (s *State) UnmarshalBinary(b []byte) error {
+	r := wire.NewReader(b, stateVersion)
+	var t State
+	t.cur = r.I64(wire.AnyInt)
+	t.start = r.I64(wire.AnyInt)
+	for _, p := range [...]*float64{&t.bytes, &t.reqs, &t.lsum, &t.w, &t.s1, &t.l1, &t.l2, &t.hw, &t.hs1, &t.hl1, &t.hl2, &t.cusum, &t.excess, &t.ceil} {
+		*p = r.F64()
+	}
+	t.held = r.I64(0)
+	t.seen = r.Bool()
+	t.rejected = r.Bool()
+	if err := r.Done(); err != nil {
+		return fmt.Errorf("volume state: %w", err)
+	}
+	*s = t
+	return nil
 }
