@@ -173,6 +173,14 @@ func PValue(raw float64) float64 {
 	return math.Erfc(math.Sqrt(raw / 2))
 }
 
+// warmTicks is how many ticks a bucket has before it scores: its first, partial one, and a
+// full one.
+const warmTicks = 2
+
+// holdGrowth bounds what an anomalous tick merges into its bucket's total: at most this many
+// times the mean.
+const holdGrowth = 2
+
 // cell is one bucket: counts as of step last, and the last score given to it.
 type cell struct {
 	cur   float64 // current count, decayed each tick
@@ -277,8 +285,13 @@ func (d *Detector) observe(s *sketch, key uint64) float64 {
 		if c.cur < a { // counts are never NaN: plain compares, cheaper than min
 			a = c.cur
 		}
-		if c.first == n {
-			fresh = true // no key reached this bucket before: the key is new
+		if n-c.first < warmTicks {
+			// No key reached this bucket before its previous tick: the key is new, and the
+			// bucket's first tick began part way through, when its first edge came, so its
+			// count is no tick's worth. Scored against it, the first full tick of a steady
+			// edge would be a burst, held out of the mean by the filter, and so would every
+			// tick after it: the edge would score high for good.
+			fresh = true
 		} else if mr := c.tot / float64(n-c.first); mr < m {
 			m = mr
 		}
@@ -315,10 +328,19 @@ func (d *Detector) catchUp(c *cell, n int64) {
 		pow = math.Exp(float64(k) * d.lnDecay) // 0 when Decay is 0: k×-Inf = -Inf
 		geo = (1 - pow) / (1 - d.cfg.Decay)
 	}
-	if c.score < d.cfg.Threshold {
+	switch {
+	case c.score < d.cfg.Threshold:
 		c.tot += c.cur * geo
-	} else if c.last > c.first { // at its first step a bucket has no total to extend
-		c.tot *= float64(n-c.first) / float64(c.last-c.first)
+	case c.last > c.first: // at its first step a bucket has no total to extend
+		// The anomalous step merges at most holdGrowth times the mean, not the mean: a long
+		// attack still barely moves an old bucket's mean, but a young bucket, or a lasting
+		// step up, is learned in time instead of held out for good. The idle steps after it
+		// merge the mean.
+		mean := c.tot / float64(c.last-c.first)
+		c.tot += min(c.cur, holdGrowth*mean)
+		if k > 1 {
+			c.tot *= float64(n-c.first) / float64(c.last+1-c.first)
+		}
 	}
 	c.cur *= pow
 	c.last = n
