@@ -47,6 +47,7 @@ func (m *Model) Approve(service string, fb Feedback) error {
 	e := m.record(s, pk.dest, at, "approval")
 	if e.source == sourceProbation { // an operator vouches for what probation tolerated
 		e.source = "approval"
+		s.near.note(m, e.key)
 	}
 	s.endProbation(dest)
 	if sh != nil {

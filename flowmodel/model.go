@@ -411,7 +411,9 @@ func (m *Model) record(s *service, k destKey, t time.Time, src string) *destEntr
 	if !ok {
 		e = &destEntry{key: k, first: nanos(t), last: nanos(t), source: src, hash: m.hashKey(k)}
 		s.dests.Add(k, e)
-		s.near.note(m, k)
+		if src != sourceProbation { // probation tolerates; it does not vouch for neighbours
+			s.near.note(m, k)
+		}
 	}
 	touch(s, e, t)
 	return e

@@ -3,6 +3,7 @@ package flowmodel
 import (
 	"math"
 	"slices"
+	"strings"
 
 	"golang.org/x/net/publicsuffix"
 )
@@ -18,8 +19,10 @@ import (
 //
 //   - port: a port none of its destinations uses raises the score; a port it uses lowers it.
 //   - name: a host whose registrable domain (eTLD+1, by the public suffix list) the service
-//     names already lowers it; an IP in a network (/24, /48) and port the service uses,
-//     named by no host, lowers it too.
+//     names already lowers it, when DNS (or a replay) vouches for the name at its IP; an IP
+//     in a network (/24, /48) and port the service uses, named by no host, lowers it too.
+//     Destinations admitted by probation alone vouch for no neighbour, and one that leaves
+//     the baseline stops vouching.
 //   - fan-out: many distinct new destinations in a few minutes (a scan, a worm, a sweep of
 //     a C2 list) raise it, up to 1.
 //
@@ -97,17 +100,21 @@ func has[T uint16 | uint64](s []T, v T) bool {
 	return ok
 }
 
-// registrable returns host's registrable domain (eTLD+1), or host itself when it is a public
-// suffix or has no dot.
+// registrable returns host's registrable domain (eTLD+1, by the public suffix list), or
+// false when the list gives no evidence: host is itself a public suffix, or its suffix comes
+// only from the list's default rule (an unlisted TLD such as cluster.local, svc, internal or
+// consul, where "registrable" would lump every service of a cluster, or every namespace, into
+// one domain).
 func registrable(host string) (string, bool) {
-	if host == "" {
+	suffix, icann := publicsuffix.PublicSuffix(host)
+	if !icann && !strings.Contains(suffix, ".") {
 		return "", false
 	}
-	d, err := publicsuffix.EffectiveTLDPlusOne(host)
-	if err != nil {
-		return host, true
+	i := len(host) - len(suffix) - 1
+	if i <= 0 || host[i] != '.' {
+		return "", false
 	}
-	return d, true
+	return host[strings.LastIndexByte(host[:i], '.')+1:], true
 }
 
 // netKey is the network of k's IP (/24 for IPv4, /48 for IPv6) with k's port.
@@ -139,7 +146,7 @@ func (m *Model) newDestScore(s *service, f *Flow, d newDest) float64 {
 		k = d.ipKey
 	}
 	h := m.hashKey(k)
-	now := nanos(f.Time)
+	now := nanos(s.now) // the service's clock: past or future event times move it no faster
 	fo := &s.fan
 	if fo.at != 0 && now > fo.at {
 		fo.level *= math.Exp2(-float64(now-fo.at) / fanoutHalfLife)
@@ -156,6 +163,9 @@ func (m *Model) newDestScore(s *service, f *Flow, d newDest) float64 {
 		return 1
 	}
 
+	if s.nearStale {
+		m.rebuildNear(s)
+	}
 	n := &s.near
 	ev := 0.5
 	port := f.Destination.Port
@@ -169,7 +179,7 @@ func (m *Model) newDestScore(s *service, f *Flow, d newDest) float64 {
 	case d.hostKnown:
 		// A name the service uses, at an address nothing vouches for: not near, whatever
 		// its domain (the name is the workload's word; a spoofed Host names a known host).
-	case d.hasHost && m.nameVouched(f, d.hasIP):
+	case d.hasHost && len(n.domains) > 0 && m.nameVouched(f, d.hasIP):
 		if dom, ok := registrable(d.hostKey.host); ok && has(n.domains, m.hashKey(destKey{host: dom})) {
 			ev -= 0.25
 		}
@@ -183,6 +193,18 @@ func (m *Model) newDestScore(s *service, f *Flow, d newDest) float64 {
 	}
 	ev = min(max(ev, 0.05), 1)
 	return maxSoftScore + (1-maxSoftScore)*ev
+}
+
+// rebuildNear recomputes s's nearby sets from its destinations, after one left the baseline
+// (rejected, or forgotten by the LRU), so that it no longer vouches for its neighbours. Entries
+// admitted by probation alone never do. Call with s.mu held.
+func (m *Model) rebuildNear(s *service) {
+	s.near, s.nearStale = nearby{}, false
+	for _, e := range s.dests.Values() {
+		if e.source != sourceProbation {
+			s.near.note(m, e.key)
+		}
+	}
 }
 
 // nameVouched reports whether f's host name may stand for its destination: there is no IP

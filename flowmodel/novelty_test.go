@@ -156,7 +156,7 @@ func TestNoveltySurvivesRestore(t *testing.T) {
 func TestAdversaryNearbySetsAreBounded(t *testing.T) {
 	m := mustModel(t, Config{LearnWindow: time.Hour, LearnMinRequests: 1, Disabled: destinationsOnly})
 	for i := range 2000 {
-		f := noveltyFlow("iot/cam", fmt.Sprintf("10.%d.%d.1", i/250, i%250), uint16(1000+i), fmt.Sprintf("h%d.d%d.example", i, i), time.Duration(i)*time.Millisecond)
+		f := noveltyFlow("iot/cam", fmt.Sprintf("10.%d.%d.1", i/250, i%250), uint16(1000+i), fmt.Sprintf("h%d.d%d.com", i, i), time.Duration(i)*time.Millisecond)
 		m.Decide(f)
 	}
 	s := m.lookup("iot/cam", false)
@@ -168,4 +168,84 @@ func TestAdversaryNearbySetsAreBounded(t *testing.T) {
 	if s.near.full != nearPorts|nearDomains|nearNets {
 		t.Errorf("full = %b; want every set marked full", s.near.full)
 	}
+}
+
+func TestRegistrable(t *testing.T) {
+	for _, tc := range []struct{ host, want string }{
+		{"api.example.com", "example.com"},
+		{"example.com", "example.com"},
+		{"a.b.foo.co.uk", "foo.co.uk"},
+		{"com", ""},
+		{"co.uk", ""},
+		{"kubernetes.default.svc.cluster.local", ""}, // unlisted TLD: no evidence
+		{"payments-db.pay.svc", ""},
+		{"metadata.google.internal", ""},
+		{"vault.service.consul", ""},
+		{"", ""},
+	} {
+		got, ok := registrable(tc.host)
+		if got != tc.want || ok != (tc.want != "") {
+			t.Errorf("registrable(%q) = %q, %v; want %q", tc.host, got, ok, tc.want)
+		}
+	}
+}
+
+// TestAdversaryNeighboursMustBeVouchedFor: what makes a new destination "near" is what the
+// service learned or an operator approved. A C2 domain admitted by probation (three days of
+// alerts) does not make its next host near; a rejected host's domain stops being near; a
+// cluster's service names (an unlisted TLD) are never one domain; and, where recorded names
+// are trusted (a replay), a known name at an address it was never seen at is still not near.
+func TestAdversaryNeighboursMustBeVouchedFor(t *testing.T) {
+	trusted := func(t *testing.T) *Model {
+		m := mustModel(t, Config{LearnWindow: time.Hour, LearnMinRequests: 1, Disabled: destinationsOnly, TrustHostNames: true})
+		m.Decide(noveltyFlow("iot/cam", "203.0.113.10", 443, "api.vendor.example.com", 0))
+		m.Decide(noveltyFlow("iot/cam", "10.96.0.10", 443, "inventory.shop.svc.cluster.local", time.Minute))
+		setMode(t, m, "iot/cam", ModeMonitor)
+		return m
+	}
+	score := func(m *Model, f *Flow) float64 {
+		t.Helper()
+		v := m.Decide(f)
+		if !v.Reasons.Has(ReasonNewDestination) {
+			t.Fatalf("%+v: %s; want new_destination", f.Destination, reasons(v))
+		}
+		return v.Score
+	}
+	far := score(trusted(t), noveltyFlow("iot/cam", "198.51.100.1", 443, "x.unrelated.net", 2*time.Hour))
+	near := score(trusted(t), noveltyFlow("iot/cam", "198.51.100.1", 443, "eu.vendor.example.com", 2*time.Hour))
+	if !(near < far) {
+		t.Fatalf("a vouched host of the learned domain scores %v, an unrelated one %v; want it below", near, far)
+	}
+
+	t.Run("probation", func(t *testing.T) {
+		m := trusted(t)
+		for day := range 3 {
+			m.Decide(noveltyFlow("iot/cam", "192.0.2.66", 443, "a.c2.example.net", time.Hour+time.Duration(day)*24*time.Hour))
+		}
+		if v := m.Decide(noveltyFlow("iot/cam", "192.0.2.66", 443, "a.c2.example.net", 75*time.Hour)); v.Reasons.Has(ReasonNewDestination) {
+			t.Fatalf("a.c2.example.net not admitted by probation: %s", reasons(v))
+		}
+		if got := score(m, noveltyFlow("iot/cam", "192.0.2.67", 443, "b.c2.example.net", 76*time.Hour)); got < far {
+			t.Errorf("a sibling of a host admitted by probation scores %v; want at least %v (not near)", got, far)
+		}
+	})
+	t.Run("rejected", func(t *testing.T) {
+		m := trusted(t)
+		if err := m.Reject("iot/cam", Feedback{Destination: "api.vendor.example.com:443", By: "test"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := score(m, noveltyFlow("iot/cam", "198.51.100.1", 443, "eu.vendor.example.com", 2*time.Hour)); got < far {
+			t.Errorf("a sibling of a rejected host scores %v; want at least %v (not near)", got, far)
+		}
+	})
+	t.Run("cluster names", func(t *testing.T) {
+		if got := score(trusted(t), noveltyFlow("iot/cam", "10.96.7.7", 443, "kubernetes.default.svc.cluster.local", 2*time.Hour)); got < far {
+			t.Errorf("another cluster service scores %v; want at least %v (not near)", got, far)
+		}
+	})
+	t.Run("known name elsewhere", func(t *testing.T) {
+		if got := score(trusted(t), noveltyFlow("iot/cam", "198.51.100.1", 443, "api.vendor.example.com", 2*time.Hour)); got < far {
+			t.Errorf("the learned host at an address never seen scores %v; want at least %v (not near)", got, far)
+		}
+	})
 }

@@ -206,10 +206,11 @@ func (m *Model) SweepSeasonal(now time.Time) []RateDrop {
 	return out
 }
 
-// AcceptRate tells the model that a service's current rate or volume shift (its
-// rate_spike, rate_drop or volume_spike) is normal: the service's rate detectors, and those
-// of each of its destinations whose rate or volume is shifted, make their recent level their
-// baseline at once, whatever their probation, and lift any rejection.
+// AcceptRate tells the model that a service's current rate shift (its rate_spike or
+// rate_drop) is normal: the service's rate detectors, and the rate detector of each of its
+// destinations whose rate is shifted, make their recent level their baseline at once,
+// whatever their probation, and lift any rejection. Volume shifts (volume_spike, a possible
+// exfiltration) are not accepted with it: accepting a rate must not adopt an upload elsewhere.
 func (m *Model) AcceptRate(service string) error {
 	s := m.lookup(service, false)
 	if s == nil {
@@ -220,12 +221,9 @@ func (m *Model) AcceptRate(service string) error {
 	m.rate.Accept(&s.rate)
 	m.season.Accept(&s.season.st)
 	s.season.dropOpen = false
-	m.shiftedEdges(s, func(es *edgeState, rateShifted, volShifted bool) {
+	m.shiftedEdges(s, func(es *edgeState, rateShifted, _ bool) {
 		if rateShifted {
 			m.rate.Accept(&es.rate)
-		}
-		if volShifted {
-			m.volume.Accept(&es.vol)
 		}
 	})
 	s.rs.force = true // saved at the next flush: a restart must not forget it
@@ -237,7 +235,7 @@ func (m *Model) AcceptRate(service string) error {
 // the service's rate detectors, and those of each destination whose rate or volume is
 // shifted, keep alarming instead of making it their baseline after probation (a slow ramp or
 // a flood the workload hopes to outlast), until a probation period passes without alarm or
-// AcceptRate.
+// (for a rate) AcceptRate.
 func (m *Model) RejectRate(service string) error {
 	s := m.lookup(service, false)
 	if s == nil {

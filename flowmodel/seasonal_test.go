@@ -269,11 +269,11 @@ func TestSeasonalFloodOneEdge(t *testing.T) {
 	}
 }
 
-// TestRateShiftDecisionsReachDestinations: a flood to one known destination (ten times its
+// TestAdversaryRateShiftDecisionsReachDestinations: a flood to one known destination (ten times its
 // rate) raises that destination's rate_spike. Unjudged, the flood becomes its baseline after
 // the 24h probation; RejectRate keeps it alarming past that; AcceptRate silences it at once.
 // The seasonal detector is made deaf: the decisions must reach the destination's own CUSUM.
-func TestRateShiftDecisionsReachDestinations(t *testing.T) {
+func TestAdversaryRateShiftDecisionsReachDestinations(t *testing.T) {
 	newModel := func() *Model {
 		m := mustModel(t, Config{
 			LearnWindow: seasonLearn,
@@ -316,6 +316,59 @@ func TestRateShiftDecisionsReachDestinations(t *testing.T) {
 			late := seasonFeed(m, "shop/api", flood+30*time.Hour, flood+31*time.Hour, 30*time.Second)
 			if got := count(late, ReasonRateSpike) > 0; got != tc.wantLate {
 				t.Errorf("30h into the flood: rate_spike on %d of %d requests, want alarming %v", count(late, ReasonRateSpike), len(late), tc.wantLate)
+			}
+		})
+	}
+}
+
+// TestAdversaryAcceptRateLeavesVolume: a workload that uploads four times its usual size to a
+// known destination (slow exfiltration: volume_spike) while a harmless rate spike elsewhere
+// gets an operator's AcceptRate. The acceptance does not adopt the uploads: they keep
+// alarming. RejectRate does hold them past the 24h probation that adopts them otherwise.
+func TestAdversaryAcceptRateLeavesVolume(t *testing.T) {
+	upload := func(m *Model, from, to time.Duration) (spikes, n int) {
+		for at := from; at < to; at += 30 * time.Second {
+			f := flow("shop/api", "198.51.100.9", 443, "upload.example.com", 0)
+			f.Time, f.Method, f.Path, f.RequestBytes = seasonT0.Add(at), "POST", "/v1/blobs", 32<<10
+			if m.Decide(f).Reasons.Has(ReasonVolumeSpike) {
+				spikes++
+			}
+			n++
+		}
+		return spikes, n
+	}
+	start := seasonLearn + time.Minute
+	for _, tc := range []struct {
+		name     string
+		decide   func(*Model) error
+		wantLate bool // still alarming 30h in
+	}{
+		{"accepted", func(m *Model) error { return m.AcceptRate("shop/api") }, false},
+		{"rejected", func(m *Model) error { return m.RejectRate("shop/api") }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mustModel(t, Config{
+				LearnWindow: seasonLearn,
+				Disabled:    Reasons(0).With(ReasonBurst).With(ReasonNewShape).With(ReasonRareShape).With(ReasonRateSpike),
+			})
+			for at := time.Duration(0); at < start; at += 30 * time.Second {
+				f := flow("shop/api", "198.51.100.9", 443, "upload.example.com", 0)
+				f.Time, f.Method, f.Path, f.RequestBytes = seasonT0.Add(at), "POST", "/v1/blobs", 8<<10
+				m.Decide(f)
+			}
+			if n, _ := upload(m, start, start+time.Hour); n == 0 {
+				t.Fatal("an hour of uploads four times the usual size: no volume_spike")
+			}
+			if err := tc.decide(m); err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := upload(m, start+time.Hour, start+time.Hour+10*time.Minute); n == 0 {
+				t.Errorf("after the decision the uploads no longer alarm: it adopted them")
+			}
+			upload(m, start+time.Hour+10*time.Minute, start+30*time.Hour)
+			late, n := upload(m, start+30*time.Hour, start+31*time.Hour)
+			if got := late > 0; got != tc.wantLate {
+				t.Errorf("30h in: volume_spike on %d of %d uploads; want alarming %v", late, n, tc.wantLate)
 			}
 		})
 	}

@@ -233,6 +233,7 @@ type service struct {
 	ep            episodeDest
 	rs            rateSave // when the detectors' states were last saved (ratestate.go)
 	near          nearby   // what the baseline says of destinations it lacks (novelty.go)
+	nearStale     bool     // a destination left the baseline: rebuild near before use
 	fan           fanout   // recent new destinations (novelty.go)
 
 	queued     bool // in Model.dirty
@@ -287,6 +288,7 @@ func (m *Model) newService(name string) *service {
 	s.dests, _ = simplelru.NewLRU(m.cfg.MaxDestinations, func(k destKey, e *destEntry) {
 		e.evicted = true
 		s.removed = append(s.removed, k)
+		s.nearStale = true // rejected or forgotten: it no longer vouches for its neighbours
 		if e.edge != nil && e.edge.shapes != nil {
 			s.shapeCount -= e.edge.shapes.Len()
 		}
@@ -583,7 +585,9 @@ func (m *Model) Restore(r ServiceRecord) error {
 			e.edgeState().prefixes = append(e.edgeState().prefixes, p)
 		}
 		s.dests.Add(k, e)
-		s.near.note(m, k)
+		if e.source != sourceProbation {
+			s.near.note(m, k)
+		}
 	}
 	if err := m.restoreShapes(s, r.Shapes); err != nil {
 		errs = append(errs, err)

@@ -346,7 +346,10 @@ func (d *Detector) Shift(s *State) (held time.Duration, rejected bool) {
 // weighted up to MinRequests at least, so that a quiet key's new baseline can judge.
 func (d *Detector) adopt(s *State) {
 	if s.hw > 0 {
-		f := max(1, d.cfg.MinRequests/s.hw)
+		// The adopted baseline weighs what the old one did, up to minWeight (and at least
+		// MinRequests): a sparse key's shift, held out for a day, is a few dozen requests,
+		// and a baseline that light would learn the next shift before it could alarm.
+		f := max(1, max(d.cfg.MinRequests, min(minWeight, s.w))/s.hw)
 		s.w, s.s1, s.l1, s.l2 = s.hw*f, s.hs1*f, s.hl1*f, s.hl2*f
 		s.ceil = max(s.ceil, s.l1/s.w)
 	}
