@@ -3,8 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"mime/multipart"
 	"math/rand/v2"
+	"mime/multipart"
 	"net/url"
 	"strconv"
 	"strings"
