@@ -72,7 +72,7 @@ func FuzzParse(f *testing.F) {
 		// A query that net/url decodes gives the same values as the first decoding round.
 		if vals, err := url.ParseQuery(query); err == nil && split(query) == query && !strings.Contains(query, ";") && len(query) <= lim.MaxQueryBytes {
 			p := &parser{}
-			p.reset(lim, query, "", bodyNone)
+			p.reset(lim, query, "", bodyType{})
 			var x param
 			for i := 0; i < lim.MaxParams && p.next(&x); i++ {
 				dec, _ := decodeInto(nil, x.raw, true)

@@ -1,8 +1,17 @@
 // Package param learns what the parameter values of a service's requests look like, and
 // scores a value that does not look like that.
 //
-// A parameter is a query parameter, a field of a form-encoded body, or a key path of a JSON
-// body ("body.items[].sku"). Parameters are learned per scope: a 64-bit key the caller
+// A parameter is a query parameter, a field of a form-encoded or multipart/form-data body
+// (a file part's file name, never its content), or a key path of a JSON body
+// ("body.items[].sku"). A body is read as what it is, whatever its content type says: a JSON
+// document labelled form, or form fields labelled text/plain, are read as JSON and as form
+// fields, and the mismatch is scored like a malformed body.
+//
+// Values are percent-decoded (up to three rounds, '+' as a space in query and form values),
+// full-width ASCII lookalikes (U+FF01..U+FF5E) are folded to ASCII, and bytes that are not
+// UTF-8 are read as Latin-1 (Windows-1252) characters, as the forms of legacy pages send
+// them, unless they are malformed UTF-8 (overlong forms). ".." next to a path separator is
+// a class of its own. Parameters are learned per scope: a 64-bit key the caller
 // chooses (flowmodel uses its request endpoint: destination, method and path template), so
 // that "id" of one endpoint is not "id" of another. For each (scope, parameter) a model
 // keeps, never the values themselves:
@@ -35,7 +44,8 @@
 // would be hidden past the caps).
 //
 // A Set is not safe for concurrent use: its owner (flowmodel's per-service state) guards it.
-// Judge does not allocate on values that fit their models. Snapshot and Merge give a
+// Judge does not allocate on values that fit their models, but for a multipart body, which
+// is read with mime/multipart (within MaxBodyBytes and MaxRequestParams). Snapshot and Merge give a
 // JSON-serialisable, mergeable form (see Snapshot).
 package param
 
@@ -262,15 +272,20 @@ func (s *Set) value(sc *scratch, p *param) Value {
 		return Value{Absent: true, Hash: hashBytes(s.cfg.Seed, nil)}
 	}
 	var changed bool
-	if p.json {
+	switch {
+	case p.json:
 		sc.val = unescapeJSON(sc.val[:0], p.raw)
 		sc.val, changed = decodeInPlace(sc.val)
-	} else {
+	case p.plain:
+		sc.val = append(sc.val[:0], p.raw...)
+		sc.val, changed = decodeInPlace(sc.val)
+	default:
 		sc.val, changed = decodeInto(sc.val[:0], p.raw, p.where != InJSON)
 	}
 	for round := 1; changed && round < maxDecodeRounds; round++ {
 		sc.val, changed = decodeInPlace(sc.val)
 	}
+	sc.val = foldWide(sc.val)
 	return analyse(sc.val, len(sc.val), s.cfg.Seed)
 }
 
@@ -605,7 +620,9 @@ func (s *Set) bits(sp *scope, m *model, p *param, v *Value) (float64, Broke) {
 	}
 	// How a value starts tells a path from a traversal ("../"), a number from a closing
 	// quote or bracket: the first byte's class is judged like the others.
-	if v.Len > 0 && (2*first.first[v.First] < first.n || first.n == 0) {
+	// A letter is a letter: a value that starts with "Á" where values start with letters is
+	// no surprise for it.
+	if v.Len > 0 && (2*first.first[v.First] < first.n || first.n == 0) && !(isLetter(v.First) && 2*first.firstLetters() >= first.n && first.n > 0) {
 		cb += surprise(ch.charProb(v.First, true))
 	}
 	var kb float64
@@ -624,14 +641,19 @@ func (s *Set) bits(sp *scope, m *model, p *param, v *Value) (float64, Broke) {
 	}
 	if m != nil && m.n > 0 {
 		// A value longer than all n learned ones is a 1 in n+1 event, whatever the
-		// lengths: that surprise counts in full from twice the longest, in part below. A
-		// value shorter than all counts half as much.
+		// lengths: that surprise counts in full from twice the longest, in part below.
+		// Beyond twice the longest, lengths are taken to have a tail no heavier than a
+		// power law of exponent lengthTail: each further doubling is lengthTail bits more,
+		// so that a value a hundred times the longest (an overflow) alarms however many
+		// values were learned, and one a little longer does not. A value shorter than all
+		// counts half as much.
 		never := math.Log2(float64(m.n) + 1)
 		l := float64(v.Len)
 		var lb float64
 		switch {
 		case uint32(v.Len) > m.maxLen:
-			lb = never * min(1, math.Log2((l+1)/(float64(m.maxLen)+1)))
+			r := math.Log2((l + 1) / (float64(m.maxLen) + 1))
+			lb = never*min(1, r) + lengthTail*max(0, r-1)
 		case uint32(v.Len) < m.minLen:
 			lb = 0.5 * never * min(1, math.Log2((float64(m.minLen)+1)/(l+1)))
 		}
@@ -655,6 +677,15 @@ func (s *Set) bits(sp *scope, m *model, p *param, v *Value) (float64, Broke) {
 	return total, broke
 }
 
+// isLetter reports whether c is a class of letters (CharUnicode: beyond ASCII, mostly
+// letters).
+func isLetter(c Char) bool { return c == CharLower || c == CharUpper || c == CharUnicode }
+
+// firstLetters counts the values that start with a letter.
+func (st *stats) firstLetters() uint32 {
+	return satAdd(satAdd(st.first[CharLower], st.first[CharUpper]), st.first[CharUnicode])
+}
+
 func (m *model) known(h uint64) bool {
 	for _, vc := range m.values {
 		if vc.hash == h {
@@ -663,6 +694,11 @@ func (m *model) known(h uint64) bool {
 	}
 	return false
 }
+
+// lengthTail is the bits of surprise of each doubling of a value's length beyond twice the
+// longest learned (see bits): 4, a power-law tail of exponent 4, so that 64 times the
+// longest is 20 bits beyond the surprise of a new longest value.
+const lengthTail = 4
 
 // ScopeOf combines two 64-bit keys into a scope key, e.g. a destination's hash and a shape
 // key (flowmodel keeps shapes per destination, so the pair names one endpoint of one
