@@ -294,7 +294,7 @@ func foldWide(b []byte) []byte {
 		c := b[i]
 		if c == 0xef && i+2 < len(b) && (b[i+1] == 0xbc && b[i+2] >= 0x81 && b[i+2] <= 0xbf || b[i+1] == 0xbd && b[i+2] >= 0x80 && b[i+2] <= 0x9e) {
 			r := rune(b[i+1]&0x3f)<<6 | rune(b[i+2]&0x3f) // the low 12 bits of U+FFxx
-			b[w] = byte(r - 0xf00 + 0x20)               // U+FF01 → '!'
+			b[w] = byte(r - 0xf00 + 0x20)                 // U+FF01 → '!'
 			w, i = w+1, i+3
 			continue
 		}
