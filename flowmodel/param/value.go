@@ -23,10 +23,13 @@ const (
 	// CharDotDot is not a character but a sequence: ".." next to a '/' or '\\' (a step up
 	// a path), which a value may hold where '.' and '/' each are ordinary.
 	CharDotDot = charPunct + Char(len(punct))
+	// CharQuoted is not a character either: the value is a JSON string, not a number,
+	// true, false or null (a type the backend may read differently: "1" where 1 was sent).
+	CharQuoted = CharDotDot + 1
 )
 
 // NumChars is the number of character classes; a Set of classes fits in a uint64.
-const NumChars = int(CharDotDot) + 1
+const NumChars = int(CharQuoted) + 1
 
 const punct = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
@@ -72,6 +75,8 @@ func (c Char) String() string {
 		return "bad-utf8"
 	case CharDotDot:
 		return "dot-dot"
+	case CharQuoted:
+		return "json-string"
 	}
 	if i := int(c - charPunct); c >= charPunct && i < len(punct) {
 		return punct[i : i+1]
