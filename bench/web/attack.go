@@ -219,13 +219,18 @@ func makeAttack(class string, q *Req, r *rand.Rand, sqli []string) *Req {
 		return inject(q, r, nil, func(string, Type) (string, bool) { return p, false })
 	case ClassTamper:
 		return inject(q, r, func(t Type) bool { return t == TNum || t == TPrice || t == TEnum }, func(old string, t Type) (string, bool) {
+			var vs []string
 			switch t {
 			case TNum:
-				return pick(r, []string{"abc", "-" + strconv.Itoa(1+r.IntN(50)), "99999999999", "1e9", "0x1F", "1.5", "-0", old + "a"}), false
+				vs = []string{"abc", "-" + strconv.Itoa(1+r.IntN(50)), "99999999999", "1e9", "0x1F", "1.5", "-0", old + "a"}
 			case TPrice:
-				return pick(r, []string{"-" + old, "0", "free", "1e-9", "999999999.99"}), false
+				vs = []string{"-" + old, "0", "free", "1e-9", "999999999.99"}
+			default:
+				vs = []string{"admin", "true", "1", "null", old + "_x", strings.ToUpper(old), "DROP"}
 			}
-			return pick(r, []string{"admin", "true", "1", "null", old + "_x", strings.ToUpper(old), "DROP"}), false
+			// One thing changed: never the value it was.
+			vs = slices.DeleteFunc(vs, func(v string) bool { return v == old })
+			return pick(r, vs), false
 		})
 	case ClassProbe:
 		c := q.clone()

@@ -207,7 +207,7 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "## web: one shop application's requests, normal and attacks (synthetic)\n\n")
 	fmt.Fprintf(&b, "Command: `go run ./bench/web eval --write` (seed %d; the events: `go run ./bench/web gen --out web.jsonl`, "+
 		"which `meshguard replay web.jsonl` decides with its defaults as `eval` does; `eval --verdicts` measures its output).\n\n", r.Seed)
-	fmt.Fprintf(&b, "A shop of 19 endpoints generated in code (`bench/web/app.go`): GET queries, form-encoded POSTs "+
+	fmt.Fprintf(&b, "A shop of 23 endpoints generated in code (`bench/web/app.go`): GET queries, form-encoded POSTs "+
 		"(30%% of sessions in Latin-1, the rest UTF-8), JSON calls, one multipart upload form, a session cookie per session, "+
 		"names and addresses with accents, e-mails, passwords, card numbers, free-text reviews, search words, enums. "+
 		"%d sessions on the first day are learned (the model's default 24h window, %d events decided in learn mode); "+
