@@ -270,3 +270,35 @@ func TestAdversaryJSONTypeChange(t *testing.T) {
 		t.Errorf("a learned body scores %.3f", res.Score)
 	}
 }
+
+// TestAdversaryParameterPollution covers parameter pollution: a key sent twice in one
+// request ("id=7&id=7%20OR%201=1" split as "id=7&id=1"), where a backend may read the first,
+// the last or both. A key never repeated while learning is a surprise when repeated; one
+// that often repeats (tags) is not.
+func TestAdversaryParameterPollution(t *testing.T) {
+	s := learnedSet(1000, func(r *rand.Rand) Request {
+		q := fmt.Sprintf("id=%d&view=%s", r.IntN(100000), []string{"summary", "full"}[r.IntN(2)])
+		for range r.IntN(3) {
+			q += "&tag=" + []string{"red", "blue", "sale"}[r.IntN(3)]
+		}
+		return Request{Query: q}
+	})
+	polluted := s.Judge(1, &Request{Query: "id=4711&view=full&id=1"})
+	if polluted.Score < 0.15 || polluted.Broke&BrokeRepeat == 0 || polluted.Param != "id" {
+		t.Errorf("a repeated id scores %.3f on %q (%s): want a repeat surprise on id", polluted.Score, polluted.Param, polluted.Broke)
+	}
+	if once := s.Judge(1, &Request{Query: "id=4711&view=full"}); once.Score >= 0.05 {
+		t.Errorf("a single id scores %.3f", once.Score)
+	}
+	if tags := s.Judge(1, &Request{Query: "id=4711&view=full&tag=red&tag=sale"}); tags.Score >= 0.05 {
+		t.Errorf("repeated tags score %.3f (%s)", tags.Score, tags.Broke)
+	}
+	// The counts survive a snapshot.
+	r, err := Restore(s.Config(), s.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again := r.Judge(1, &Request{Query: "id=4711&view=full&id=1"}); again.Score != polluted.Score {
+		t.Errorf("after a snapshot a repeated id scores %.3f, before %.3f", again.Score, polluted.Score)
+	}
+}

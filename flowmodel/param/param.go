@@ -166,11 +166,12 @@ const (
 	BrokeValue                      // a new value of an enum
 	BrokeName                       // a parameter name never seen in the scope
 	BrokeOverflow                   // the request exceeded a parser cap or was malformed
+	BrokeRepeat                     // a parameter repeated in one request, as it seldom or never was
 )
 
 // String lists the parts, e.g. "chars,length".
 func (b Broke) String() string {
-	names := [...]string{"chars", "kind", "length", "value", "name", "overflow"}
+	names := [...]string{"chars", "kind", "length", "value", "name", "overflow", "repeat"}
 	out := ""
 	for i, n := range names {
 		if b&(1<<i) != 0 {
@@ -227,6 +228,10 @@ type model struct {
 	values []valueCount // distinct values, while !many
 	many   bool         // more than MaxValues distinct values were seen
 	sketch uint64       // linear-counting bitmap of value hashes
+	// present counts the requests that held the parameter, repeated those that held it
+	// more than once ("id=1&id=2": parameter pollution, where a backend may take the first,
+	// the last or both).
+	present, repeated uint32
 }
 
 type valueCount struct {
@@ -262,6 +267,25 @@ type scratch struct {
 	p    parser
 	val  []byte
 	best []byte
+	seen []seenModel // the models of the request's parameters so far
+}
+
+// seenModel is a model met in the current request, and how often.
+type seenModel struct {
+	m *model
+	n uint32
+}
+
+// meet counts m in the request and returns how often it was met before.
+func (sc *scratch) meet(m *model) uint32 {
+	for i := range sc.seen {
+		if sc.seen[i].m == m {
+			sc.seen[i].n++
+			return sc.seen[i].n - 1
+		}
+	}
+	sc.seen = append(sc.seen, seenModel{m: m, n: 1})
+	return 0
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -314,6 +338,8 @@ func split(q string) string {
 func hasPrefixFold(s, p string) bool { return len(s) >= len(p) && strings.EqualFold(s[:len(p)], p) }
 
 func (s *Set) start(sc *scratch, r *Request) {
+	clear(sc.seen) // drop the pointers: a pooled scratch must not keep models alive
+	sc.seen = sc.seen[:0]
 	sc.p.reset(s.cfg.Limits, split(r.Query), r.Body, bodyTypeOf(r.ContentType))
 	if r.BodyTruncated {
 		sc.p.overflow = true
@@ -346,9 +372,18 @@ func (s *Set) Learn(key uint64, r *Request) bool {
 		}
 		if m != nil {
 			m.add(&v, s.cfg.MaxValues)
+			if m != sp.other {
+				sc.meet(m)
+			}
 		}
 		sp.all.add(&v)
 		s.all.add(&v)
+	}
+	for _, e := range sc.seen {
+		e.m.present = satAdd(e.m.present, 1)
+		if e.n > 1 {
+			e.m.repeated = satAdd(e.m.repeated, 1)
+		}
 	}
 	if sc.p.overflow || sc.p.bad {
 		sp.overflow = satAdd(sp.overflow, 1)
@@ -447,6 +482,13 @@ func (s *Set) Judge(key uint64, r *Request) Result {
 			m = sp.params[string(p.key)]
 		}
 		b, broke := s.bits(sp, m, &p, &v)
+		if m != nil && m != sp.other && sc.meet(m) == 1 {
+			// The second time in this request (once is enough to count).
+			if rb := surprise((float64(m.repeated) + 1) / (float64(m.present) + 2)); rb > 0 {
+				b += rb
+				broke |= BrokeRepeat
+			}
+		}
 		if b > res.Bits {
 			res.Bits, res.Broke, res.Where, best = b, broke, p.where, m
 			sc.best = append(sc.best[:0], p.name()...)

@@ -55,6 +55,10 @@ type ParamSnapshot struct {
 	Values []ValueSnapshot `json:"values,omitempty"`
 	Many   bool            `json:"many"`
 	Sketch string          `json:"sketch"`
+	// Present counts the requests that held the parameter, Repeated those that held it
+	// more than once (absent in snapshots written before they were counted: 0).
+	Present  uint32 `json:"present,omitempty"`
+	Repeated uint32 `json:"repeated,omitempty"`
 }
 
 // ValueSnapshot is one remembered value: its hash and count.
@@ -146,7 +150,8 @@ func (st *stats) snapshot() StatsSnapshot {
 }
 
 func (m *model) snapshot(where Where) ParamSnapshot {
-	p := ParamSnapshot{Name: m.name, Stats: m.stats.snapshot(), Many: m.many, Sketch: hex16(m.sketch)}
+	p := ParamSnapshot{Name: m.name, Stats: m.stats.snapshot(), Many: m.many, Sketch: hex16(m.sketch),
+		Present: m.present, Repeated: m.repeated}
 	if int(where) < len(whereNames) {
 		p.Where = whereNames[where]
 	}
@@ -320,6 +325,10 @@ func (p ParamSnapshot) parse(maxKey int) (parsedParam, error) {
 	out.m.stats = st
 	out.m.name = p.Name
 	out.m.many = p.Many
+	out.m.present, out.m.repeated = p.Present, p.Repeated
+	if p.Repeated > p.Present {
+		errs = append(errs, fmt.Errorf("repeated %d above present %d", p.Repeated, p.Present))
+	}
 	if len(p.Values) > maxMaxValues {
 		errs = append(errs, fmt.Errorf("%d values: at most %d", len(p.Values), maxMaxValues))
 	}
@@ -405,6 +414,7 @@ func (st *stats) merge(o *stats) {
 func (m *model) merge(o *model, maxValues int) {
 	m.stats.merge(&o.stats)
 	m.sketch |= o.sketch
+	m.present, m.repeated = satAdd(m.present, o.present), satAdd(m.repeated, o.repeated)
 	if m.many || o.many {
 		m.many, m.values = true, nil
 		return
