@@ -10,8 +10,9 @@ import (
 )
 
 // Parameter values (issue 11): a service's query parameters and body key paths are learned
-// per endpoint (param.ScopeOf of the destination's hash and the shape key) while the service
-// learns, and judged on every request of a known shape afterwards. A value that breaks its
+// per endpoint (param.ScopeOf of the destination's hash and the key of the method and path
+// template, see endpointKey) while the service learns, and judged on every request of a
+// known shape afterwards. A value that breaks its
 // parameter's model raises parameter_value, with the parameter's name in Verdict.Param.
 //
 // A request of a new shape is not judged here: new_shape already alerts on it. A service that
@@ -99,7 +100,7 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 		s.par.set, _ = param.New(m.cfg.Params)
 	}
 	req := param.Request{Query: f.Path, Body: f.Body, ContentType: f.ContentType, BodyTruncated: f.BodyTruncated}
-	scope := param.ScopeOf(e.hash, uint64(k))
+	scope := param.ScopeOf(e.hash, uint64(m.endpointKey(f)))
 	if learning {
 		if s.par.set.Learn(scope, &req) {
 			s.par.dirty = true
@@ -151,4 +152,17 @@ func (m *Model) restoreParams(s *service, snap *param.Snapshot) error {
 	}
 	s.par.set, s.par.clean = set, nil
 	return nil
+}
+
+// endpointKey is the key of f's endpoint: its method and path template, without what else
+// its shape holds (query keys, header names, media type, body size class). Parameters are
+// named already, and a body is read as what it is, so one endpoint's parameters are learned
+// in one scope however its requests vary in those: a longer comment, an extra header, a
+// form sent as multipart do not split its models into scopes that each learned less.
+func (m *Model) endpointKey(f *Flow) shape.Key {
+	path := f.Path
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	return m.shaper.Key(&shape.Request{Method: f.Method, Path: path, BodyBytes: -1})
 }

@@ -174,3 +174,33 @@ func BenchmarkDecideParams(b *testing.B) {
 		})
 	}
 }
+
+// TestParamsScopedByEndpoint: the parameters of one endpoint (method and path template) are
+// learned in one scope, however its requests vary in what else their shapes hold (query keys,
+// header names, body size class): a request of a shape seen rarely is judged against all
+// that its endpoint learned, not against the few values its own shape brought.
+func TestParamsScopedByEndpoint(t *testing.T) {
+	m := mustModel(t, Config{})
+	for i := range 300 {
+		at := time.Duration(i) * time.Minute
+		q := fmt.Sprintf("/v1/search?q=%s&page=%d", paramWords[i%10], 1+i%9)
+		f := paramFlow(at, "GET", q, "")
+		if i%50 == 0 {
+			f.Path += "&lang=en" // another query key set
+			f.HeaderKeys = []string{"accept", "content-type", "referer"}
+		}
+		m.Decide(f)
+		note := strings.Repeat("x", 1+i%3)
+		if i%40 == 0 {
+			note = strings.Repeat("x y ", 20) // another body size class
+		}
+		m.Decide(paramFlow(at+time.Second, "POST", "/v1/orders/"+fmt.Sprint(1000+i), fmt.Sprintf(`{"qty":%d,"note":%q}`, 1+i%5, note)))
+	}
+	s := m.lookup("shop/search", false)
+	s.mu.Lock()
+	scopes := len(s.par.set.Snapshot().Scopes)
+	s.mu.Unlock()
+	if scopes != 2 {
+		t.Fatalf("%d scopes, want 2: one per endpoint (GET /v1/search, POST /v1/orders/{id})", scopes)
+	}
+}

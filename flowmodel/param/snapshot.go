@@ -32,8 +32,11 @@ type Snapshot struct {
 	Scopes  []ScopeSnapshot `json:"scopes"`
 }
 
-// SnapshotVersion is the version Snapshot writes and Restore reads.
-const SnapshotVersion = 1
+// SnapshotVersion is the version Snapshot writes and Restore reads. Version 2 counts the
+// requests that repeated a parameter, and flowmodel's scopes became endpoints (destination,
+// method and path template) instead of request shapes: a version 1 snapshot's scopes would
+// never be met again, so it is refused rather than read as models that judge nothing.
+const SnapshotVersion = 2
 
 // ScopeSnapshot is one scope of a Snapshot.
 type ScopeSnapshot struct {
