@@ -47,8 +47,9 @@ const cleanSlots = 16
 // craft a request whose hash is that of a clean one.
 var cleanSeed = maphash.MakeSeed()
 
-// requestHash is the keyed hash of what the models read of f in scope: its query, body and
-// truncation. Never 0.
+// requestHash is the keyed hash of what the models read of f in scope: its query, body,
+// content type (all of it: a multipart boundary says where the fields are) and truncation.
+// Never 0.
 func requestHash(scope uint64, f *Flow) uint64 {
 	q := f.Path
 	if i := strings.IndexByte(q, '?'); i >= 0 {
@@ -57,6 +58,7 @@ func requestHash(scope uint64, f *Flow) uint64 {
 	h := maphash.String(cleanSeed, q)
 	if f.Body != "" || f.BodyTruncated {
 		h = h*0x9e3779b97f4a7c15 ^ maphash.String(cleanSeed, f.Body)
+		h = h*0x9e3779b97f4a7c15 ^ maphash.String(cleanSeed, f.ContentType)
 		if f.BodyTruncated {
 			h = ^h
 		}
@@ -100,9 +102,8 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 		s.par.set, _ = param.New(m.cfg.Params)
 	}
 	req := param.Request{Query: f.Path, Body: f.Body, ContentType: f.ContentType, BodyTruncated: f.BodyTruncated}
-	scope := param.ScopeOf(e.hash, uint64(m.endpointKey(f)))
 	if learning {
-		if s.par.set.Learn(scope, &req) {
+		if s.par.set.Learn(param.ScopeOf(e.hash, uint64(m.endpointKey(f))), &req) {
 			s.par.dirty = true
 			s.par.clean = nil // the models changed: forget what fitted them
 		}
@@ -111,7 +112,9 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 	// The models do not change out of learning: a request judged below the alarm scores the
 	// same again. Repeated requests (the same enum values, the same query) skip the parsing;
 	// a request at or above the alarm is judged every time (and names its parameter).
-	h := requestHash(scope, f)
+	// The shape key names the endpoint (its method and path template are part of it), so
+	// it keys the memory of clean requests without templating the path a second time.
+	h := requestHash(param.ScopeOf(e.hash, uint64(k)), f)
 	if s.par.clean == nil {
 		s.par.clean = new([cleanSlots]cleanEntry)
 	}
@@ -120,7 +123,7 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 		sc.add(ReasonParameterValue, slot.score)
 		return
 	}
-	r := s.par.set.Judge(scope, &req)
+	r := s.par.set.Judge(param.ScopeOf(e.hash, uint64(m.endpointKey(f))), &req)
 	sc.add(ReasonParameterValue, r.Score)
 	if r.Score >= alarmLevel {
 		s.par.last = r.Param

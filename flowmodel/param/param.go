@@ -241,6 +241,7 @@ type valueCount struct {
 
 // stats counts values by character class, kind and length.
 type stats struct {
+	seen   Chars // the classes of chars that are not 0
 	n      uint32
 	chars  [NumChars]uint32
 	first  [NumChars]uint32 // class of the first byte
@@ -290,6 +291,16 @@ func (sc *scratch) meet(m *model) uint32 {
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
+// getScratch and putScratch take a scratch from the pool and give it back; a scratch given
+// back keeps no model alive.
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func putScratch(sc *scratch) {
+	clear(sc.seen)
+	sc.seen = sc.seen[:0]
+	scratchPool.Put(sc)
+}
+
 // value decodes a parameter's value into sc.val and analyses it.
 func (s *Set) value(sc *scratch, p *param) Value {
 	if p.absent {
@@ -338,8 +349,6 @@ func split(q string) string {
 func hasPrefixFold(s, p string) bool { return len(s) >= len(p) && strings.EqualFold(s[:len(p)], p) }
 
 func (s *Set) start(sc *scratch, r *Request) {
-	clear(sc.seen) // drop the pointers: a pooled scratch must not keep models alive
-	sc.seen = sc.seen[:0]
 	sc.p.reset(s.cfg.Limits, split(r.Query), r.Body, bodyTypeOf(r.ContentType))
 	if r.BodyTruncated {
 		sc.p.overflow = true
@@ -357,8 +366,8 @@ func (s *Set) Learn(key uint64, r *Request) bool {
 		sp = &scope{params: make(map[string]*model)}
 		s.scopes[key] = sp
 	}
-	sc := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(sc)
+	sc := getScratch()
+	defer putScratch(sc)
 	s.start(sc, r)
 	sp.requests = satAdd(sp.requests, 1)
 	var p param
@@ -431,6 +440,7 @@ func (st *stats) add(v *Value) {
 	}
 	st.n = satAdd(st.n, 1)
 	st.kinds[v.Kind] = satAdd(st.kinds[v.Kind], 1)
+	st.seen |= v.Chars
 	for cs := uint64(v.Chars); cs != 0; cs &= cs - 1 {
 		c := bits.TrailingZeros64(cs)
 		st.chars[c] = satAdd(st.chars[c], 1)
@@ -468,8 +478,8 @@ func (m *model) add(v *Value, maxValues int) {
 // Judge scores the parameters of r against the models of scope key. It learns nothing.
 func (s *Set) Judge(key uint64, r *Request) Result {
 	sp := s.scopes[key]
-	sc := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(sc)
+	sc := getScratch()
+	defer putScratch(sc)
 	s.start(sc, r)
 	var res Result
 	var best *model
@@ -669,8 +679,9 @@ func (s *Set) bits(sp *scope, m *model, p *param, v *Value) (float64, Broke) {
 	// a value without it was while learning; the most surprising such class counts.
 	if m != nil && m != sp.other && first.n > 0 && v.Len > 0 {
 		var mb float64
-		for c := range NumChars {
-			if k := first.chars[c]; 32*(first.n-k) <= first.n && !v.Chars.Has(Char(c)) {
+		for cs := uint64(first.seen &^ v.Chars); cs != 0; cs &= cs - 1 {
+			c := bits.TrailingZeros64(cs)
+			if k := first.chars[c]; 32*(first.n-k) <= first.n {
 				mb = max(mb, surprise((float64(first.n-k)+1)/(float64(first.n)+2)))
 			}
 		}

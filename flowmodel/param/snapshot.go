@@ -362,6 +362,9 @@ func (ss StatsSnapshot) parse() (stats, error) {
 			continue
 		}
 		st.chars[c] = n
+		if n > 0 {
+			st.seen |= 1 << c
+		}
 	}
 	for name, n := range ss.First {
 		c, ok := parseChar(name)
@@ -403,6 +406,7 @@ func (st *stats) merge(o *stats) {
 	}
 	st.maxLen = max(st.maxLen, o.maxLen)
 	st.n = satAdd(st.n, o.n)
+	st.seen |= o.seen
 	for i := range st.chars {
 		st.chars[i] = satAdd(st.chars[i], o.chars[i])
 	}

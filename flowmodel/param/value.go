@@ -1,6 +1,7 @@
 package param
 
 import (
+	"bytes"
 	"math/bits"
 	"unicode/utf8"
 )
@@ -230,11 +231,16 @@ func analyse(b []byte, total int, seed uint64) Value {
 	v := Value{Len: total, Hash: hashBytes(seed, b)}
 	var cs Chars
 	for i := 0; i < len(b); {
+		if c := b[i]; c < utf8.RuneSelf {
+			cs |= 1 << charOf[c]
+			i++
+			continue
+		}
 		c, n := classAt(b, i)
 		cs |= 1 << c
 		i += n
 	}
-	if hasDotDot(b) {
+	if cs.Has(charOf['.']) && hasDotDot(b) {
 		cs |= 1 << CharDotDot
 	}
 	v.Chars = cs
@@ -294,6 +300,9 @@ func hasDotDot(b []byte) bool {
 // and the ideographic space (U+3000) as the ASCII they stand for, so that a lookalike is
 // classed as what a lenient backend may read it as. It returns the shortened b.
 func foldWide(b []byte) []byte {
+	if bytes.IndexByte(b, 0xef) < 0 && bytes.IndexByte(b, 0xe3) < 0 {
+		return b
+	}
 	w := 0
 	for i := 0; i < len(b); {
 		c := b[i]
