@@ -66,7 +66,7 @@ func run(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	data := fs.String("data", "", "modsec-learn folder for the SQL injection payloads (default: modsec-learn of the shared datasets; without it sqli is left out)")
 	out := fs.String("out", "", "gen: flow-event JSONL file to write (- for standard output)")
 	eventsFile := fs.String("events", "", "eval: evaluate this flow-event file instead of generating one")
-	verdictsFile := fs.String("verdicts", "", "eval: measure these verdicts (meshguard replay's output for --events) instead of running the model")
+	verdictsFile := fs.String("verdicts", "", "eval: measure these verdicts (meshguard replay's output for --events) in place of the model's default run (the column without burst is still run here)")
 	rf := evaluate.NewResultsFlags(fs, "web")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
