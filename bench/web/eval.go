@@ -246,7 +246,7 @@ func (r *Report) Markdown() string {
 		"letters or an out-of-range number in a numeric value, a changed enum; probe, a backup or configuration file " +
 		"(`.bak`, `~`, `/WEB-INF/web.xml`, `.git/config`); typo, an e-mail without its @ or with two, a letter for a digit; " +
 		"smuggle, an injection in a body whose content type names another format (form fields as text/plain or JSON, " +
-		"JSON as a form).\n\n")
+		"JSON as a form); inject, SSI, LDAP, XPath, format-string, template, JNDI and XXE payloads in a value.\n\n")
 	b.WriteString("Replay reproduces it: `meshguard replay web.jsonl` and `meshguard replay --disable burst web.jsonl` on the " +
 		"generated file, measured with `eval --events web.jsonl --verdicts FILE`, give the two meshguard columns to the last digit.\n\n")
 	b.WriteString("Two findings outside the parameter models, for the detectors that own them. (1) With burst on, every request " +
