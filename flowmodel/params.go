@@ -10,8 +10,9 @@ import (
 )
 
 // Parameter values (issue 11): a service's query parameters and body key paths are learned
-// per endpoint (param.ScopeOf of the destination's hash and the shape key) while the service
-// learns, and judged on every request of a known shape afterwards. A value that breaks its
+// per endpoint (param.ScopeOf of the destination's hash and the key of the method and path
+// template, see endpointKey) while the service learns, and judged on every request of a
+// known shape afterwards. A value that breaks its
 // parameter's model raises parameter_value, with the parameter's name in Verdict.Param.
 //
 // A request of a new shape is not judged here: new_shape already alerts on it. A service that
@@ -46,8 +47,9 @@ const cleanSlots = 16
 // craft a request whose hash is that of a clean one.
 var cleanSeed = maphash.MakeSeed()
 
-// requestHash is the keyed hash of what the models read of f in scope: its query, body and
-// truncation. Never 0.
+// requestHash is the keyed hash of what the models read of f in scope: its query, body,
+// content type (all of it: a multipart boundary says where the fields are) and truncation.
+// Never 0.
 func requestHash(scope uint64, f *Flow) uint64 {
 	q := f.Path
 	if i := strings.IndexByte(q, '?'); i >= 0 {
@@ -56,6 +58,7 @@ func requestHash(scope uint64, f *Flow) uint64 {
 	h := maphash.String(cleanSeed, q)
 	if f.Body != "" || f.BodyTruncated {
 		h = h*0x9e3779b97f4a7c15 ^ maphash.String(cleanSeed, f.Body)
+		h = h*0x9e3779b97f4a7c15 ^ maphash.String(cleanSeed, f.ContentType)
 		if f.BodyTruncated {
 			h = ^h
 		}
@@ -99,9 +102,8 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 		s.par.set, _ = param.New(m.cfg.Params)
 	}
 	req := param.Request{Query: f.Path, Body: f.Body, ContentType: f.ContentType, BodyTruncated: f.BodyTruncated}
-	scope := param.ScopeOf(e.hash, uint64(k))
 	if learning {
-		if s.par.set.Learn(scope, &req) {
+		if s.par.set.Learn(param.ScopeOf(e.hash, uint64(m.endpointKey(f))), &req) {
 			s.par.dirty = true
 			s.par.clean = nil // the models changed: forget what fitted them
 		}
@@ -110,7 +112,9 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 	// The models do not change out of learning: a request judged below the alarm scores the
 	// same again. Repeated requests (the same enum values, the same query) skip the parsing;
 	// a request at or above the alarm is judged every time (and names its parameter).
-	h := requestHash(scope, f)
+	// The shape key names the endpoint (its method and path template are part of it), so
+	// it keys the memory of clean requests without templating the path a second time.
+	h := requestHash(param.ScopeOf(e.hash, uint64(k)), f)
 	if s.par.clean == nil {
 		s.par.clean = new([cleanSlots]cleanEntry)
 	}
@@ -119,7 +123,7 @@ func (m *Model) scoreParams(s *service, e *destEntry, k shape.Key, f *Flow, lear
 		sc.add(ReasonParameterValue, slot.score)
 		return
 	}
-	r := s.par.set.Judge(scope, &req)
+	r := s.par.set.Judge(param.ScopeOf(e.hash, uint64(m.endpointKey(f))), &req)
 	sc.add(ReasonParameterValue, r.Score)
 	if r.Score >= alarmLevel {
 		s.par.last = r.Param
@@ -151,4 +155,17 @@ func (m *Model) restoreParams(s *service, snap *param.Snapshot) error {
 	}
 	s.par.set, s.par.clean = set, nil
 	return nil
+}
+
+// endpointKey is the key of f's endpoint: its method and path template, without what else
+// its shape holds (query keys, header names, media type, body size class). Parameters are
+// named already, and a body is read as what it is, so one endpoint's parameters are learned
+// in one scope however its requests vary in those: a longer comment, an extra header, a
+// form sent as multipart do not split its models into scopes that each learned less.
+func (m *Model) endpointKey(f *Flow) shape.Key {
+	path := f.Path
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	return m.shaper.Key(&shape.Request{Method: f.Method, Path: path, BodyBytes: -1})
 }

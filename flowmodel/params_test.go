@@ -174,3 +174,68 @@ func BenchmarkDecideParams(b *testing.B) {
 		})
 	}
 }
+
+// TestParamsScopedByEndpoint: the parameters of one endpoint (method and path template) are
+// learned in one scope, however its requests vary in what else their shapes hold (query keys,
+// header names, body size class): a request of a shape seen rarely is judged against all
+// that its endpoint learned, not against the few values its own shape brought.
+func TestParamsScopedByEndpoint(t *testing.T) {
+	m := mustModel(t, Config{})
+	for i := range 300 {
+		at := time.Duration(i) * time.Minute
+		q := fmt.Sprintf("/v1/search?q=%s&page=%d", paramWords[i%10], 1+i%9)
+		f := paramFlow(at, "GET", q, "")
+		if i%50 == 0 {
+			f.Path += "&lang=en" // another query key set
+			f.HeaderKeys = []string{"accept", "content-type", "referer"}
+		}
+		m.Decide(f)
+		note := strings.Repeat("x", 1+i%3)
+		if i%40 == 0 {
+			note = strings.Repeat("x y ", 20) // another body size class
+		}
+		m.Decide(paramFlow(at+time.Second, "POST", "/v1/orders/"+fmt.Sprint(1000+i), fmt.Sprintf(`{"qty":%d,"note":%q}`, 1+i%5, note)))
+	}
+	s := m.lookup("shop/search", false)
+	s.mu.Lock()
+	scopes := len(s.par.set.Snapshot().Scopes)
+	s.mu.Unlock()
+	if scopes != 2 {
+		t.Fatalf("%d scopes, want 2: one per endpoint (GET /v1/search, POST /v1/orders/{id})", scopes)
+	}
+}
+
+// TestAdversaryCleanMemoryKeysContentType: a body judged clean under one multipart boundary
+// is not remembered as clean under another, where its fields are elsewhere (the careful
+// attacker who sends a body once as harmless, then again with a content type that makes the
+// backend read a payload in it: here a file's content, never read under the first boundary,
+// holds fields under the second).
+func TestAdversaryCleanMemoryKeysContentType(t *testing.T) {
+	m := mustModel(t, Config{})
+	part := func(b, name, v string) string {
+		return "--" + b + "\r\nContent-Disposition: form-data; name=\"" + name + "\"\r\n\r\n" + v + "\r\n"
+	}
+	file := func(b, content string) string {
+		return "--" + b + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n" + content + "\r\n"
+	}
+	for i := range 200 {
+		body := part("X", "caption", paramWords[i%10]+" "+paramWords[(i*3)%10]) + file("X", strings.Repeat("\xff\xd8", 1+i%7)) + "--X--\r\n"
+		f := paramFlow(time.Duration(i)*time.Minute, "POST", "/v1/upload", body)
+		f.ContentType = "multipart/form-data; boundary=X"
+		m.Decide(f)
+	}
+	setMode(t, m, "shop/search", ModeMonitor)
+	inner := part("Y", "caption", "x' UNION SELECT password FROM users--") + "--Y--"
+	body := part("X", "caption", "red hat") + file("X", inner) + "--X--\r\n"
+	for _, b := range []string{"X", "Y"} {
+		f := paramFlow(3*time.Hour+time.Minute, "POST", "/v1/upload", body)
+		f.ContentType = "multipart/form-data; boundary=" + b
+		v := m.Decide(f)
+		if b == "X" && v.Reasons.Has(ReasonParameterValue) {
+			t.Fatalf("boundary X: %s %s score %.2f, want the file's content unread", v.Action, reasons(v), v.Score)
+		}
+		if b == "Y" && !v.Reasons.Has(ReasonParameterValue) {
+			t.Fatalf("boundary Y after X: %s %s score %.2f, want parameter_value", v.Action, reasons(v), v.Score)
+		}
+	}
+}

@@ -19,6 +19,7 @@ func FuzzParse(f *testing.F) {
 		{"fields%5Bproducts%5D=*%2Ctitle", `"top"`},
 		{"", `{"a":"\ud800","b":"\\","c":1e9,}`},
 		{"a=%c0%ae%c0%af", "user=jane&x=%3Cscript%3E"},
+		{"q=%EF%BC%9C", "--X\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--X\r\nContent-Disposition: form-data; name=\"f\"; filename=\"../x\"\r\n\r\n\xff\r\n--X--\r\n"},
 	} {
 		f.Add(seed.q, seed.body)
 	}
@@ -30,7 +31,7 @@ func FuzzParse(f *testing.F) {
 		}
 		lim := s.cfg.Limits
 		maxName := len("body") + lim.MaxDepth*(lim.MaxKeyBytes+3) + 8
-		for _, ct := range []string{"application/x-www-form-urlencoded", "application/json", ""} {
+		for _, ct := range []string{"application/x-www-form-urlencoded", "application/json", "", "multipart/form-data; boundary=X", "multipart/form-data", "text/plain"} {
 			p := &parser{}
 			p.reset(lim, split(query), body, bodyTypeOf(ct))
 			n := 0
@@ -72,7 +73,7 @@ func FuzzParse(f *testing.F) {
 		// A query that net/url decodes gives the same values as the first decoding round.
 		if vals, err := url.ParseQuery(query); err == nil && split(query) == query && !strings.Contains(query, ";") && len(query) <= lim.MaxQueryBytes {
 			p := &parser{}
-			p.reset(lim, query, "", bodyNone)
+			p.reset(lim, query, "", bodyType{})
 			var x param
 			for i := 0; i < lim.MaxParams && p.next(&x); i++ {
 				dec, _ := decodeInto(nil, x.raw, true)

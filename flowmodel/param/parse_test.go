@@ -85,7 +85,26 @@ func TestParseBody(t *testing.T) {
 		{name: "json trailing garbage", body: `{"a":1} x`, ct: "application/json", want: []got{{InJSON, "body.a", "1", false}}, bad: true},
 		{name: "json missing colon", body: `{"a" 1}`, ct: "application/json", bad: true},
 		{name: "json too deep", body: `{"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":1}}}}}}}}}`, ct: "application/json", overflow: true},
-		{name: "other content type ignored", body: `{"a":1}`, ct: "text/plain"},
+		// A workload chooses its content type: a body is read as what it is, and marked bad
+		// when that is not what its type says.
+		{name: "json as text/plain read", body: `{"a":1}`, ct: "text/plain", want: []got{{InJSON, "body.a", "1", false}}, bad: true},
+		{name: "json as form read as json", body: ` {"a":"x"}`, ct: "application/x-www-form-urlencoded", want: []got{{InJSON, "body.a", "x", false}}, bad: true},
+		{name: "form as json read as form", body: "a=1&b=%27", ct: "application/json", want: []got{{InForm, "body.a", "1", false}, {InForm, "body.b", "%27", false}}, bad: true},
+		{name: "form without content type", body: "email=' or 1=1--", want: []got{{InForm, "body.email", "' or 1=1--", false}}, bad: true},
+		{name: "opaque body ignored", body: "\xff\xd8\xff\xe0 JFIF a=b", ct: "image/jpeg"},
+		{name: "prose ignored", body: "hello, world = 1", ct: "text/plain"},
+		{name: "multipart", body: "--XyZ\r\nContent-Disposition: form-data; name=\"caption\"\r\n\r\nsummer 2024\r\n--XyZ\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"../../etc/passwd\"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8 a=1&b=2\r\n--XyZ\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n1=3D1 or 'x'=3D'x'\r\n--XyZ--\r\n", ct: "multipart/form-data; boundary=XyZ",
+			want: []got{{InForm, "body.caption", "summer 2024", false}, {InForm, "body.avatar", "../../etc/passwd", false},
+				{InForm, "body.q", "1=1 or 'x'='x'", false}}},
+		{name: "multipart without boundary parameter", body: "--XyZ\r\nContent-Disposition: form-data; name=\"caption\"\r\n\r\nsummer 2024\r\n--XyZ\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"../../etc/passwd\"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8 a=1&b=2\r\n--XyZ\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n1=3D1 or 'x'=3D'x'\r\n--XyZ--\r\n", ct: "multipart/form-data",
+			want: []got{{InForm, "body.caption", "summer 2024", false}, {InForm, "body.avatar", "../../etc/passwd", false},
+				{InForm, "body.q", "1=1 or 'x'='x'", false}}},
+		{name: "multipart as text/plain", body: "--XyZ\r\nContent-Disposition: form-data; name=\"caption\"\r\n\r\nsummer 2024\r\n--XyZ\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"../../etc/passwd\"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8 a=1&b=2\r\n--XyZ\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n1=3D1 or 'x'=3D'x'\r\n--XyZ--\r\n", ct: "text/plain",
+			want: []got{{InForm, "body.caption", "summer 2024", false}, {InForm, "body.avatar", "../../etc/passwd", false},
+				{InForm, "body.q", "1=1 or 'x'='x'", false}}, bad: true},
+		{name: "multipart broken off", body: "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue", ct: "multipart/form-data; boundary=XyZ",
+			want: []got{{InForm, "body.a", "value", false}}, bad: true},
+		{name: "form labelled multipart", body: "a=1", ct: "multipart/form-data; boundary=XyZ", want: []got{{InForm, "body.a", "1", false}}, bad: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,8 +32,11 @@ type Snapshot struct {
 	Scopes  []ScopeSnapshot `json:"scopes"`
 }
 
-// SnapshotVersion is the version Snapshot writes and Restore reads.
-const SnapshotVersion = 1
+// SnapshotVersion is the version Snapshot writes and Restore reads. Version 2 counts the
+// requests that repeated a parameter, and flowmodel's scopes became endpoints (destination,
+// method and path template) instead of request shapes: a version 1 snapshot's scopes would
+// never be met again, so it is refused rather than read as models that judge nothing.
+const SnapshotVersion = 2
 
 // ScopeSnapshot is one scope of a Snapshot.
 type ScopeSnapshot struct {
@@ -55,6 +58,10 @@ type ParamSnapshot struct {
 	Values []ValueSnapshot `json:"values,omitempty"`
 	Many   bool            `json:"many"`
 	Sketch string          `json:"sketch"`
+	// Present counts the requests that held the parameter, Repeated those that held it
+	// more than once (absent in snapshots written before they were counted: 0).
+	Present  uint32 `json:"present,omitempty"`
+	Repeated uint32 `json:"repeated,omitempty"`
 }
 
 // ValueSnapshot is one remembered value: its hash and count.
@@ -146,7 +153,8 @@ func (st *stats) snapshot() StatsSnapshot {
 }
 
 func (m *model) snapshot(where Where) ParamSnapshot {
-	p := ParamSnapshot{Name: m.name, Stats: m.stats.snapshot(), Many: m.many, Sketch: hex16(m.sketch)}
+	p := ParamSnapshot{Name: m.name, Stats: m.stats.snapshot(), Many: m.many, Sketch: hex16(m.sketch),
+		Present: m.present, Repeated: m.repeated}
 	if int(where) < len(whereNames) {
 		p.Where = whereNames[where]
 	}
@@ -320,6 +328,10 @@ func (p ParamSnapshot) parse(maxKey int) (parsedParam, error) {
 	out.m.stats = st
 	out.m.name = p.Name
 	out.m.many = p.Many
+	out.m.present, out.m.repeated = p.Present, p.Repeated
+	if p.Repeated > p.Present {
+		errs = append(errs, fmt.Errorf("repeated %d above present %d", p.Repeated, p.Present))
+	}
 	if len(p.Values) > maxMaxValues {
 		errs = append(errs, fmt.Errorf("%d values: at most %d", len(p.Values), maxMaxValues))
 	}
@@ -350,6 +362,9 @@ func (ss StatsSnapshot) parse() (stats, error) {
 			continue
 		}
 		st.chars[c] = n
+		if n > 0 {
+			st.seen |= 1 << c
+		}
 	}
 	for name, n := range ss.First {
 		c, ok := parseChar(name)
@@ -391,6 +406,7 @@ func (st *stats) merge(o *stats) {
 	}
 	st.maxLen = max(st.maxLen, o.maxLen)
 	st.n = satAdd(st.n, o.n)
+	st.seen |= o.seen
 	for i := range st.chars {
 		st.chars[i] = satAdd(st.chars[i], o.chars[i])
 	}
@@ -405,6 +421,7 @@ func (st *stats) merge(o *stats) {
 func (m *model) merge(o *model, maxValues int) {
 	m.stats.merge(&o.stats)
 	m.sketch |= o.sketch
+	m.present, m.repeated = satAdd(m.present, o.present), satAdd(m.repeated, o.repeated)
 	if m.many || o.many {
 		m.many, m.values = true, nil
 		return

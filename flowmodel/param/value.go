@@ -1,6 +1,7 @@
 package param
 
 import (
+	"bytes"
 	"math/bits"
 	"unicode/utf8"
 )
@@ -17,13 +18,19 @@ const (
 	CharDigit               // 0-9
 	CharSpace               // ' ' (and '+' in form encoding, which decodes to it)
 	CharControl             // bytes below 0x20 and 0x7f, NUL included
-	CharUnicode             // valid UTF-8 beyond ASCII
-	CharBadUTF8             // bytes that are not valid UTF-8 (overlong '/' encodings and the like)
+	CharUnicode             // a character beyond ASCII: valid UTF-8, or a Latin-1 (Windows-1252) byte on its own
+	CharBadUTF8             // bytes that are neither: malformed UTF-8 (overlong '/' encodings and the like), C1 gaps
 	charPunct               // the 32 ASCII punctuation bytes follow, in byte order
+	// CharDotDot is not a character but a sequence: ".." next to a '/' or '\\' (a step up
+	// a path), which a value may hold where '.' and '/' each are ordinary.
+	CharDotDot = charPunct + Char(len(punct))
+	// CharQuoted is not a character either: the value is a JSON string, not a number,
+	// true, false or null (a type the backend may read differently: "1" where 1 was sent).
+	CharQuoted = CharDotDot + 1
 )
 
 // NumChars is the number of character classes; a Set of classes fits in a uint64.
-const NumChars = int(charPunct) + len(punct)
+const NumChars = int(CharQuoted) + 1
 
 const punct = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
@@ -67,6 +74,10 @@ func (c Char) String() string {
 		return "unicode"
 	case CharBadUTF8:
 		return "bad-utf8"
+	case CharDotDot:
+		return "dot-dot"
+	case CharQuoted:
+		return "json-string"
 	}
 	if i := int(c - charPunct); c >= charPunct && i < len(punct) {
 		return punct[i : i+1]
@@ -208,38 +219,108 @@ func decodeInPlace(b []byte) ([]byte, bool) {
 
 // analyse fills v from the decoded bytes b of a value; total is the decoded length of the
 // whole value (at least len(b)).
+//
+// Bytes beyond ASCII that are not valid UTF-8 are read as the page's legacy charset would
+// have written them: a form in an ISO-8859-1 page sends "é" as the one byte 0xE9, and
+// browsers send Windows-1252 for it, so such a byte on its own is a character (CharUnicode,
+// as its UTF-8 form is). A lead byte followed by continuation bytes that do not make a valid
+// sequence (the overlong "%c0%af" for '/', a surrogate) is malformed UTF-8, and so are the
+// five bytes Windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D: %90 is a NOP sled):
+// CharBadUTF8.
 func analyse(b []byte, total int, seed uint64) Value {
 	v := Value{Len: total, Hash: hashBytes(seed, b)}
 	var cs Chars
 	for i := 0; i < len(b); {
-		c := b[i]
-		if c < utf8.RuneSelf {
+		if c := b[i]; c < utf8.RuneSelf {
 			cs |= 1 << charOf[c]
 			i++
 			continue
 		}
-		r, n := utf8.DecodeRune(b[i:])
-		if r == utf8.RuneError && n <= 1 {
-			cs |= 1 << CharBadUTF8
-			i++
-			continue
-		}
-		cs |= 1 << CharUnicode
+		c, n := classAt(b, i)
+		cs |= 1 << c
 		i += n
+	}
+	if cs.Has(charOf['.']) && hasDotDot(b) {
+		cs |= 1 << CharDotDot
 	}
 	v.Chars = cs
 	v.Kind = kindOf(b, cs)
 	if len(b) > 0 {
-		switch c := b[0]; {
-		case c < utf8.RuneSelf:
-			v.First = charOf[c]
-		case utf8.FullRune(b) && utf8.ValidString(string(b[:min(len(b), 4)])):
-			v.First = CharUnicode
-		default:
-			v.First = CharBadUTF8
-		}
+		v.First, _ = classAt(b, 0)
 	}
 	return v
+}
+
+// classAt returns the class of the character at b[i] and its length in bytes.
+func classAt(b []byte, i int) (Char, int) {
+	c := b[i]
+	if c < utf8.RuneSelf {
+		return charOf[c], 1
+	}
+	r, n := utf8.DecodeRune(b[i:])
+	if r != utf8.RuneError || n > 1 {
+		return CharUnicode, n
+	}
+	// Not valid UTF-8. A lead byte with continuation bytes after it is a malformed sequence:
+	// one class for the lead byte and the continuation bytes that follow it.
+	if c >= 0xc0 {
+		j := i + 1
+		for j < len(b) && j-i < 4 && b[j]&0xc0 == 0x80 {
+			j++
+		}
+		if j > i+1 {
+			return CharBadUTF8, j - i
+		}
+	}
+	switch c {
+	case 0x81, 0x8d, 0x8f, 0x90, 0x9d:
+		return CharBadUTF8, 1
+	}
+	return CharUnicode, 1
+}
+
+// hasDotDot reports whether b steps up a path: ".." at a '/' or '\\' or at an end of b, next
+// to at least one separator ("../x", "a/..", "..\\x").
+func hasDotDot(b []byte) bool {
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != '.' || b[i+1] != '.' {
+			continue
+		}
+		before := i == 0 || b[i-1] == '/' || b[i-1] == '\\'
+		after := i+2 == len(b) || b[i+2] == '/' || b[i+2] == '\\'
+		sep := i > 0 && (b[i-1] == '/' || b[i-1] == '\\') || i+2 < len(b) && (b[i+2] == '/' || b[i+2] == '\\')
+		if before && after && sep {
+			return true
+		}
+	}
+	return false
+}
+
+// foldWide rewrites, in place, the full-width forms of ASCII (U+FF01..U+FF5E, "＜" for '<')
+// and the ideographic space (U+3000) as the ASCII they stand for, so that a lookalike is
+// classed as what a lenient backend may read it as. It returns the shortened b.
+func foldWide(b []byte) []byte {
+	if bytes.IndexByte(b, 0xef) < 0 && bytes.IndexByte(b, 0xe3) < 0 {
+		return b
+	}
+	w := 0
+	for i := 0; i < len(b); {
+		c := b[i]
+		if c == 0xef && i+2 < len(b) && (b[i+1] == 0xbc && b[i+2] >= 0x81 && b[i+2] <= 0xbf || b[i+1] == 0xbd && b[i+2] >= 0x80 && b[i+2] <= 0x9e) {
+			r := rune(b[i+1]&0x3f)<<6 | rune(b[i+2]&0x3f) // the low 12 bits of U+FFxx
+			b[w] = byte(r - 0xf00 + 0x20)                 // U+FF01 → '!'
+			w, i = w+1, i+3
+			continue
+		}
+		if c == 0xe3 && i+2 < len(b) && b[i+1] == 0x80 && b[i+2] == 0x80 {
+			b[w] = ' '
+			w, i = w+1, i+3
+			continue
+		}
+		b[w] = c
+		w, i = w+1, i+1
+	}
+	return b[:w]
 }
 
 // charsOf returns the set of the classes of the ASCII bytes in s.
