@@ -721,6 +721,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shapeReq, lea
 	if !known && s.shapeCount >= m.cfg.MaxShapesPerService {
 		// The service keeps all the shapes it may: a new one scores as new, and is not kept.
 		sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
+		m.scoreNewShapeParams(s, e, k, f, sc)
 		return
 	}
 	if learning || known {
@@ -741,6 +742,7 @@ func (m *Model) scoreShape(s *service, e *destEntry, f *Flow, req *shapeReq, lea
 		return
 	}
 	sc.add(ReasonNewShape, newShapeScore(t.Score(k)))
+	m.scoreNewShapeParams(s, e, k, f, sc)
 	if m.probe(s, probeKey{dest: e.key, shape: k}) {
 		s.observeShape(t, k, f.Time)
 		es.addShape(m.shaper, k, rq, f, sourceProbation)

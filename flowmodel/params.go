@@ -169,3 +169,17 @@ func (m *Model) endpointKey(f *Flow) shape.Key {
 	}
 	return m.shaper.Key(&shape.Request{Method: f.Method, Path: path, BodyBytes: -1})
 }
+
+// scoreNewShapeParams judges the parameter values of f, a request of a shape its destination
+// never had, when its endpoint (method and path template) has learned models: a new shape
+// there (a body grown into another size class, a header added) must not carry an injection
+// past the models of the endpoint's parameters, where parameter_value may block. A request
+// to an endpoint without models is new_shape's alone. Call with s.mu held.
+func (m *Model) scoreNewShapeParams(s *service, e *destEntry, k shape.Key, f *Flow, sc *scores) {
+	if s.par.set == nil || m.cfg.Disabled.Has(ReasonParameterValue) || !hasParams(f) {
+		return
+	}
+	if s.par.set.Has(param.ScopeOf(e.hash, uint64(m.endpointKey(f)))) {
+		m.scoreParams(s, e, k, f, false, sc)
+	}
+}

@@ -239,3 +239,26 @@ func TestAdversaryCleanMemoryKeysContentType(t *testing.T) {
 		}
 	}
 }
+
+// TestAdversaryInjectionInANewShape: the careful attacker pads an injection so that its
+// request no longer has a learned shape (the body grows into another size class), hoping that
+// new_shape (which alerts) is all it gets where parameter_value blocks. A new shape on an
+// endpoint with learned parameter models is judged by them: the padded injection is blocked
+// as parameter_value, while the same padding with benign values is not.
+func TestAdversaryInjectionInANewShape(t *testing.T) {
+	m := learnParams(t, Config{BlockReasons: DefaultBlockReasons.With(ReasonParameterValue)}, ModeEnforce)
+	sku := "AB-1234' UNION SELECT password FROM users WHERE name LIKE '%admin%' OR '1'='1' --" + strings.Repeat(" ", 300)
+	f := paramFlow(3*time.Hour+time.Minute, "POST", "/v1/orders", `{"sku":"`+sku+`","qty":2}`)
+	v := m.Decide(f)
+	if !v.Reasons.Has(ReasonNewShape) {
+		t.Fatalf("reasons %s: the padding did not make a new shape; the test no longer plays its case", reasons(v))
+	}
+	if v.Action != Block || !v.Reasons.Has(ReasonParameterValue) || v.Param != "body.sku" {
+		t.Fatalf("padded injection: %s %s param %q; want blocked as parameter_value on body.sku", v.Action, reasons(v), v.Param)
+	}
+	// Judged in a new shape of an endpoint never learned, parameters are new_shape's alone.
+	g := paramFlow(3*time.Hour+2*time.Minute, "POST", "/v1/never-seen", `{"sku":"AB-1234","qty":2}`)
+	if v := m.Decide(g); v.Reasons.Has(ReasonParameterValue) || v.Action == Block {
+		t.Errorf("a new endpoint: %s %s; want new_shape only, not blocked", v.Action, reasons(v))
+	}
+}

@@ -262,6 +262,12 @@ func New(cfg Config) (*Set, error) {
 // Config returns the Set's configuration with defaults applied.
 func (s *Set) Config() Config { return s.cfg }
 
+// Has reports whether the scope key has learned models.
+func (s *Set) Has(key uint64) bool {
+	_, ok := s.scopes[key]
+	return ok
+}
+
 // scratch holds the buffers of one Learn or Judge call; pooled so that a Set costs no buffer
 // memory while idle (a service may have one Set each, and there may be 100,000 services).
 type scratch struct {
