@@ -8,22 +8,21 @@ import (
 )
 
 // Floors of TestWebBeatsBaseline, below the figures measured when it was written (seed 1,
-// defaults: meshguard without burst AUC 0.9963 over all attacks, 0.9680 on the weakest
-// class, typo; the trivial baseline 0.9818).
+// replay's defaults: ROC-AUC 0.9955 over all attacks, 0.9638 on the weakest class, typo;
+// without burst 0.9961 and 0.9659; the trivial baseline 0.9817 and 0.9568).
 const (
 	floorAllAUC   = 0.99
 	floorClassAUC = 0.95
 )
 
 // TestWebBeatsBaseline holds meshguard to the trivial baseline of issue 11 on the generated
-// shop: over all attacks and for every class, its ROC-AUC and its recall at 1% false
-// positives must not be below the baseline's, and its AUC not below the floors.
-//
-// It holds the model without the burst detector (replay --disable burst): with burst on, a
-// steady edge of the shop's rate scores 0.86-0.99 on every request (a MIDAS-F filter that
-// never lets the edge's mean catch up once its first tick was partial) and the model's
-// score ranks nothing (AUC 0.67). That is the burst package's to fix; the default figures
-// are logged here and printed by `go run ./bench/web eval` beside these.
+// shop, as replay runs it by default: over all attacks and for every class its ROC-AUC must
+// not be below the baseline's nor the floors, and over all attacks neither its recall at 1%
+// false positives. Per class, that recall is held for the model without the burst detector:
+// with it, ordinary minutes of a session-driven edge (counts far more variable than the
+// Poisson counts the burst score assumes) rank a few hundred normal requests above the
+// weakest typo attacks (defaults: 0.817 at 1% against the baseline's 0.840; without burst
+// 0.920). It is logged, and printed by `go run ./bench/web eval`.
 func TestWebBeatsBaseline(t *testing.T) {
 	c := defaults
 	if testing.Short() {
@@ -42,17 +41,21 @@ func TestWebBeatsBaseline(t *testing.T) {
 		t.Log("modsec-learn payloads not found: sqli and smuggle left out")
 	}
 	for _, row := range rep.Rows {
-		m, b := row.NoBurst, row.Baseline
+		m, nb, b := row.Meshguard, row.NoBurst, row.Baseline
 		floor := floorClassAUC
 		if row.Class == "all" {
 			floor = floorAllAUC
-			t.Logf("replay defaults (burst on): AUC %.4f, recall @1%% FP %.4f", row.Meshguard.AUC, row.Meshguard.RecallAt1)
+			if m.RecallAt1 < b.RecallAt1 {
+				t.Errorf("all: meshguard's recall @1%% FP %.4f loses to the baseline's %.4f", m.RecallAt1, b.RecallAt1)
+			}
 		}
-		if m.AUC < b.AUC || m.RecallAt1 < b.RecallAt1 {
-			t.Errorf("%s: meshguard (AUC %.4f, recall @1%% FP %.4f) loses to the baseline (%.4f, %.4f)", row.Class, m.AUC, m.RecallAt1, b.AUC, b.RecallAt1)
+		t.Logf("%s: AUC %.4f (without burst %.4f, baseline %.4f); recall @1%% FP %.4f (%.4f, %.4f)",
+			row.Class, m.AUC, nb.AUC, b.AUC, m.RecallAt1, nb.RecallAt1, b.RecallAt1)
+		if m.AUC < b.AUC || m.AUC < floor {
+			t.Errorf("%s: meshguard's AUC %.4f; want at least the baseline's %.4f and the floor %.2f", row.Class, m.AUC, b.AUC, floor)
 		}
-		if m.AUC < floor {
-			t.Errorf("%s: meshguard's AUC %.4f is under the floor %.2f", row.Class, m.AUC, floor)
+		if nb.AUC < b.AUC || nb.RecallAt1 < b.RecallAt1 {
+			t.Errorf("%s: without burst (AUC %.4f, recall @1%% FP %.4f) meshguard loses to the baseline (%.4f, %.4f)", row.Class, nb.AUC, nb.RecallAt1, b.AUC, b.RecallAt1)
 		}
 	}
 	if _, ok := rep.Row("all"); !ok {
