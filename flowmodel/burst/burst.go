@@ -48,6 +48,13 @@ type Config struct {
 	// plain MIDAS-R does.
 	Threshold float64
 	// Half is the raw score that Score.Norm maps to 0.5. Default 100.
+	//
+	// Both defaults are MIDAS's, set for Pearson's term and kept for the deviance, which is
+	// lower for the same burst (to reach 100 a tick needs about 23 edges where 1 is usual,
+	// against 11 with Pearson's; 56 where 10 is, against 42). Nominally 100 is a p-value near
+	// 1e-23; real traffic comes in sessions and varies several times more than Poisson
+	// counts, so nominal p-values say little, and a lower threshold would hold ordinary
+	// session peaks out of the mean (see bench/darpa's sweep for the ranking's sensitivity).
 	Half float64
 	// Seed selects the hash functions; the same seed and the same stream give the same scores.
 	Seed uint64
