@@ -3,6 +3,7 @@ package flowmodel
 import (
 	"fmt"
 	"hash/maphash"
+	"strconv"
 	"strings"
 
 	"github.com/meshguard/meshguard/flowmodel/param"
@@ -149,12 +150,49 @@ func (m *Model) restoreParams(s *service, snap *param.Snapshot) error {
 	if snap == nil {
 		return nil
 	}
+	if snap.Version == 1 {
+		migrated := m.migrateParamsV1(s, *snap)
+		snap = &migrated
+		s.par.dirty = true // saved as version 2 at the next flush
+	}
 	set, err := param.Restore(m.cfg.Params, *snap)
 	if err != nil {
 		return fmt.Errorf("parameter models: %w", err)
 	}
 	s.par.set, s.par.clean = set, nil
 	return nil
+}
+
+// migrateParamsV1 rekeys a version 1 snapshot, whose scopes were request shapes (a
+// destination and a shape key), to version 2's endpoints (the destination, and the method and
+// path template of the shape), from the service's restored shapes: the models of one
+// endpoint's shapes merge. A scope whose shape the service no longer has is dropped. Without
+// this a store written before version 2 would stop meshguard at start, or leave every
+// parameter of every service a name never seen. Call with the service's destinations and
+// shapes restored.
+func (m *Model) migrateParamsV1(s *service, snap param.Snapshot) param.Snapshot {
+	rekey := map[uint64]uint64{}
+	for _, e := range s.dests.Values() {
+		if e.edge == nil {
+			continue
+		}
+		for _, in := range e.edge.info {
+			f := Flow{Method: in.method.Value(), Path: in.path.Value()}
+			rekey[param.ScopeOf(e.hash, uint64(in.key))] = param.ScopeOf(e.hash, uint64(m.endpointKey(&f)))
+		}
+	}
+	out := snap
+	out.Version, out.Scopes = param.SnapshotVersion, nil
+	for _, sc := range snap.Scopes {
+		k, err := strconv.ParseUint(sc.Key, 16, 64)
+		nk, ok := rekey[k]
+		if err != nil || !ok {
+			continue
+		}
+		sc.Key = fmt.Sprintf("%016x", nk)
+		out.Scopes = append(out.Scopes, sc)
+	}
+	return out
 }
 
 // endpointKey is the key of f's endpoint: its method and path template, without what else

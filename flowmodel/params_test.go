@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshguard/meshguard/flowmodel/param"
 )
 
 // paramFlow is a request of shop/search to api.example.com at t0+at.
@@ -260,5 +262,69 @@ func TestAdversaryInjectionInANewShape(t *testing.T) {
 	g := paramFlow(3*time.Hour+2*time.Minute, "POST", "/v1/never-seen", `{"sku":"AB-1234","qty":2}`)
 	if v := m.Decide(g); v.Reasons.Has(ReasonParameterValue) || v.Action == Block {
 		t.Errorf("a new endpoint: %s %s; want new_shape only, not blocked", v.Action, reasons(v))
+	}
+}
+
+// TestParamsVersion1Migrates: a store written before parameter models were scoped by endpoint
+// holds version 1 snapshots, scoped by request shape. Restoring one must neither fail (which
+// stops meshguard at start) nor leave the service's parameters unknown: its scopes are rekeyed
+// to the endpoints of the service's shapes, and an injection still alerts where benign values
+// pass.
+func TestParamsVersion1Migrates(t *testing.T) {
+	m := learnParams(t, Config{}, ModeMonitor)
+	var params *param.Snapshot
+	for _, r := range m.TakeChanges() {
+		if r.Name == "shop/search" {
+			params = r.Params
+		}
+	}
+	if params == nil {
+		t.Fatal("no parameter snapshot saved")
+	}
+	// Rewrite it as version 1 wrote it: each scope keyed by the request shape, not the endpoint.
+	s := m.lookup("shop/search", false)
+	s.mu.Lock()
+	back := map[string]string{} // endpoint scope -> a shape scope of it
+	for _, e := range s.dests.Values() {
+		if e.edge == nil {
+			continue
+		}
+		for _, in := range e.edge.info {
+			f := Flow{Method: in.method.Value(), Path: in.path.Value()}
+			back[fmt.Sprintf("%016x", param.ScopeOf(e.hash, uint64(m.endpointKey(&f))))] = fmt.Sprintf("%016x", param.ScopeOf(e.hash, uint64(in.key)))
+		}
+	}
+	s.mu.Unlock()
+	v1 := *params
+	v1.Version, v1.Scopes = 1, nil
+	for _, sc := range params.Scopes {
+		k, ok := back[sc.Key]
+		if !ok {
+			t.Fatalf("scope %s: no shape of its endpoint", sc.Key)
+		}
+		sc.Key = k
+		v1.Scopes = append(v1.Scopes, sc)
+	}
+	var rec ServiceRecord
+	for _, r := range m.Services() {
+		if r.Name == "shop/search" {
+			rec = r
+		}
+	}
+	rec.Params = &v1
+	m2 := mustModel(t, Config{})
+	if err := m2.Restore(rec); err != nil {
+		t.Fatalf("restore of a version 1 snapshot: %v", err)
+	}
+	if v := m2.Decide(searchAt(time.Minute, "4")); v.Action != Allow {
+		t.Errorf("benign search after the migration: %s %s", v.Action, reasons(v))
+	}
+	if v := m2.Decide(searchAt(2*time.Minute, "2%27%20OR%20%271%27%3D%271")); !v.Reasons.Has(ReasonParameterValue) || v.Param != "page" {
+		t.Errorf("injection after the migration: %s %s param %q; want parameter_value on page", v.Action, reasons(v), v.Param)
+	}
+	for _, r := range m2.TakeChanges() {
+		if r.Name == "shop/search" && (r.Params == nil || r.Params.Version != param.SnapshotVersion) {
+			t.Errorf("the migrated models are not saved as version %d", param.SnapshotVersion)
+		}
 	}
 }
