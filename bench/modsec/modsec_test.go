@@ -25,9 +25,9 @@ func loadData(t *testing.T) *Data {
 // modsec-learn split: alerts catch at least 95% of injections at no more than 1% false
 // positives, and meshguard does not lose to either trivial baseline (ROC-AUC and recall at
 // 1% false positives) on either split, for seeds 1 to 3 (with one allowance, below). When written (go run ./bench/modsec
-// --seed N) it measured, seed 1: all queries AUC 0.9999, recall @1% FP 0.9999, alerts 0.9997
+// --seed N) it measured, seed 1: all queries AUC 0.9999, recall @1% FP 1.0000, alerts 0.9998
 // at 0.0055 FP rate (baselines: AUC 0.860 and 0.9955, recall 0.726 and 0.9997); distinct
-// queries AUC 0.9997, recall @1% FP 0.9948 (baselines 0.804 and 0.898, recall 0 and 0).
+// queries AUC 0.9997, recall @1% FP 0.9955 (baselines 0.804 and 0.898, recall 0 and 0).
 // Seeds 2 and 3: alerts 0.9997 at 0.0078 and 0.9991 at 0.0082; AUC 0.9999 on both splits.
 func TestModsecGoal(t *testing.T) {
 	d := loadData(t)
