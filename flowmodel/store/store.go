@@ -312,23 +312,11 @@ func (b *Bolt) load(tx *bolt.Tx, fn func(flowmodel.ServiceRecord) error) error {
 			}
 			r := st.ServiceRecord
 			r.Name = string(name)
-			if v := sb.Get(keyParams); v != nil {
-				raw, err := b.unseal(v, name, keyParams)
-				if err != nil {
-					return b.undecodable(fmt.Errorf("service %.100q: params: %w", name, err))
-				}
-				if err := json.Unmarshal(raw, &r.Params); err != nil {
-					return b.undecodable(fmt.Errorf("service %.100q: params: %w", name, err))
-				}
+			if err := b.getJSON(sb, name, keyParams, &r.Params); err != nil {
+				return err
 			}
-			if v := sb.Get(keyRates); v != nil {
-				raw, err := b.unseal(v, name, keyRates)
-				if err != nil {
-					return b.undecodable(fmt.Errorf("service %.100q: rates: %w", name, err))
-				}
-				if err := json.Unmarshal(raw, &r.Rates); err != nil {
-					return b.undecodable(fmt.Errorf("service %.100q: rates: %w", name, err))
-				}
+			if err := b.getJSON(sb, name, keyRates, &r.Rates); err != nil {
+				return err
 			}
 			if db := sb.Bucket(bucketDestinations); db != nil {
 				r.Destinations = make([]flowmodel.DestinationRecord, 0, db.Stats().KeyN)
@@ -482,6 +470,32 @@ func (b *Bolt) storable(r flowmodel.ServiceRecord) (flowmodel.ServiceRecord, err
 	return r, nil
 }
 
+// getJSON decodes into v the sealed JSON value of key in the bucket sb of service name, when
+// there is one; a value that does not unseal or decode makes the store undecodable.
+func (b *Bolt) getJSON(sb *bolt.Bucket, name, key []byte, v any) error {
+	raw := sb.Get(key)
+	if raw == nil {
+		return nil
+	}
+	raw, err := b.unseal(raw, name, key)
+	if err == nil {
+		err = json.Unmarshal(raw, v)
+	}
+	if err != nil {
+		return b.undecodable(fmt.Errorf("service %.100q: %s: %w", name, key, err))
+	}
+	return nil
+}
+
+// putJSON writes v as the sealed JSON value of key in the bucket sb of service name.
+func putJSON(sb *bolt.Bucket, name string, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return sb.Put(key, seal(raw, []byte(name), key))
+}
+
 // saveService writes one record into its service's bucket in root.
 func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 	sb, err := root.CreateBucketIfNotExists([]byte(r.Name))
@@ -491,20 +505,12 @@ func saveService(root *bolt.Bucket, r flowmodel.ServiceRecord) error {
 	st := r
 	st.Destinations, st.Shapes, st.Removed, st.Params, st.Rates = nil, nil, nil, nil, nil
 	if r.Params != nil { // nil: unchanged, the stored models stay
-		v, err := json.Marshal(r.Params)
-		if err != nil {
-			return err
-		}
-		if err := sb.Put(keyParams, seal(v, []byte(r.Name), keyParams)); err != nil {
+		if err := putJSON(sb, r.Name, keyParams, r.Params); err != nil {
 			return err
 		}
 	}
 	if r.Rates != nil { // nil: not due, the stored states stay
-		v, err := json.Marshal(r.Rates)
-		if err != nil {
-			return err
-		}
-		if err := sb.Put(keyRates, seal(v, []byte(r.Name), keyRates)); err != nil {
+		if err := putJSON(sb, r.Name, keyRates, r.Rates); err != nil {
 			return err
 		}
 	}
