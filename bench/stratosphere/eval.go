@@ -276,6 +276,25 @@ func countHosts(events []evaluate.Event, origin []string, verdicts []flowmodel.V
 	return out
 }
 
+// readCaptures converts the captures in dir and reads the events back from JSONL: the
+// evaluation reads the same bytes `convert` writes and a replay reads, not the records. It
+// also returns the captures' statistics and the start of each host's capture.
+func readCaptures(dir string) ([]evaluate.Event, []stats, map[string]time.Time, error) {
+	recs, st, err := convertDir(dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var buf bytes.Buffer
+	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
+		return nil, nil, nil, err
+	}
+	events, err := evaluate.Read(&buf)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return events, st, captureStarts(recs, st), nil
+}
+
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -295,21 +314,12 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	recs, st, err := convertDir(dir)
-	if err != nil {
-		return err
-	}
-	// Evaluate the JSONL, not the records: the same bytes `convert` writes and a replay reads.
-	var buf bytes.Buffer
-	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
-		return err
-	}
-	events, err := evaluate.Read(&buf)
+	events, st, starts, err := readCaptures(dir)
 	if err != nil {
 		return err
 	}
 	cfg := evalConfig{Benign: *benign, Infected: *infected, Learn: windows}
-	res, excluded, err := evaluateEvents(ctx, events, captureStarts(recs, st), cfg)
+	res, excluded, err := evaluateEvents(ctx, events, starts, cfg)
 	if err != nil {
 		return err
 	}

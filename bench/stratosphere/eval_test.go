@@ -36,20 +36,12 @@ func TestDataDirMissing(t *testing.T) {
 // model's ROC-AUC and AP must reach the first-seen baseline's on both views of the capture.
 func TestEvalReal(t *testing.T) {
 	dir := realData(t)
-	recs, st, err := convertDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
-		t.Fatal(err)
-	}
-	events, err := evaluate.Read(&buf)
+	events, _, starts, err := readCaptures(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := evalConfig{Benign: benignHost, Infected: kovterHost, Learn: []time.Duration{8 * time.Hour}}
-	res, excluded, err := evaluateEvents(context.Background(), events, captureStarts(recs, st), cfg)
+	res, excluded, err := evaluateEvents(context.Background(), events, starts, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,20 +116,12 @@ func TestEvalReal(t *testing.T) {
 // noise ranked the benign host's known flows above the Kovter host's learned beacons.
 func TestEveryWindowHoldsTheBaseline(t *testing.T) {
 	dir := realData(t)
-	recs, st, err := convertDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
-		t.Fatal(err)
-	}
-	events, err := evaluate.Read(&buf)
+	events, _, starts, err := readCaptures(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := evalConfig{Benign: benignHost, Infected: kovterHost, Learn: []time.Duration{4 * time.Hour, 8 * time.Hour, 12 * time.Hour}}
-	res, _, err := evaluateEvents(context.Background(), events, captureStarts(recs, st), cfg)
+	res, _, err := evaluateEvents(context.Background(), events, starts, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,15 +144,7 @@ func TestEveryWindowHoldsTheBaseline(t *testing.T) {
 // decided in monitor mode and alerted, not learned, and so is every later one.
 func TestFirstC2AfterWindowIsAlerted(t *testing.T) {
 	dir := realData(t)
-	recs, _, err := convertDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := evaluate.WriteJSONL(&buf, recs); err != nil {
-		t.Fatal(err)
-	}
-	events, err := evaluate.Read(&buf)
+	events, _, _, err := readCaptures(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
