@@ -39,23 +39,7 @@ func TestParamsSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Decide(search(3*time.Hour, "5")) // a save without new models
-	if err := p.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	st.Close()
-
-	st, err = Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m2, err := flowmodel.New(flowmodel.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := m2.Load(st); err != nil || n != 1 {
-		t.Fatalf("load: %d services, %v", n, err)
-	}
+	m2 := restart(t, dir, st, m, flowmodel.Config{}, 1)
 	// Without its models, the service would find every parameter new: benign values pass
 	// only if they came back.
 	if v := m2.Decide(search(3*time.Hour+time.Minute, "7")); v.Action != flowmodel.Allow {

@@ -55,24 +55,7 @@ func TestRateDecisionSurvivesRestart(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			p := &flowmodel.Persister{Model: m, Store: st}
-			if err := p.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			st.Close()
-
-			st, err = Open(dir, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			m2, err := flowmodel.New(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n, err := m2.Load(st); err != nil || n != 1 {
-				t.Fatalf("load: %d services, %v", n, err)
-			}
+			m2 := restart(t, dir, st, m, cfg, 1)
 			if n := call(m2, flood+2*time.Hour, flood+2*time.Hour+10*time.Minute, 30*time.Second); n == 0 {
 				t.Errorf("right after the restart the flood does not alarm: the detector's state was lost")
 			}

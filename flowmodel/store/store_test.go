@@ -156,23 +156,33 @@ func TestModelThroughStore(t *testing.T) {
 	// With an IP: a host alone, without the Resolver's fresh answers, is no destination.
 	f := flowmodel.Flow{Time: t0, Service: "s", Destination: flowmodel.Destination{IP: netip.MustParseAddr("203.0.113.7"), Host: "api.example.com", Port: 443}}
 	m.Decide(&f)
-	p := &flowmodel.Persister{Model: m, Store: st}
-	if err := p.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	st.Close()
-
-	st, err = Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m2, _ := flowmodel.New(flowmodel.Config{})
-	if n, err := m2.Load(st); err != nil || n != 1 {
-		t.Fatalf("load %d %v", n, err)
-	}
+	m2 := restart(t, dir, st, m, flowmodel.Config{}, 1)
 	m2.SetMode("s", flowmodel.ModeChange{Mode: flowmodel.ModeEnforce})
 	if v := m2.Decide(&f); v.Action != flowmodel.Allow {
 		t.Fatalf("learned host after reload: %s", v.Action)
 	}
+}
+
+// restart flushes m's changes into st, closes it, and loads the store in dir into a new
+// model with cfg, as meshguard does when it starts again; it fails unless services services
+// come back. The reopened store is closed when the test ends.
+func restart(t *testing.T, dir string, st *Bolt, m *flowmodel.Model, cfg flowmodel.Config, services int) *flowmodel.Model {
+	t.Helper()
+	if err := (&flowmodel.Persister{Model: m, Store: st}).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	m2, err := flowmodel.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := m2.Load(st); err != nil || n != services {
+		t.Fatalf("load: %d services, %v; want %d", n, err, services)
+	}
+	return m2
 }
