@@ -44,6 +44,7 @@
 package rate
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -120,27 +121,17 @@ const fastHalfLife = 15
 // Check applies defaults and reports every problem in c.
 func (c Config) Check() (Config, error) {
 	var errs []error
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	deff := func(f *float64, v float64) {
-		if *f == 0 {
-			*f = v
-		}
-	}
-	def(&c.Interval, DefaultInterval)
-	def(&c.HalfLife, DefaultHalfLife)
-	def(&c.Warmup, DefaultWarmup)
-	def(&c.MaxIdle, DefaultMaxIdle)
-	deff(&c.Ratio, DefaultRatio)
-	deff(&c.Tolerance, DefaultTolerance)
-	deff(&c.Threshold, DefaultThreshold)
-	deff(&c.MinBaseline, DefaultMinBaseline)
-	deff(&c.MaxDispersion, DefaultMaxDispersion)
-	deff(&c.MaxGrowth, DefaultMaxGrowth)
-	def(&c.Probation, DefaultProbation)
+	c.Interval = cmp.Or(c.Interval, DefaultInterval)
+	c.HalfLife = cmp.Or(c.HalfLife, DefaultHalfLife)
+	c.Warmup = cmp.Or(c.Warmup, DefaultWarmup)
+	c.MaxIdle = cmp.Or(c.MaxIdle, DefaultMaxIdle)
+	c.Ratio = cmp.Or(c.Ratio, DefaultRatio)
+	c.Tolerance = cmp.Or(c.Tolerance, DefaultTolerance)
+	c.Threshold = cmp.Or(c.Threshold, DefaultThreshold)
+	c.MinBaseline = cmp.Or(c.MinBaseline, DefaultMinBaseline)
+	c.MaxDispersion = cmp.Or(c.MaxDispersion, DefaultMaxDispersion)
+	c.MaxGrowth = cmp.Or(c.MaxGrowth, DefaultMaxGrowth)
+	c.Probation = cmp.Or(c.Probation, DefaultProbation)
 	errs = append(errs, interval.Check("rate", c.Interval, c.HalfLife)...)
 	if c.Warmup < 0 {
 		errs = append(errs, fmt.Errorf("rate warmup must not be negative, got %s", c.Warmup))

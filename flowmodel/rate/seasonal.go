@@ -1,6 +1,7 @@
 package rate
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -143,27 +144,17 @@ const shrinkDays = 2
 // Check applies defaults and reports every problem in c.
 func (c SeasonalConfig) Check() (SeasonalConfig, error) {
 	var errs []error
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	deff := func(f *float64, v float64) {
-		if *f == 0 {
-			*f = v
-		}
-	}
-	def(&c.Bucket, DefaultBucket)
-	def(&c.Period, DefaultPeriod)
-	def(&c.LevelHalfLife, DefaultLevelHalfLife)
-	def(&c.ProfileHalfLife, DefaultProfileHalfLife)
-	def(&c.Probation, DefaultProbation)
-	deff(&c.MinRate, DefaultMinRate)
-	deff(&c.MinSpread, DefaultMinSpread)
-	deff(&c.Allowance, DefaultAllowance)
-	deff(&c.Threshold, DefaultSeasonThreshold)
-	deff(&c.Clip, DefaultClip)
-	deff(&c.MaxGrowth, DefaultMaxGrowth)
+	c.Bucket = cmp.Or(c.Bucket, DefaultBucket)
+	c.Period = cmp.Or(c.Period, DefaultPeriod)
+	c.LevelHalfLife = cmp.Or(c.LevelHalfLife, DefaultLevelHalfLife)
+	c.ProfileHalfLife = cmp.Or(c.ProfileHalfLife, DefaultProfileHalfLife)
+	c.Probation = cmp.Or(c.Probation, DefaultProbation)
+	c.MinRate = cmp.Or(c.MinRate, DefaultMinRate)
+	c.MinSpread = cmp.Or(c.MinSpread, DefaultMinSpread)
+	c.Allowance = cmp.Or(c.Allowance, DefaultAllowance)
+	c.Threshold = cmp.Or(c.Threshold, DefaultSeasonThreshold)
+	c.Clip = cmp.Or(c.Clip, DefaultClip)
+	c.MaxGrowth = cmp.Or(c.MaxGrowth, DefaultMaxGrowth)
 	if c.WarmupDays == 0 {
 		c.WarmupDays = DefaultWarmupDays
 	}

@@ -49,6 +49,7 @@
 package volume
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -137,30 +138,20 @@ const cusumFloor = 1e-3
 
 // Check applies defaults and reports every problem in c.
 func (c Config) Check() (Config, error) {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	deff := func(f *float64, v float64) {
-		if *f == 0 {
-			*f = v
-		}
-	}
-	def(&c.Interval, DefaultInterval)
-	def(&c.HalfLife, DefaultHalfLife)
-	def(&c.Warmup, DefaultWarmup)
-	def(&c.MaxIdle, DefaultMaxIdle)
-	deff(&c.MinRequests, DefaultMinRequests)
-	deff(&c.SpikeZ, DefaultSpikeZ)
-	deff(&c.MinSigmaBits, DefaultMinSigmaBits)
-	deff(&c.MinSpikeBytes, DefaultMinSpikeBytes)
-	deff(&c.Allowance, DefaultAllowance)
-	deff(&c.Cap, DefaultCap)
-	deff(&c.Threshold, DefaultThreshold)
-	deff(&c.MinExcessBytes, DefaultMinExcessBytes)
-	deff(&c.MaxGrowth, DefaultMaxGrowth)
-	def(&c.Probation, DefaultProbation)
+	c.Interval = cmp.Or(c.Interval, DefaultInterval)
+	c.HalfLife = cmp.Or(c.HalfLife, DefaultHalfLife)
+	c.Warmup = cmp.Or(c.Warmup, DefaultWarmup)
+	c.MaxIdle = cmp.Or(c.MaxIdle, DefaultMaxIdle)
+	c.MinRequests = cmp.Or(c.MinRequests, DefaultMinRequests)
+	c.SpikeZ = cmp.Or(c.SpikeZ, DefaultSpikeZ)
+	c.MinSigmaBits = cmp.Or(c.MinSigmaBits, DefaultMinSigmaBits)
+	c.MinSpikeBytes = cmp.Or(c.MinSpikeBytes, DefaultMinSpikeBytes)
+	c.Allowance = cmp.Or(c.Allowance, DefaultAllowance)
+	c.Cap = cmp.Or(c.Cap, DefaultCap)
+	c.Threshold = cmp.Or(c.Threshold, DefaultThreshold)
+	c.MinExcessBytes = cmp.Or(c.MinExcessBytes, DefaultMinExcessBytes)
+	c.MaxGrowth = cmp.Or(c.MaxGrowth, DefaultMaxGrowth)
+	c.Probation = cmp.Or(c.Probation, DefaultProbation)
 
 	var errs []error
 	errs = append(errs, interval.Check("volume", c.Interval, c.HalfLife)...)
