@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meshguard/meshguard/flowmodel"
 )
 
 // genConfig says what to generate.
@@ -54,22 +56,10 @@ const (
 	testSpan    = 12 * time.Hour
 )
 
-// record is one flow event as written, with its label.
+// record is one flow event as written (flowmodel.Event, the format meshguard replay reads),
+// with its label.
 type record struct {
-	Time        string `json:"time"`
-	Service     string `json:"service"`
-	Destination struct {
-		IP   string `json:"ip"`
-		Port int    `json:"port"`
-		Host string `json:"host"`
-	} `json:"destination"`
-	Request struct {
-		Method    string            `json:"method"`
-		Path      string            `json:"path"`
-		Headers   map[string]string `json:"headers"`
-		BodyBytes *int              `json:"body_bytes,omitempty"`
-		Body      string            `json:"body,omitempty"`
-	} `json:"request"`
+	flowmodel.Event
 	Label  string `json:"label,omitempty"`
 	Attack string `json:"attack,omitempty"`
 }
@@ -137,7 +127,7 @@ func generate(c genConfig) ([]record, error) {
 func toRecord(e timed) record {
 	var rec record
 	q := e.req
-	rec.Time = e.t.Format(time.RFC3339Nano)
+	rec.Time.Time = e.t
 	rec.Service = service
 	rec.Destination.IP, rec.Destination.Port, rec.Destination.Host = destIP, destPort, destHost
 	rec.Request.Method = q.Method
@@ -154,7 +144,7 @@ func toRecord(e timed) record {
 	}
 	if body, ct := q.Body(); body != "" {
 		h["content-type"] = ct
-		n := len(body)
+		n := int64(len(body))
 		rec.Request.BodyBytes = &n
 		rec.Request.Body = body
 	}
